@@ -1,0 +1,62 @@
+// The register-tiled micro-kernel under every "tap convolution" of fastgen's CPU ops.
+//
+//   C[j * ldc + m] (+)= sum_{k < K} A_k[m] * B[boff[k] + j * ns]     j < NR, m < MR
+//
+// Each k costs two SIMD loads of A_k (MR = two vectors), NR broadcasts from B and 2 x NR
+// FMAs into accumulators that stay in registers for the whole k loop. B is read at an
+// arbitrary offset per k (a tap and channel of a convolution input, or a pixel) and a
+// fixed stride between the NR columns (1 for neighbouring pixels of a row or neighbouring
+// packed channels, a channel plane for neighbouring input channels). A_k is either packed
+// (A + k * MR: weights, channel blocks) or gathered (A + aoff[k]: a run of MR pixels of an
+// input row), so the MR lanes can hold output channels or pixels, whichever fills them.
+//
+// One copy is compiled per instruction set (tap_gemm_<isa>.cpp, no torch headers, so they
+// build fast); tap_gemm() picks the best one the CPU supports, once.
+#pragma once
+
+#include <cstdint>
+
+namespace fastgen::cpu {
+
+template <typename T>
+using TapGemmFn = void (*)(int64_t K, const T* A, const int64_t* aoff, const T* B, const int64_t* boff, int64_t ns,
+                           T* C, int64_t ldc, bool accumulate);
+
+constexpr int kMaxNR = 16;
+
+template <typename T>
+struct TapGemm {
+  int64_t mr;                       // lanes of A per k (SIMD width x 2)
+  int64_t nr_max;                   // widest register tile
+  TapGemmFn<T> packed[kMaxNR + 1];  // [nr] for 1 <= nr <= nr_max: A_k = A + k * mr (aoff unused)
+  TapGemmFn<T> gather[kMaxNR + 1];  // [nr]: A_k = A + aoff[k]
+};
+
+struct TapGemmSet {
+  const char* isa;
+  TapGemm<float> f32;
+  TapGemm<double> f64;
+};
+
+// One per instruction set; the ISA ones exist only on x86-64 with GCC/Clang.
+TapGemmSet tap_gemm_base();
+#if defined(__x86_64__) && defined(__GNUC__)
+#define FASTGEN_X86_ISAS 1
+TapGemmSet tap_gemm_avx2();
+TapGemmSet tap_gemm_avx512();
+#endif
+
+// The selected kernels: the best ISA this CPU supports, or FASTGEN_CPU_ISA (avx512, avx2,
+// base) when set and supported. Decided once per process.
+const TapGemmSet& tap_gemm_set();
+// "avx512", "avx2" or "base", plus a note when FASTGEN_CPU_ISA asked for something else.
+const char* tap_gemm_description();
+
+template <typename T>
+const TapGemm<T>& tap_gemm();
+template <>
+inline const TapGemm<float>& tap_gemm<float>() { return tap_gemm_set().f32; }
+template <>
+inline const TapGemm<double>& tap_gemm<double>() { return tap_gemm_set().f64; }
+
+}  // namespace fastgen::cpu

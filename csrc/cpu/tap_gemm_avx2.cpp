@@ -1,0 +1,12 @@
+// AVX2 + FMA copy of the tap-GEMM micro-kernel: 16 ymm registers hold 2 x 6 accumulators.
+#include <utility>
+
+#include "tap_gemm.h"
+#ifdef FASTGEN_X86_ISAS
+#define FASTGEN_ISA avx2
+#define FASTGEN_ISA_NAME "avx2"
+#define FASTGEN_TARGET __attribute__((target("avx2,fma")))
+#define FASTGEN_VECTOR_BYTES 32
+#define FASTGEN_NR_MAX 6
+#include "tap_gemm_impl.h"
+#endif

@@ -1,0 +1,12 @@
+// AVX-512 copy of the tap-GEMM micro-kernel: 32 zmm registers hold 2 x 14 accumulators.
+#include <utility>
+
+#include "tap_gemm.h"
+#ifdef FASTGEN_X86_ISAS
+#define FASTGEN_ISA avx512
+#define FASTGEN_ISA_NAME "avx512"
+#define FASTGEN_TARGET __attribute__((target("avx512f,avx512dq,avx512vl,avx2,fma")))
+#define FASTGEN_VECTOR_BYTES 64
+#define FASTGEN_NR_MAX 14
+#include "tap_gemm_impl.h"
+#endif

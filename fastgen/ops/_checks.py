@@ -1,0 +1,50 @@
+"""Argument checks shared by the ops: each raises TypeError/ValueError naming the op, the
+argument, what was expected and what was received, before any kernel runs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+__all__ = ["check_choice", "check_int", "check_same_device", "check_tensor"]
+
+
+def _shape(t: torch.Tensor) -> str:
+    return "(" + ", ".join(map(str, t.shape)) + ")"
+
+
+def check_tensor(op: str, name: str, value: object, dims: Sequence[str], *, floating: bool = True) -> torch.Tensor:
+    """``value`` must be a tensor with ``len(dims)`` dimensions (named ``dims`` in messages)."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(value).__name__}")
+    if value.dim() != len(dims):
+        raise ValueError(f"{op}: {name} must have shape ({', '.join(dims)}), got shape {_shape(value)}")
+    if floating and not value.is_floating_point():
+        raise TypeError(f"{op}: {name} must have a floating-point dtype, got {value.dtype}")
+    return value
+
+
+def check_same_device(op: str, ref_name: str, ref: torch.Tensor, **others: torch.Tensor | None) -> None:
+    """Every tensor in ``others`` has ``ref``'s dtype (else TypeError) and device (else ValueError)."""
+    for name, t in others.items():
+        if t is None:
+            continue
+        if t.dtype != ref.dtype:
+            raise TypeError(f"{op}: {name} has dtype {t.dtype} but {ref_name} has {ref.dtype}; they must match")
+        if t.device != ref.device:
+            raise ValueError(f"{op}: {name} is on {t.device} but {ref_name} is on {ref.device}; they must match")
+
+
+def check_int(op: str, name: str, value: object, *, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{op}: {name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{op}: {name} must be >= {minimum}, got {value}")
+    return value
+
+
+def check_choice(op: str, name: str, value: object, choices: Sequence[str]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{op}: {name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+    return value  # type: ignore[return-value]

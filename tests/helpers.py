@@ -1,0 +1,25 @@
+"""Helpers shared by the tests."""
+
+import torch
+
+import fastgen
+
+__all__ = ["DEVICES", "fast_backends", "tolerances"]
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def tolerances(dtype: torch.dtype) -> dict:
+    """assert_close tolerances per dtype: tight, but above the rounding of a reordered sum."""
+    return {
+        torch.float64: dict(atol=1e-10, rtol=1e-10),
+        torch.float32: dict(atol=1e-4, rtol=1e-4),
+        torch.float16: dict(atol=2e-2, rtol=2e-2),
+        torch.bfloat16: dict(atol=1e-1, rtol=5e-2),
+    }[dtype]
+
+
+def fast_backends(op: str, device: str, dtype: torch.dtype = torch.float32) -> list[str]:
+    """The non-reference backends of ``op`` that can run on (device, dtype) here."""
+    supports = fastgen.backends.REGISTRY[op].supports
+    return [name for name, s in supports.items() if name != "ref" and s.reason(device, dtype) is None]

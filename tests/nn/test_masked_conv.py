@@ -1,0 +1,77 @@
+"""fastgen.nn.MaskedConv2d: a drop-in nn.Conv2d with a PixelCNN mask."""
+
+import pytest
+import torch
+from torch import nn
+
+from fastgen.nn import MaskedConv2d
+from fastgen.ops import masked_conv2d_mask, masked_conv2d_ref
+
+from ..helpers import fast_backends
+
+
+def test_same_parameters_and_init_as_conv2d():
+    torch.manual_seed(0)
+    layer = MaskedConv2d(6, 12, 5, mask_type="B", color_channels=3, dilation=2)
+    torch.manual_seed(0)
+    conv = nn.Conv2d(6, 12, 5, padding=4, dilation=2)
+    assert isinstance(layer, nn.Conv2d)
+    assert [n for n, _ in layer.named_parameters()] == ["weight", "bias"]
+    for (name, p), q in zip(layer.named_parameters(), conv.parameters()):
+        assert torch.equal(p, q), name
+    assert "mask_type='B', color_channels=3" in repr(layer)
+    assert MaskedConv2d(3, 6, 3, bias=False).bias is None
+
+
+@pytest.mark.parametrize("backend", ["ref"] + fast_backends("masked_conv2d", "cpu"))
+def test_forward_and_gradients_never_touch_the_weight(backend):
+    torch.manual_seed(0)
+    layer = MaskedConv2d(3, 6, 3, mask_type="A", color_channels=3, backend=backend).double()
+    before = layer.weight.detach().clone()
+    x = torch.randn(2, 3, 5, 6, dtype=torch.float64)
+    y = layer(x)
+    torch.testing.assert_close(y, masked_conv2d_ref(x, layer.weight, layer.bias, mask_type="A", color_channels=3))
+    y.square().sum().backward()
+    assert torch.equal(layer.weight, before), "the weight was masked in place"
+    mask = masked_conv2d_mask(6, 3, 3, "A", 3, dtype=torch.bool)
+    assert torch.count_nonzero(layer.weight.grad[~mask]) == 0, "a masked tap received gradient"
+    assert torch.count_nonzero(layer.weight.grad[mask]) > 0
+
+
+def test_state_dict_round_trip_and_conv2d_compatibility():
+    layer = MaskedConv2d(2, 4, 3, mask_type="B")
+    other = MaskedConv2d(2, 4, 3, mask_type="B")
+    other.load_state_dict(layer.state_dict())
+    x = torch.randn(1, 2, 4, 4)
+    assert torch.equal(layer(x), other(x))
+    conv = nn.Conv2d(2, 4, 3, padding=1)
+    conv.load_state_dict(layer.state_dict())  # same names and shapes as nn.Conv2d
+
+
+@pytest.mark.parametrize(
+    "kwargs,error,match",
+    [
+        (dict(kernel_size=4), ValueError, "kernel_size must be odd"),
+        (dict(kernel_size=(3, 3)), TypeError, "kernel_size must be an int"),
+        (dict(mask_type="a"), ValueError, "mask_type must be one of"),
+        (dict(color_channels=2), ValueError, "color_channels=2 must divide in_channels=3"),
+        (dict(dilation=0), ValueError, "dilation must be >= 1"),
+    ],
+)
+def test_bad_arguments(kwargs, error, match):
+    args = dict(in_channels=3, out_channels=6, kernel_size=3) | kwargs
+    with pytest.raises(error, match=match):
+        MaskedConv2d(**args)
+
+
+def test_compiles_without_graph_breaks():
+    torch._dynamo.reset()
+    model = nn.Sequential(
+        MaskedConv2d(1, 8, 7, mask_type="A"), nn.ReLU(), MaskedConv2d(8, 8, 3, mask_type="B"), nn.ReLU(),
+        MaskedConv2d(8, 1, 1, mask_type="B"),
+    )
+    x = torch.randn(2, 1, 6, 5)
+    compiled = torch.compile(model, fullgraph=True)
+    torch.testing.assert_close(compiled(x), model(x))
+    compiled(x).sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
