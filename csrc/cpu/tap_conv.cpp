@@ -37,12 +37,14 @@ std::vector<Tile> lane_blocks(int64_t n, int64_t width) {
   return out;
 }
 
-// Estimated time of `blocks` x mr lanes against a tiling of the other dimension. A tile
-// nr wide keeps 2 * nr accumulators; under ~6 the FMA latency and the loads show.
-double cost(size_t blocks, int64_t mr, const std::vector<Tile>& columns) {
-  double sum = 0;
-  for (const Tile& t : columns) sum += t.size / std::min(1.0, t.size / 3.0);
-  return static_cast<double>(blocks) * mr * sum;
+// Estimated cost, in vector FMAs, of `blocks` groups of lanes against a tiling of the
+// other dimension over a k loop of length K: 2 FMAs per column and k, slower for narrow
+// tiles (2 * nr accumulators under ~6 expose the FMA latency and the loads), plus
+// `store` per block for writing the results out.
+double cost(size_t blocks, const std::vector<Tile>& columns, int64_t K, double store) {
+  double work = 0;
+  for (const Tile& t : columns) work += 2.0 * K * t.size / std::min(1.0, t.size / 3.0);
+  return static_cast<double>(blocks) * (work + store);
 }
 
 // Zero columns each side of every row so that a tap never leaves the buffer horizontally;
@@ -178,7 +180,8 @@ void forward_impl(const at::Tensor& in, const at::Tensor& weight, const TapSet& 
   // Output channels in the lanes and pixels in the register tile, or the other way round.
   const std::vector<Tile> w_tiles = tiles(0, W, gemm.nr_max), o_tiles = tiles(0, c_out, gemm.nr_max);
   const std::vector<Tile> w_blocks = lane_blocks(W, mr), o_blocks = lane_blocks(c_out, mr);
-  const bool pixel_lanes = cost(w_blocks.size(), mr, o_tiles) < cost(o_blocks.size(), mr, w_tiles);
+  // Channel lanes are stored transposed (NCHW output), one scalar per output element.
+  const bool pixel_lanes = cost(w_blocks.size(), o_tiles, K, 0) < cost(o_blocks.size(), w_tiles, K, mr * W);
   const std::vector<Tile>& groups = pixel_lanes ? o_tiles : o_blocks;
   const std::vector<Tile>& columns = pixel_lanes ? w_blocks : w_tiles;
   const int64_t width = pixel_lanes ? gemm.nr_max : mr;
@@ -242,7 +245,7 @@ at::Tensor weight_grad_impl(const at::Tensor& in, const at::Tensor& grad_out, co
   // channels (the padded input packed, grad_out read by broadcast), whichever fills them.
   const std::vector<Tile> i_tiles = tiles(0, c_in, gemm.nr_max), o_tiles = tiles(0, c_out, gemm.nr_max);
   const std::vector<Tile> i_blocks = lane_blocks(c_in, mr), o_blocks = lane_blocks(c_out, mr);
-  const bool input_lanes = cost(i_blocks.size(), mr, o_tiles) < cost(o_blocks.size(), mr, i_tiles);
+  const bool input_lanes = cost(i_blocks.size(), o_tiles, P, 0) < cost(o_blocks.size(), i_tiles, P, 0);
   const std::vector<Tile>& blocks = input_lanes ? i_blocks : o_blocks;
   const std::vector<Tile>& all_columns = input_lanes ? o_tiles : i_tiles;
   const int64_t n_blocks = blocks.size(), lanes = n_blocks * mr, c_columns = input_lanes ? c_out : c_in;

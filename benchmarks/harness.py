@@ -1,0 +1,496 @@
+"""Benchmark harness: runs every ``benchmarks/bench_*.py`` case and prints one table.
+
+Each ``bench_<topic>.py`` exposes ``cases(device, quick) -> list[Case]``. A case builds
+its inputs once (``Case.setup``) and returns one zero-argument callable per *provider*:
+
+==================  ==============================================================
+``eager``           the op's pure-PyTorch reference
+``compile``         ``torch.compile`` of that reference (the peer a user would pick)
+``fastgen-<name>``  fastgen on backend ``<name>`` (only backends native to the device)
+peers               other packages, added to the dict by the bench file when installed
+==================  ==============================================================
+
+Each provider is warmed up (``torch.compile`` compiles here, untimed), then timed
+``runs`` times; a run is enough back-to-back calls to last ``min_run_s`` and gives the
+time per call; the table shows the median, the throughput and the speedup over
+``eager`` and ``compile`` from the same run (baseline time / provider time, > 1 is
+faster). Each run is appended to ``benchmarks/results/<device-slug>.json``.
+
+Usage::
+
+    python benchmarks/harness.py [--quick] [--filter SUBSTR] [--device cpu|cuda]
+                                 [--runs N] [--no-save] [--markdown]
+
+The same cases run under pytest-benchmark (``pytest benchmarks/ --benchmark-only``)
+through :func:`provider_pairs` and :func:`benchmark_with_pytest`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import functools
+import gc
+import importlib
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import fastgen
+
+__all__ = [
+    "COMPILE",
+    "EAGER",
+    "Case",
+    "Provider",
+    "Result",
+    "benchmark_with_pytest",
+    "device_info",
+    "discover_cases",
+    "fastgen_backends",
+    "format_table",
+    "main",
+    "measure",
+    "op_providers",
+    "provider_pairs",
+    "resolve_device",
+    "run_case",
+    "run_record",
+    "save_run",
+    "warm_up",
+]
+
+EAGER = "eager"
+COMPILE = "compile"
+BENCH_DIR = Path(__file__).resolve().parent
+RESULTS_DIR = BENCH_DIR / "results"
+
+# (runs, min_run_s): a run of at least 20 ms puts timer resolution and per-run jitter
+# well below 1% of the measurement; quick mode trades that for speed.
+FULL = (7, 0.020)
+QUICK = (3, 0.005)
+
+Provider = Callable[[], object]
+
+
+@dataclass(frozen=True)
+class Case:
+    """One benchmark case: an op or model at one shape, timed for several providers.
+
+    Args:
+        name: unique and descriptive, e.g. ``"masked_conv2d 7x7 A C_in=64 fwd+bwd"``.
+        flops: useful floating-point operations per call (for GFLOP/s), or None.
+        setup: builds the inputs once and returns provider name -> callable to time.
+    """
+
+    name: str
+    flops: float | None
+    setup: Callable[[], dict[str, Provider]]
+
+
+@dataclass
+class Result:
+    """The timings of one (case, provider); ``error`` is set instead when it failed."""
+
+    case: str
+    provider: str
+    median_ms: float | None = None
+    times_ms: list[float] = field(default_factory=list)
+    calls_per_run: int | None = None
+    gflops: float | None = None
+    ratio_vs_eager: float | None = None
+    ratio_vs_compile: float | None = None
+    error: str | None = None
+
+
+# ----------------------------------------------------------------------------- providers
+
+
+def fastgen_backends(op: str, device: str, dtype: torch.dtype) -> list[str]:
+    """The fastgen backends of ``op`` (other than ``ref``) that run natively on ``device``.
+
+    Triton on CPU is skipped even when ``TRITON_INTERPRET=1`` makes it runnable: the
+    interpreter is a correctness tool, its timings mean nothing.
+    """
+    supports = fastgen.backends.REGISTRY[op].supports
+    return [
+        name
+        for name, support in supports.items()
+        if name != "ref" and support.reason(device, dtype) is None and not (name == "triton" and device == "cpu")
+    ]
+
+
+def op_providers(
+    op: str,
+    reference: Callable[..., Any],
+    fast: Callable[..., Any],
+    timed: Callable[[Callable[..., Any]], Provider],
+    *,
+    device: str,
+    dtype: torch.dtype,
+) -> dict[str, Provider]:
+    """The standard providers of a fastgen op: eager and compiled reference, then its backends.
+
+    Args:
+        op: the op's name in :data:`fastgen.backends.REGISTRY`.
+        reference: ``<op>_ref``.
+        fast: the public op, which takes the reference's arguments plus ``backend=``.
+        timed: turns an implementation with the reference's signature into the
+            zero-argument callable to time (e.g. forward, or forward and backward).
+        device, dtype: of the case's inputs, to select the backends that can run it.
+
+    A bench file adds peers to the returned dict under their package's name.
+    """
+    # dynamic=False: specialise on each shape, as a user with fixed shapes gets, rather
+    # than switch to a (slower) dynamic-shape graph when a case meets a second shape.
+    impls: dict[str, Callable[..., Any]] = {EAGER: reference, COMPILE: torch.compile(reference, dynamic=False)}
+    for backend in fastgen_backends(op, device, dtype):
+        impls[f"fastgen-{backend}"] = functools.partial(fast, backend=backend)
+    return {name: timed(impl) for name, impl in impls.items()}
+
+
+# -------------------------------------------------------------------------------- timing
+
+
+def _synchronizer(device: str) -> Callable[[], None]:
+    # CUDA calls return before the kernels finish: timing without a sync measures launches.
+    return torch.cuda.synchronize if device == "cuda" else lambda: None
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    # A garbage collection inside a timed run is noise unrelated to the kernels (as timeit).
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def _time_calls(fn: Provider, calls: int, sync: Callable[[], None]) -> float:
+    with _gc_paused():
+        sync()
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        sync()
+        return time.perf_counter() - start
+
+
+def warm_up(fn: Provider, device: str) -> None:
+    """Calls ``fn`` once, untimed: compiles, autotunes and fills caches."""
+    _time_calls(fn, 1, _synchronizer(device))
+
+
+def measure(fn: Provider, device: str, runs: int, min_run_s: float) -> tuple[list[float], int]:
+    """Per-call seconds of ``runs`` timed runs of ``fn``, and the number of calls per run.
+
+    After :func:`warm_up`, the calls per run are calibrated so that a run lasts at least
+    ``min_run_s``; the calibration runs are warm-up too and are not reported.
+    """
+    sync = _synchronizer(device)
+    warm_up(fn, device)
+    calls = 1
+    while (elapsed := _time_calls(fn, calls, sync)) < min_run_s:
+        # Aim 20% over the target so that jitter rarely needs another calibration round.
+        calls = math.ceil(1.2 * calls * min_run_s / max(elapsed, 1e-9))
+    return [_time_calls(fn, calls, sync) / calls for _ in range(runs)], calls
+
+
+# ----------------------------------------------------------------------------- discovery
+
+
+def resolve_device(device: str | None) -> str:
+    """``device``, or ``"cuda"`` when a GPU is available and ``"cpu"`` otherwise."""
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: torch sees no CUDA device")
+    return device
+
+
+def discover_cases(device: str, quick: bool, name_filter: str | None = None) -> list[Case]:
+    """The cases of every ``bench_*.py`` beside this file whose name contains ``name_filter``."""
+    # Bench files `import harness`; that resolves from this directory whoever runs us.
+    if str(BENCH_DIR) not in sys.path:
+        sys.path.insert(0, str(BENCH_DIR))
+    cases: list[Case] = []
+    for path in sorted(BENCH_DIR.glob("bench_*.py")):
+        cases.extend(importlib.import_module(path.stem).cases(device, quick))
+    names = [case.name for case in cases]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ValueError(f"case names must be unique; repeated: {duplicates}")
+    return [case for case in cases if name_filter is None or name_filter in case.name]
+
+
+# ---------------------------------------------------------------------------------- runs
+
+
+def _progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def run_case(case: Case, device: str, runs: int, min_run_s: float, label: str) -> list[Result]:
+    """Times every provider of ``case``; a provider that raises is recorded, not fatal."""
+    # Each case compiles afresh: Dynamo's cache is per code object, so shapes of earlier
+    # cases would count towards the recompile limit of the same reference function.
+    torch._dynamo.reset()
+    results: list[Result] = []
+    for provider, fn in case.setup().items():
+        _progress(f"{label} {case.name} | {provider} ...")
+        try:
+            times, calls = measure(fn, device, runs, min_run_s)
+        except Exception as error:  # one broken provider must not lose a run of many minutes
+            traceback.print_exc()
+            results.append(Result(case.name, provider, error=f"{type(error).__name__}: {error}"))
+            continue
+        median = statistics.median(times)
+        results.append(
+            Result(
+                case.name,
+                provider,
+                median_ms=median * 1e3,
+                times_ms=[t * 1e3 for t in times],
+                calls_per_run=calls,
+                gflops=case.flops / median / 1e9 if case.flops is not None else None,
+            )
+        )
+        _progress(f"{label} {case.name} | {provider}: {median * 1e3:.3f} ms ({calls} calls/run)")
+    by_provider = {r.provider: r.median_ms for r in results}
+    for r in results:
+        if r.median_ms is not None:
+            r.ratio_vs_eager = _ratio(by_provider.get(EAGER), r.median_ms)
+            r.ratio_vs_compile = _ratio(by_provider.get(COMPILE), r.median_ms)
+    return results
+
+
+def _ratio(baseline_ms: float | None, ms: float) -> float | None:
+    return baseline_ms / ms if baseline_ms is not None else None
+
+
+# --------------------------------------------------------------------------------- table
+
+HEADER = ("case", "provider", "median ms", "GFLOP/s", "x vs eager", "x vs compile")
+
+
+def _row(r: Result) -> tuple[str, ...]:
+    if r.error is not None:
+        return (r.case, r.provider, "error", "", "", "")
+
+    def fmt(value: float | None, spec: str) -> str:
+        return "-" if value is None else format(value, spec)
+
+    return (
+        r.case,
+        r.provider,
+        fmt(r.median_ms, ".3f"),
+        fmt(r.gflops, ".1f"),
+        fmt(r.ratio_vs_eager, ".2f"),
+        fmt(r.ratio_vs_compile, ".2f"),
+    )
+
+
+def format_table(results: Sequence[Result], markdown: bool = False) -> str:
+    """The results as an aligned text table, or as a GitHub markdown table."""
+    rows = [_row(r) for r in results]
+    if markdown:
+        lines = ["| " + " | ".join(HEADER) + " |", "|---|---|" + "---:|" * (len(HEADER) - 2)]
+        return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+    widths = [max(len(row[i]) for row in [HEADER, *rows]) for i in range(len(HEADER))]
+
+    def line(row: Sequence[str]) -> str:
+        # Text left-aligned, numbers right-aligned.
+        cells = [cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))]
+        return "  ".join(cells).rstrip()
+
+    return "\n".join([line(HEADER), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+# ------------------------------------------------------------------------------- results
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def device_info(device: str) -> dict[str, str]:
+    """The device's slug (the results file's name) and a description for humans."""
+    if device == "cuda":
+        name = torch.cuda.get_device_name()
+        major, minor = torch.cuda.get_device_capability()
+        return {"slug": f"cuda-{_slug(name)}", "description": f"{name} (sm_{major}{minor}, CUDA {torch.version.cuda})"}
+    model = _cpu_model()
+    threads = torch.get_num_threads()
+    # Marketing noise would make the same CPU model file under several names.
+    short = re.sub(r"\((r|tm)\)|@.*$|\bcpu\b|\bprocessor\b|\b\d+-core\b", " ", model, flags=re.IGNORECASE)
+    return {"slug": f"cpu-{_slug(short)}-{threads}t", "description": f"{model}, {threads} threads"}
+
+
+def _version(dist: str) -> str | None:
+    # importlib.metadata, not import: importing triton on a CPU machine is slow and pointless.
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=BENCH_DIR, capture_output=True, text=True, check=True
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return out.stdout.strip()
+
+
+def run_record(device: str, quick: bool, name_filter: str | None, results: Sequence[Result]) -> dict[str, Any]:
+    """One run as stored in the results file: environment and every (case, provider)."""
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "device": device_info(device),
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "cuda": torch.version.cuda,
+            "triton": _version("triton"),
+            "fastgen": fastgen.__version__,
+        },
+        "num_threads": torch.get_num_threads(),
+        "cpu_isa": fastgen._ext.cpu_isa(),
+        "git_commit": _git_commit(),
+        "quick": quick,
+        "filter": name_filter,
+        "results": [asdict(r) for r in results],
+    }
+
+
+def save_run(record: dict[str, Any], path: Path) -> None:
+    """Appends ``record`` to the JSON list in ``path``, atomically (temp file, then rename)."""
+    runs: list[dict[str, Any]] = []
+    if path.exists():
+        try:
+            runs = json.loads(path.read_text())
+        except ValueError as error:
+            raise ValueError(f"{path} is not valid JSON ({error}); not overwriting it") from error
+        if not isinstance(runs, list):
+            raise ValueError(f"{path} must hold a JSON list of runs; not overwriting it")
+    runs.append(record)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # A crash mid-write must leave the previous runs intact: write beside it, then rename.
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as tmp:
+        try:
+            json.dump(runs, tmp, indent=2)
+            tmp.write("\n")
+        except BaseException:
+            os.unlink(tmp.name)
+            raise
+    os.chmod(tmp.name, 0o644)  # NamedTemporaryFile creates it readable by its owner only
+    os.replace(tmp.name, path)
+
+
+# -------------------------------------------------------------------------------- pytest
+
+_pytest_current: tuple[Case, dict[str, Provider]] | None = None
+
+
+def provider_pairs(cases: Sequence[Case]) -> list[tuple[Case, str]]:
+    """Every (case, provider) pair, for ``metafunc.parametrize``.
+
+    pytest needs the provider names at collection, so each case is set up once here and
+    its inputs dropped; :func:`benchmark_with_pytest` sets it up again when it runs.
+    """
+    return [(case, provider) for case in cases for provider in case.setup()]
+
+
+def benchmark_with_pytest(benchmark: Any, case: Case, provider: str, device: str) -> None:
+    """Times ``provider`` of ``case`` with the pytest-benchmark fixture ``benchmark``."""
+    global _pytest_current
+    if _pytest_current is None or _pytest_current[0] is not case:
+        # Tests run case by case: keep only the current case's inputs alive.
+        _pytest_current = None
+        torch._dynamo.reset()
+        _pytest_current = (case, case.setup())
+    fn = _pytest_current[1][provider]
+    benchmark.group = case.name
+    benchmark.extra_info["flops"] = case.flops
+    warm_up(fn, device)  # compile outside pytest-benchmark's calibration and rounds
+    sync = _synchronizer(device)
+
+    def call() -> None:
+        fn()
+        sync()
+
+    benchmark(call)
+
+
+# ----------------------------------------------------------------------------------- CLI
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line; returns the exit status (1 if any provider failed)."""
+    parser = argparse.ArgumentParser(description="Run the benchmarks/bench_*.py cases and print one table.")
+    quick_help = (
+        f"fewer, shorter runs ({QUICK[0]} of >= {QUICK[1] * 1e3:g} ms instead of {FULL[0]} of >= {FULL[1] * 1e3:g} ms)"
+    )
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--filter", metavar="SUBSTR", help="only cases whose name contains SUBSTR")
+    parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda if available, else cpu")
+    parser.add_argument("--runs", type=int, help=f"timed runs per provider (default {FULL[0]}, quick {QUICK[0]})")
+    parser.add_argument("--no-save", action="store_true", help="do not append the run to benchmarks/results/")
+    parser.add_argument("--markdown", action="store_true", help="print the table as GitHub markdown")
+    args = parser.parse_args(argv)
+    try:
+        device = resolve_device(args.device)
+    except ValueError as error:
+        parser.error(str(error))
+    runs, min_run_s = QUICK if args.quick else FULL
+    if args.runs is not None:
+        if args.runs < 1:
+            parser.error("--runs must be >= 1")
+        runs = args.runs
+
+    cases = discover_cases(device, args.quick, args.filter)
+    if not cases:
+        parser.error(f"no case matches --filter {args.filter!r}")
+    results: list[Result] = []
+    for i, case in enumerate(cases, 1):
+        results.extend(run_case(case, device, runs, min_run_s, f"[{i}/{len(cases)}]"))
+
+    print(format_table(results, markdown=args.markdown))
+    if not args.no_save:
+        record = run_record(device, args.quick, args.filter, results)
+        path = RESULTS_DIR / f"{record['device']['slug']}.json"
+        save_run(record, path)
+        _progress(f"appended to {path}")
+    return 1 if any(r.error is not None for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
