@@ -11,15 +11,16 @@ peers               other packages, added to the dict by the bench file when ins
 ==================  ==============================================================
 
 Each provider is warmed up (``torch.compile`` compiles here, untimed), then timed
-``runs`` times; a run is enough back-to-back calls to last ``min_run_s`` and gives the
-time per call; the table shows the median, the throughput and the speedup over
-``eager`` and ``compile`` from the same run (baseline time / provider time, > 1 is
-faster). Each run is appended to ``benchmarks/results/<device-slug>.json``.
+``runs`` times, the providers' runs interleaved; a run is enough back-to-back calls to
+last ``min_run_s`` and gives the time per call; the table shows the median, the
+throughput and the speedup over ``eager`` and ``compile`` from the same run (baseline
+time / provider time, > 1 is faster). Each run is appended to ``benchmarks/results/<device-slug>.json``.
 
 Usage::
 
     python benchmarks/harness.py [--quick] [--filter SUBSTR] [--device cpu|cuda]
-                                 [--runs N] [--no-save] [--markdown]
+                                 [--runs N] [--no-save]
+    python benchmarks/harness.py --report    # README tables from benchmarks/results/
 
 The same cases run under pytest-benchmark (``pytest benchmarks/ --benchmark-only``)
 through :func:`provider_pairs` and :func:`benchmark_with_pytest`.
@@ -64,13 +65,15 @@ __all__ = [
     "device_info",
     "discover_cases",
     "fastgen_backends",
+    "format_report",
     "format_table",
     "main",
-    "measure",
+    "calibrate",
     "op_providers",
     "provider_pairs",
     "resolve_device",
     "run_case",
+    "report",
     "run_record",
     "save_run",
     "warm_up",
@@ -199,11 +202,10 @@ def warm_up(fn: Provider, device: str) -> None:
     _time_calls(fn, 1, _synchronizer(device))
 
 
-def measure(fn: Provider, device: str, runs: int, min_run_s: float) -> tuple[list[float], int]:
-    """Per-call seconds of ``runs`` timed runs of ``fn``, and the number of calls per run.
+def calibrate(fn: Provider, device: str, min_run_s: float) -> int:
+    """Calls per run so that a run of ``fn`` lasts at least ``min_run_s``.
 
-    After :func:`warm_up`, the calls per run are calibrated so that a run lasts at least
-    ``min_run_s``; the calibration runs are warm-up too and are not reported.
+    Warms up first (:func:`warm_up`); the calibration runs are warm-up too.
     """
     sync = _synchronizer(device)
     warm_up(fn, device)
@@ -211,7 +213,7 @@ def measure(fn: Provider, device: str, runs: int, min_run_s: float) -> tuple[lis
     while (elapsed := _time_calls(fn, calls, sync)) < min_run_s:
         # Aim 20% over the target so that jitter rarely needs another calibration round.
         calls = math.ceil(1.2 * calls * min_run_s / max(elapsed, 1e-9))
-    return [_time_calls(fn, calls, sync) / calls for _ in range(runs)], calls
+    return calls
 
 
 # ----------------------------------------------------------------------------- discovery
@@ -249,37 +251,44 @@ def _progress(message: str) -> None:
 
 
 def run_case(case: Case, device: str, runs: int, min_run_s: float, label: str) -> list[Result]:
-    """Times every provider of ``case``; a provider that raises is recorded, not fatal."""
+    """Times every provider of ``case``; a provider that raises is recorded, not fatal.
+
+    The providers' runs are interleaved (round r times each provider once, starting from
+    a different one each round), so a slow spell of the machine hits all of them alike
+    and the speedups, which compare medians, stay meaningful on a busy or throttling host.
+    """
     # Each case compiles afresh: Dynamo's cache is per code object, so shapes of earlier
     # cases would count towards the recompile limit of the same reference function.
     torch._dynamo.reset()
-    results: list[Result] = []
-    for provider, fn in case.setup().items():
-        _progress(f"{label} {case.name} | {provider} ...")
+    sync = _synchronizer(device)
+    results: dict[str, Result] = {}
+    calls: dict[str, int] = {}
+    providers = case.setup()
+    for provider, fn in providers.items():
+        _progress(f"{label} {case.name} | {provider}: warming up")
         try:
-            times, calls = measure(fn, device, runs, min_run_s)
+            calls[provider] = calibrate(fn, device, min_run_s)
+            results[provider] = Result(case.name, provider, calls_per_run=calls[provider])
         except Exception as error:  # one broken provider must not lose a run of many minutes
             traceback.print_exc()
-            results.append(Result(case.name, provider, error=f"{type(error).__name__}: {error}"))
-            continue
-        median = statistics.median(times)
-        results.append(
-            Result(
-                case.name,
-                provider,
-                median_ms=median * 1e3,
-                times_ms=[t * 1e3 for t in times],
-                calls_per_run=calls,
-                gflops=case.flops / median / 1e9 if case.flops is not None else None,
-            )
-        )
-        _progress(f"{label} {case.name} | {provider}: {median * 1e3:.3f} ms ({calls} calls/run)")
-    by_provider = {r.provider: r.median_ms for r in results}
-    for r in results:
-        if r.median_ms is not None:
-            r.ratio_vs_eager = _ratio(by_provider.get(EAGER), r.median_ms)
-            r.ratio_vs_compile = _ratio(by_provider.get(COMPILE), r.median_ms)
-    return results
+            results[provider] = Result(case.name, provider, error=f"{type(error).__name__}: {error}")
+    timed = list(calls)
+    for r in range(runs):
+        for provider in timed[r % len(timed) :] + timed[: r % len(timed)]:
+            elapsed = _time_calls(providers[provider], calls[provider], sync)
+            results[provider].times_ms.append(elapsed / calls[provider] * 1e3)
+    for provider in timed:
+        result = results[provider]
+        result.median_ms = statistics.median(result.times_ms)
+        if case.flops is not None:
+            result.gflops = case.flops / result.median_ms / 1e6
+        _progress(f"{label} {case.name} | {provider}: {result.median_ms:.3f} ms ({calls[provider]} calls/run)")
+    by_provider = {r.provider: r.median_ms for r in results.values()}
+    for result in results.values():
+        if result.median_ms is not None:
+            result.ratio_vs_eager = _ratio(by_provider.get(EAGER), result.median_ms)
+            result.ratio_vs_compile = _ratio(by_provider.get(COMPILE), result.median_ms)
+    return list(results.values())
 
 
 def _ratio(baseline_ms: float | None, ms: float) -> float | None:
@@ -308,12 +317,9 @@ def _row(r: Result) -> tuple[str, ...]:
     )
 
 
-def format_table(results: Sequence[Result], markdown: bool = False) -> str:
-    """The results as an aligned text table, or as a GitHub markdown table."""
+def format_table(results: Sequence[Result]) -> str:
+    """The results as an aligned text table, one row per (case, provider)."""
     rows = [_row(r) for r in results]
-    if markdown:
-        lines = ["| " + " | ".join(HEADER) + " |", "|---|---|" + "---:|" * (len(HEADER) - 2)]
-        return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
     widths = [max(len(row[i]) for row in [HEADER, *rows]) for i in range(len(HEADER))]
 
     def line(row: Sequence[str]) -> str:
@@ -322,6 +328,46 @@ def format_table(results: Sequence[Result], markdown: bool = False) -> str:
         return "  ".join(cells).rstrip()
 
     return "\n".join([line(HEADER), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def format_report(run: dict[str, Any]) -> str:
+    """A saved run as a markdown table for the README: one row per case, the median ms of
+    every provider, and each fastgen provider's speedup over eager and compile."""
+    by_case: dict[str, dict[str, dict[str, Any]]] = {}
+    for r in run["results"]:
+        by_case.setdefault(r["case"], {})[r["provider"]] = r
+    providers = list(dict.fromkeys(r["provider"] for r in run["results"]))
+    fast = [p for p in providers if p.startswith("fastgen-")]
+    header = ["case", *(f"{p} ms" for p in providers)]
+    header += [f"{p} vs {base}" for p in fast for base in (EAGER, COMPILE)]
+    lines = ["| " + " | ".join(header) + " |", "|---" + "|---:" * (len(header) - 1) + "|"]
+    for case, results in by_case.items():
+        cells = [case]
+        for p in providers:
+            ms = results.get(p, {}).get("median_ms")
+            cells.append("-" if ms is None else f"{ms:.2f}")
+        for p in fast:
+            for key in ("ratio_vs_eager", "ratio_vs_compile"):
+                ratio = results.get(p, {}).get(key)
+                cells.append("-" if ratio is None else f"**{ratio:.2f}x**")
+        lines.append("| " + " | ".join(cells) + " |")
+    versions = run["versions"]
+    caption = (
+        f"{run['device']['description']}, {run['date'][:10]}, torch {versions['torch']}, "
+        f"fastgen {versions['fastgen']} ({run['git_commit']}), CPU kernels {run['cpu_isa']}: "
+        f"median of {len(run['results'][0]['times_ms'])} runs"
+    )
+    return caption + "\n\n" + "\n".join(lines)
+
+
+def report(results_dir: Path = RESULTS_DIR) -> str:
+    """The README's benchmark tables: the latest full (not quick, unfiltered) run per device."""
+    sections = []
+    for path in sorted(results_dir.glob("*.json")):
+        full = [run for run in json.loads(path.read_text()) if not run["quick"] and run["filter"] is None]
+        if full:
+            sections.append(f"`benchmarks/results/{path.name}`: " + format_report(full[-1]))
+    return "\n\n".join(sections)
 
 
 # ------------------------------------------------------------------------------- results
@@ -363,7 +409,12 @@ def _version(dist: str) -> str | None:
 def _git_commit() -> str | None:
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=BENCH_DIR, capture_output=True, text=True, check=True
+            # "-dirty" marks a run of code that differs from the commit
+            ["git", "describe", "--always", "--dirty", "--abbrev=7"],
+            cwd=BENCH_DIR,
+            capture_output=True,
+            text=True,
+            check=True,
         )
     except (OSError, subprocess.CalledProcessError):
         return None
@@ -464,8 +515,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda if available, else cpu")
     parser.add_argument("--runs", type=int, help=f"timed runs per provider (default {FULL[0]}, quick {QUICK[0]})")
     parser.add_argument("--no-save", action="store_true", help="do not append the run to benchmarks/results/")
-    parser.add_argument("--markdown", action="store_true", help="print the table as GitHub markdown")
+    parser.add_argument(
+        "--report", action="store_true", help="print the README tables from benchmarks/results/ and exit"
+    )
     args = parser.parse_args(argv)
+    if args.report:
+        print(report())
+        return 0
     try:
         device = resolve_device(args.device)
     except ValueError as error:
@@ -483,7 +539,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for i, case in enumerate(cases, 1):
         results.extend(run_case(case, device, runs, min_run_s, f"[{i}/{len(cases)}]"))
 
-    print(format_table(results, markdown=args.markdown))
+    print(format_table(results))
     if not args.no_save:
         record = run_record(device, args.quick, args.filter, results)
         path = RESULTS_DIR / f"{record['device']['slug']}.json"

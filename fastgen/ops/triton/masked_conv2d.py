@@ -215,20 +215,33 @@ def _n_kept_taps(k: int, mask_type: str, color_channels: int) -> int:
     return c * k + c + int(has_centre)
 
 
-def _dot_config(x: torch.Tensor) -> tuple[tl.dtype, str]:
-    """(accumulator dtype, tl.dot input precision) for inputs like ``x``."""
-    acc_dtype = tl.float64 if x.dtype == torch.float64 else tl.float32
-    # The interpreter computes dots exactly; on GPU float32 dots use TF32 tensor cores exactly
-    # when torch's own convolutions do (torch.backends.cudnn.allow_tf32, on by default).
-    # Non-float32 inputs ignore the setting.
-    exact = x.device.type != "cuda" or x.dtype == torch.float64 or not torch.backends.cudnn.allow_tf32
-    return acc_dtype, "ieee" if exact else "tf32"
-
-
 def _block(n: int, largest: int, interpret: bool) -> int:
     """A block size for a dimension of size ``n``: at least 16 (tl.dot's minimum), the
     minimum under the interpreter (whose cost grows with the block), else up to ``largest``."""
     return 16 if interpret else max(16, min(largest, triton.next_power_of_2(n)))
+
+
+def _meta(x: torch.Tensor, n_pix: int, c_out: int, c_in: int, k: int, mask_type: str, color_channels: int) -> dict:
+    """The compile-time parameters both kernels take: the mask's taps and colour rule, the
+    accumulator and dot precision for inputs like ``x``, and the blocks (``c_out``: the
+    produced channels, ``c_in``: the reduced ones)."""
+    interpret = x.device.type != "cuda"
+    # The interpreter computes dots exactly; on GPU float32 dots use TF32 tensor cores exactly
+    # when torch's own convolutions do (torch.backends.cudnn.allow_tf32, on by default).
+    # Non-float32 inputs ignore the setting.
+    exact = interpret or x.dtype == torch.float64 or not torch.backends.cudnn.allow_tf32
+    return dict(
+        K=k,
+        N_TAPS=_n_kept_taps(k, mask_type, color_channels),
+        COLOR_GROUPS=color_channels > 1,
+        STRICT=int(mask_type == "A"),
+        ACC_DTYPE=tl.float64 if x.dtype == torch.float64 else tl.float32,
+        INPUT_PRECISION="ieee" if exact else "tf32",
+        BLOCK_P=_block(n_pix, 64, interpret),
+        BLOCK_CO=_block(c_out, 64, interpret),
+        BLOCK_CI=_block(c_in, 32, interpret),
+        num_warps=4,
+    )
 
 
 def _conv(inp, weight, bias, out, *, transposed, mask_type, color_channels, dilation):
@@ -236,7 +249,6 @@ def _conv(inp, weight, bias, out, *, transposed, mask_type, color_channels, dila
     c_out, c_in, k, _ = weight.shape
     batch, _, height, width = inp.shape
     n_pix = batch * height * width
-    n_taps = _n_kept_taps(k, mask_type, color_channels)
     # The kernel reads one [BLOCK_CI, BLOCK_CO] weight tile per tap and chunk, whose elements
     # are k*k apart in the (C_out, C_in, k, k) layout; repacked as (k, k, C_red, C_prod), a
     # copy the size of the weight, its loads coalesce. Transposed, the conv's outputs are
@@ -245,12 +257,8 @@ def _conv(inp, weight, bias, out, *, transposed, mask_type, color_channels, dila
         c_red, c_prod, packed = c_out, c_in, weight.permute(2, 3, 0, 1).contiguous()
     else:
         c_red, c_prod, packed = c_in, c_out, weight.permute(2, 3, 1, 0).contiguous()
-    interpret = inp.device.type != "cuda"
-    block_p = _block(n_pix, 64, interpret)
-    block_co = _block(c_prod, 64, interpret)
-    block_ci = _block(c_red, 32, interpret)
-    acc_dtype, precision = _dot_config(inp)
-    grid = (triton.cdiv(n_pix, block_p), triton.cdiv(c_prod, block_co))
+    meta = _meta(inp, n_pix, c_prod, c_red, k, mask_type, color_channels)
+    grid = (triton.cdiv(n_pix, meta["BLOCK_P"]), triton.cdiv(c_prod, meta["BLOCK_CO"]))
     _masked_conv2d_kernel[grid](
         inp, packed, bias if bias is not None else out, out,
         n_pix, height, width, c_red, c_prod, c_red // color_channels, c_prod // color_channels, dilation,
@@ -258,18 +266,9 @@ def _conv(inp, weight, bias, out, *, transposed, mask_type, color_channels, dila
         *packed.stride(),
         bias.stride(0) if bias is not None else 0,
         *out.stride(),
-        K=k,
-        N_TAPS=n_taps,
-        COLOR_GROUPS=color_channels > 1,
-        STRICT=int(mask_type == "A"),
         TRANSPOSED=transposed,
         HAS_BIAS=bias is not None,
-        ACC_DTYPE=acc_dtype,
-        INPUT_PRECISION=precision,
-        BLOCK_P=block_p,
-        BLOCK_CO=block_co,
-        BLOCK_CI=block_ci,
-        num_warps=4,
+        **meta,
     )
 
 
@@ -288,15 +287,11 @@ def _weight_grad(grad_out, x, weight, *, mask_type, color_channels, dilation):
     c_out, c_in, k, _ = weight.shape
     batch, _, height, width = x.shape
     n_pix = batch * height * width
-    n_taps = _n_kept_taps(k, mask_type, color_channels)
+    meta = _meta(x, n_pix, c_out, c_in, k, mask_type, color_channels)
+    n_taps, block_p = meta["N_TAPS"], meta["BLOCK_P"]
     if n_pix == 0 or n_taps == 0:
         return torch.zeros_like(weight, memory_format=torch.contiguous_format)
-    interpret = x.device.type != "cuda"
-    block_p = _block(n_pix, 64, interpret)
-    block_co = _block(c_out, 64, interpret)
-    block_ci = _block(c_in, 32, interpret)
-    acc_dtype, precision = _dot_config(x)
-    n_tiles = triton.cdiv(c_out, block_co) * triton.cdiv(c_in, block_ci)
+    n_tiles = triton.cdiv(c_out, meta["BLOCK_CO"]) * triton.cdiv(c_in, meta["BLOCK_CI"])
     splits = _weight_grad_splits(n_taps * n_tiles, n_pix, block_p, x.device)
     pix_per_split = triton.cdiv(triton.cdiv(n_pix, splits), block_p) * block_p
     splits = triton.cdiv(n_pix, pix_per_split)
@@ -304,7 +299,7 @@ def _weight_grad(grad_out, x, weight, *, mask_type, color_channels, dilation):
     # since the kernel writes kept taps only.
     partial = torch.zeros(
         (splits, c_out, c_in, k, k),
-        dtype=torch.float64 if acc_dtype == tl.float64 else torch.float32,
+        dtype=torch.float64 if x.dtype == torch.float64 else torch.float32,
         device=x.device,
     )
     _masked_conv2d_weight_grad_kernel[(n_taps, n_tiles, splits)](
@@ -314,16 +309,7 @@ def _weight_grad(grad_out, x, weight, *, mask_type, color_channels, dilation):
         *grad_out.stride(),
         *x.stride(),
         *partial.stride(),
-        K=k,
-        N_TAPS=n_taps,
-        COLOR_GROUPS=color_channels > 1,
-        STRICT=int(mask_type == "A"),
-        ACC_DTYPE=acc_dtype,
-        INPUT_PRECISION=precision,
-        BLOCK_P=block_p,
-        BLOCK_CO=block_co,
-        BLOCK_CI=block_ci,
-        num_warps=4,
+        **meta,
     )
     return partial.sum(0).to(x.dtype)
 
