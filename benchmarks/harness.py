@@ -84,9 +84,10 @@ COMPILE = "compile"
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
 
-# (runs, min_run_s): a run of at least 20 ms puts timer resolution and per-run jitter
-# well below 1% of the measurement; quick mode trades that for speed.
-FULL = (7, 0.020)
+# (runs, min_run_s): a run of at least 50 ms puts timer resolution and per-call jitter
+# well below 1% of the measurement, and 15 interleaved runs give a median that a few
+# slow spells of a shared host do not move; quick mode trades that for speed.
+FULL = (15, 0.050)
 QUICK = (3, 0.005)
 
 Provider = Callable[[], object]
