@@ -11,8 +11,7 @@ import platform
 
 import torch
 
-from . import __version__, _ext, backends
-from . import ops as _ops  # noqa: F401  (importing the ops registers their backends)
+from . import __version__, _ext, backends  # importing fastgen registers every op's backends
 
 __all__ = ["report"]
 

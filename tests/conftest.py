@@ -11,17 +11,7 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import pytest  # noqa: E402
-
-import fastgen  # noqa: E402,F401
-
-from .helpers import DEVICES  # noqa: E402
-
-# The references must be exact on GPU too: no TF32 in cuBLAS/cuDNN.
+# The references must be exact on GPU too: no TF32 in cuBLAS/cuDNN (fastgen's Triton
+# kernels follow the cuDNN setting).
 torch.backends.cuda.matmul.allow_tf32 = False
 torch.backends.cudnn.allow_tf32 = False
-
-
-@pytest.fixture(params=DEVICES)
-def device(request):
-    return request.param

@@ -13,7 +13,7 @@ import fastgen
 from fastgen import backends
 from fastgen.backends import BackendUnavailableError, OpBackends, Support
 
-from .helpers import fast_backends
+from .helpers import DEVICES, fast_backends
 
 
 def run_python(code: str, cwd=None, **env: str) -> subprocess.CompletedProcess:
@@ -25,9 +25,11 @@ def run_python(code: str, cwd=None, **env: str) -> subprocess.CompletedProcess:
 
 
 def test_the_suite_exercises_every_fast_backend():
-    """CI must run the cpp and triton kernels, not skip them: both must be available."""
+    """CI must run the cpp and triton kernels, not skip them: both must be available
+    (Triton on the GPU when there is one, else under the interpreter)."""
     assert fastgen._ext.ERROR is None, fastgen._ext.ERROR
-    assert fast_backends("masked_conv2d", "cpu") == ["cpp", "triton"]
+    assert "cpp" in fast_backends("masked_conv2d", "cpu")
+    assert "triton" in fast_backends("masked_conv2d", DEVICES[-1])
 
 
 def test_build_info_matches_running_torch():

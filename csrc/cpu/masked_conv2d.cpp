@@ -106,8 +106,10 @@ void check_args(const at::Tensor& x, const at::Tensor& weight, c10::string_view 
 
 MaskedTaps taps_for(const at::Tensor& x, const at::Tensor& weight, c10::string_view mask_type, int64_t groups,
                     int64_t dilation) {
-  return masked_taps(weight.size(2), mask_type == "A", groups, dilation, weight.size(0), x.size(1), x.size(2),
-                     x.size(3));
+  // Beyond the image size every off-centre tap leaves the image, whatever the dilation:
+  // clamping changes nothing and keeps the offsets far from overflow.
+  const int64_t H = x.size(2), W = x.size(3), d = std::min(dilation, std::max<int64_t>({H, W, 1}));
+  return masked_taps(weight.size(2), mask_type == "A", groups, d, weight.size(0), x.size(1), H, W);
 }
 
 at::Tensor masked_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,

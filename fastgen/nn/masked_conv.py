@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from ..ops import masked_conv2d
-from ..ops._checks import check_choice, check_int
+from ..ops._checks import check_int
+from ..ops.masked_conv2d import check_mask_args
 
 __all__ = ["MaskedConv2d"]
 
@@ -61,14 +62,8 @@ class MaskedConv2d(nn.Conv2d):
         check_int(name, "kernel_size", kernel_size, minimum=1)
         if kernel_size % 2 == 0:
             raise ValueError(f"{name}: kernel_size must be odd, got {kernel_size}")
-        check_choice(name, "mask_type", mask_type, ("A", "B"))
-        check_int(name, "color_channels", color_channels, minimum=1)
+        check_mask_args(name, mask_type, color_channels, in_channels, out_channels)
         check_int(name, "dilation", dilation, minimum=1)
-        if in_channels % color_channels or out_channels % color_channels:
-            raise ValueError(
-                f"{name}: color_channels={color_channels} must divide in_channels={in_channels} "
-                f"and out_channels={out_channels}"
-            )
         super().__init__(
             in_channels,
             out_channels,

@@ -25,10 +25,22 @@ import torch.nn.functional as F
 from .. import backends
 from ._checks import check_choice, check_int, check_same_device, check_tensor
 
-__all__ = ["masked_conv2d", "masked_conv2d_mask", "masked_conv2d_ref"]
+__all__ = ["check_mask_args", "masked_conv2d", "masked_conv2d_mask", "masked_conv2d_ref"]
 
 OP = "masked_conv2d"
 MASK_TYPES = ("A", "B")
+
+
+def check_mask_args(op: str, mask_type: object, color_channels: object, in_channels: int, out_channels: int) -> None:
+    """The mask's arguments: ``mask_type`` "A" or "B"; ``color_channels`` an int >= 1 that
+    divides both channel counts (ValueError/TypeError naming the argument, as ``op``)."""
+    check_choice(op, "mask_type", mask_type, MASK_TYPES)
+    check_int(op, "color_channels", color_channels, minimum=1)
+    if in_channels % color_channels or out_channels % color_channels:
+        raise ValueError(
+            f"{op}: color_channels={color_channels} must divide the input and output channel counts, "
+            f"got {in_channels} and {out_channels}"
+        )
 
 
 # ----------------------------------------------------------------------------- reference
@@ -45,7 +57,7 @@ def masked_conv2d_mask(
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """The 0/1 mask of a masked convolution, shape ``(out_channels, in_channels, k, k)``."""
-    check_choice(OP, "mask_type", mask_type, MASK_TYPES)
+    check_mask_args("masked_conv2d_mask", mask_type, color_channels, in_channels, out_channels)
     k, c = kernel_size, kernel_size // 2
     mask = torch.zeros(out_channels, in_channels, k, k, dtype=dtype, device=device)
     mask[:, :, :c, :] = 1
@@ -134,14 +146,23 @@ def _fake_backward(grad_out, x, weight, mask_type, color_channels, dilation, out
     )
 
 
-def _setup_context(ctx, inputs, output):
+def _setup_forward(ctx, inputs, output):
     x, weight, bias, mask_type, color_channels, dilation = inputs
     ctx.save_for_backward(x, weight)
     ctx.args = (mask_type, color_channels, dilation)
     ctx.has_bias = bias is not None
 
 
-def _autograd_backward(backward_op):
+def _setup_backward(ctx, inputs, output):
+    grad_out, x, weight, mask_type, color_channels, dilation, output_mask = inputs
+    ctx.save_for_backward(grad_out, x, weight)
+    ctx.args = (mask_type, color_channels, dilation)
+    ctx.output_mask = output_mask
+
+
+def _forward_grads(backward_op):
+    """Autograd of the forward op: its backward op, for the inputs that need a gradient."""
+
     def backward(ctx, grad_out):
         x, weight = ctx.saved_tensors
         need = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2] and ctx.has_bias]
@@ -151,14 +172,49 @@ def _autograd_backward(backward_op):
     return backward
 
 
+def _backward_grads(forward_op, backward_op):
+    """Autograd of the backward op (double backward), again from the two ops. The layer is
+    bilinear: grad_x = conv_T(grad_out; W), grad_W = corr(grad_out, x), grad_b = sum(grad_out),
+    so the gradients of <gg_x, grad_x> + <gg_W, grad_W> + <gg_b, grad_b> are
+    d/d grad_out = conv(gg_x; W) + conv(x; gg_W) + gg_b, d/dx = conv_T(grad_out; gg_W),
+    d/dW = corr(grad_out, gg_x)."""
+
+    def backward(ctx, gg_x, gg_w, gg_b):
+        grad_out, x, weight = ctx.saved_tensors
+        computed = ctx.output_mask
+        gg_x = gg_x if computed[0] else None
+        gg_w = gg_w if computed[1] else None
+        gg_b = gg_b if computed[2] else None
+        d_grad_out = d_x = d_w = None
+        if ctx.needs_input_grad[0]:
+            d_grad_out = torch.zeros_like(grad_out)
+            if gg_x is not None:
+                d_grad_out = d_grad_out + forward_op(gg_x, weight, None, *ctx.args)
+            if gg_w is not None:
+                d_grad_out = d_grad_out + forward_op(x, gg_w, None, *ctx.args)
+            if gg_b is not None:
+                d_grad_out = d_grad_out + gg_b[None, :, None, None]
+        if ctx.needs_input_grad[1] and gg_w is not None:
+            d_x = backward_op(grad_out, x, gg_w, *ctx.args, [True, False, False])[0]
+        if ctx.needs_input_grad[2] and gg_x is not None:
+            d_w = backward_op(grad_out, gg_x, weight, *ctx.args, [False, True, False])[1]
+        return d_grad_out, d_x, d_w, None, None, None, None
+
+    return backward
+
+
 def _register(forward_name: str, backward_name: str):
+    forward_op = getattr(torch.ops.fastgen, forward_name).default
+    backward_op = getattr(torch.ops.fastgen, backward_name).default
     torch.library.register_fake(f"fastgen::{forward_name}")(_fake_forward)
     torch.library.register_fake(f"fastgen::{backward_name}")(_fake_backward)
-    backward_op = getattr(torch.ops.fastgen, backward_name).default
     torch.library.register_autograd(
-        f"fastgen::{forward_name}", _autograd_backward(backward_op), setup_context=_setup_context
+        f"fastgen::{forward_name}", _forward_grads(backward_op), setup_context=_setup_forward
     )
-    return getattr(torch.ops.fastgen, forward_name).default
+    torch.library.register_autograd(
+        f"fastgen::{backward_name}", _backward_grads(forward_op, backward_op), setup_context=_setup_backward
+    )
+    return forward_op
 
 
 _BACKENDS = backends.OpBackends(
@@ -190,13 +246,7 @@ def _check_args(x, weight, bias, mask_type, color_channels, dilation) -> None:
         check_same_device(OP, "x", x, bias=bias)
         if bias.shape[0] != c_out:
             raise ValueError(f"{OP}: bias must have shape ({c_out},) to match weight, got {tuple(bias.shape)}")
-    check_choice(OP, "mask_type", mask_type, MASK_TYPES)
-    check_int(OP, "color_channels", color_channels, minimum=1)
-    if c_in % color_channels or c_out % color_channels:
-        raise ValueError(
-            f"{OP}: color_channels={color_channels} must divide the input and output channel counts, "
-            f"got C_in={c_in}, C_out={c_out}"
-        )
+    check_mask_args(OP, mask_type, color_channels, c_in, c_out)
     check_int(OP, "dilation", dilation, minimum=1)
 
 

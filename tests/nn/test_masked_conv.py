@@ -54,7 +54,7 @@ def test_state_dict_round_trip_and_conv2d_compatibility():
         (dict(kernel_size=4), ValueError, "kernel_size must be odd"),
         (dict(kernel_size=(3, 3)), TypeError, "kernel_size must be an int"),
         (dict(mask_type="a"), ValueError, "mask_type must be one of"),
-        (dict(color_channels=2), ValueError, "color_channels=2 must divide in_channels=3"),
+        (dict(color_channels=2), ValueError, "color_channels=2 must divide the input and output channel counts, got 3 and 6"),
         (dict(dilation=0), ValueError, "dilation must be >= 1"),
     ],
 )

@@ -95,11 +95,15 @@ def test_matches_reference_many_channels(backend, device, k, mask, colour, c_in,
 
 @pytest.mark.parametrize("backend,device", backend_device_params())
 def test_degenerate_shapes(backend, device):
-    """Empty batch; a dilation wider than the image; mask A 1x1 (every tap masked: y = bias)."""
+    """Empty batch; dilations wider than the image; mask A 1x1 (every tap masked: y = bias)."""
     x, weight, bias = make_inputs(0, 3, 6, 5, 5, 3, dtype=torch.float64, device=device)
     assert masked_conv2d(x, weight, bias, mask_type="A", backend=backend).shape == (0, 6, 5, 5)
     x, weight, bias = make_inputs(1, 3, 6, 4, 5, 5, dtype=torch.float64, device=device)
     assert_matches_reference(backend, x, weight, bias, mask_type="B", dilation=7)
+    # A dilation whose offsets would overflow 64 bits: every off-centre tap is outside.
+    y = masked_conv2d(x, weight, bias, mask_type="B", dilation=2**62, backend=backend)
+    centre = weight[:, :, 2:3, 2:3]
+    torch.testing.assert_close(y, masked_conv2d_ref(x, centre, bias, mask_type="B"))
     x, weight, bias = make_inputs(2, 3, 6, 4, 5, 1, dtype=torch.float64, device=device)
     y = masked_conv2d(x, weight, bias, mask_type="A", backend=backend)
     torch.testing.assert_close(y, bias[None, :, None, None].expand_as(y).detach())
@@ -181,6 +185,18 @@ def test_gradcheck(backend, device, mask, colour):
     x, weight, bias = make_inputs(1, 3, 3, 4, 5, 3, dtype=torch.float64, device=device)
     torch.autograd.gradcheck(
         lambda x, w, b: masked_conv2d(x, w, b, mask_type=mask, color_channels=colour, backend=backend),
+        (x, weight, bias),
+        fast_mode=True,
+    )
+
+
+@pytest.mark.parametrize("backend,device", backend_device_params())
+def test_gradgradcheck(backend, device):
+    """Second derivatives (gradient penalties, Hessian-vector products) run on the fast
+    ops too: the backward op has its own autograd formula."""
+    x, weight, bias = make_inputs(1, 3, 3, 4, 3, 3, dtype=torch.float64, device=device)
+    torch.autograd.gradgradcheck(
+        lambda x, w, b: masked_conv2d(x, w, b, mask_type="A", color_channels=3, dilation=2, backend=backend),
         (x, weight, bias),
         fast_mode=True,
     )

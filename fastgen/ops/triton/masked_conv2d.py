@@ -244,10 +244,17 @@ def _meta(x: torch.Tensor, n_pix: int, c_out: int, c_in: int, k: int, mask_type:
     )
 
 
+def _clamp_dilation(dilation: int, height: int, width: int) -> int:
+    # Beyond the image size every off-centre tap leaves the image, whatever the dilation:
+    # clamping changes nothing and keeps the offsets far from integer overflow.
+    return min(dilation, max(height, width, 1))
+
+
 def _conv(inp, weight, bias, out, *, transposed, mask_type, color_channels, dilation):
     """out = masked conv of ``inp`` (``transposed``: its adjoint, for grad_x); out is written in full."""
     c_out, c_in, k, _ = weight.shape
     batch, _, height, width = inp.shape
+    dilation = _clamp_dilation(dilation, height, width)
     n_pix = batch * height * width
     # The kernel reads one [BLOCK_CI, BLOCK_CO] weight tile per tap and chunk, whose elements
     # are k*k apart in the (C_out, C_in, k, k) layout; repacked as (k, k, C_red, C_prod), a
@@ -286,6 +293,7 @@ def _weight_grad(grad_out, x, weight, *, mask_type, color_channels, dilation):
     """grad_weight, ``(C_out, C_in, k, k)`` contiguous, exactly 0 wherever the mask is 0."""
     c_out, c_in, k, _ = weight.shape
     batch, _, height, width = x.shape
+    dilation = _clamp_dilation(dilation, height, width)
     n_pix = batch * height * width
     meta = _meta(x, n_pix, c_out, c_in, k, mask_type, color_channels)
     n_taps, block_p = meta["N_TAPS"], meta["BLOCK_P"]
