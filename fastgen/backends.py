@@ -153,6 +153,7 @@ def use_backend(name: str) -> Iterator[None]:
     """Run every fastgen op inside the block on backend ``name`` (or ``"auto"``).
 
     An op's own ``backend=`` argument still wins. Nested contexts: the innermost wins.
+    The setting is process-wide, like ``torch.backends`` flags, not per thread.
     """
     _stack.append(_check_name(name, "use_backend: name"))
     try:

@@ -174,9 +174,9 @@ def test_opcheck(backend, device):
     backward = getattr(torch.ops.fastgen, op_name + "_backward").default
     torch.library.opcheck(forward, (x, weight, bias, "B", 3, 1))
     torch.library.opcheck(forward, (x, weight, None, "A", 1, 2))
-    grad = torch.randn(2, 6, 4, 5, device=device)
+    grad = torch.randn(2, 6, 4, 5, device=device, requires_grad=True)  # double backward too
     for mask in ([True, True, True], [False, True, False]):
-        torch.library.opcheck(backward, (grad, x.detach(), weight.detach(), "A", 3, 1, mask))
+        torch.library.opcheck(backward, (grad, x, weight, "A", 3, 1, mask))
 
 
 @pytest.mark.parametrize("mask,colour", [("A", 3), ("B", 1)])
