@@ -21,8 +21,7 @@ namespace {
 // Taps whose offset leaves the image for every pixel (a large dilation) are dropped.
 struct MaskedTaps {
   TapSet forward, transposed;
-  at::Tensor index;   // (T,): kh * k + kw of forward tap t
-  at::Tensor centre;  // (C_out, C_in) bool: pairs the restricted centre tap connects; undefined if none
+  at::Tensor index;  // (T,): kh * k + kw of forward tap t
 };
 
 MaskedTaps masked_taps(int64_t k, bool mask_a, int64_t groups, int64_t dilation, int64_t c_out, int64_t c_in,
@@ -53,33 +52,24 @@ MaskedTaps masked_taps(int64_t k, bool mask_a, int64_t groups, int64_t dilation,
     m.transposed.restricted = 0;
     m.transposed.hi.assign(c_in, c_out);
     for (int64_t i = 0; i < c_in; ++i) m.transposed.lo.push_back((i / gi + 1 - own) * go);
-    const at::Tensor out_group = at::arange(c_out, at::kLong).div(go, "floor").unsqueeze(1);
-    const at::Tensor in_group = at::arange(c_in, at::kLong).div(gi, "floor").unsqueeze(0);
-    m.centre = in_group < out_group + own;
   }
   return m;
 }
 
-// (T, C_out, C_in): the kept taps of weight, the invisible centre pairs zero.
+// (T, C_out, C_in): the weights of the forward taps.
 at::Tensor forward_weight(const at::Tensor& weight, const MaskedTaps& m) {
-  at::Tensor w = weight.flatten(2).index_select(2, m.index).permute({2, 0, 1}).contiguous();  // a fresh copy
-  if (m.centre.defined()) w.select(0, w.size(0) - 1).masked_fill_(m.centre.logical_not(), 0);
-  return w;
+  return weight.flatten(2).index_select(2, m.index).permute({2, 0, 1}).contiguous();
 }
 
 // (T, C_in, C_out): the weights of the transposed taps (centre first).
 at::Tensor transposed_weight(const at::Tensor& weight, const MaskedTaps& m) {
-  at::Tensor w = weight.flatten(2).index_select(2, m.index.flip(0)).permute({2, 1, 0}).contiguous();
-  if (m.centre.defined()) w.select(0, 0).masked_fill_(m.centre.logical_not().t(), 0);
-  return w;
+  return weight.flatten(2).index_select(2, m.index.flip(0)).permute({2, 1, 0}).contiguous();
 }
 
-// (T, C_in, C_out) tap gradients -> (C_out, C_in, k, k), zero at masked taps and pairs.
+// (T, C_in, C_out) tap gradients -> (C_out, C_in, k, k), zero at masked taps.
 at::Tensor unpack_weight_grad(const at::Tensor& g, const at::Tensor& weight, const MaskedTaps& m) {
-  at::Tensor taps = g.permute({2, 1, 0}).contiguous();  // (C_out, C_in, T), a fresh copy
-  if (m.centre.defined()) taps.select(2, taps.size(2) - 1).masked_fill_(m.centre.logical_not(), 0);
   at::Tensor grad = at::zeros({weight.size(0), weight.size(1), weight.size(2) * weight.size(3)}, weight.options());
-  grad.index_copy_(2, m.index, taps);
+  grad.index_copy_(2, m.index, g.permute({2, 1, 0}));
   return grad.view(weight.sizes());
 }
 

@@ -107,18 +107,21 @@ at::Tensor pack_channel_blocks(const at::Tensor& x, int64_t mr) {
 }
 
 // (T, C_out, C_in) contiguous -> (groups, T * C_in, width): group q's output channels in
-// its first groups[q].size lanes, zero after. The packed weights of the forward.
+// its first groups[q].size lanes, zero after and for invisible pairs. The packed weights
+// of the forward.
 template <typename T>
-at::Tensor pack_weight(const at::Tensor& weight, const std::vector<Tile>& groups, int64_t width) {
+at::Tensor pack_weight(const at::Tensor& weight, const TapSet& taps, const std::vector<Tile>& groups, int64_t width) {
   const int64_t nt = weight.size(0), c_out = weight.size(1), c_in = weight.size(2), K = nt * c_in;
   at::Tensor out = at::zeros({static_cast<int64_t>(groups.size()), K, width}, weight.options());
   const T* src = weight.data_ptr<T>();
   T* dst = out.data_ptr<T>();
   for (size_t q = 0; q < groups.size(); ++q)
-    for (int64_t m = 0; m < groups[q].size; ++m)
+    for (int64_t m = 0; m < groups[q].size; ++m) {
+      const int64_t o = groups[q].start + m;
       for (int64_t t = 0; t < nt; ++t)
         for (int64_t i = 0; i < c_in; ++i)
-          dst[(q * K + t * c_in + i) * width + m] = src[(t * c_out + groups[q].start + m) * c_in + i];
+          if (taps.visible(t, o, i)) dst[(q * K + t * c_in + i) * width + m] = src[(t * c_out + o) * c_in + i];
+    }
   return out;
 }
 
@@ -188,7 +191,7 @@ void forward_impl(const at::Tensor& in, const at::Tensor& weight, const TapSet& 
 
   const Span pad = column_padding(taps);
   const at::Tensor padded = pad_columns<T>(in, pad, pixel_lanes ? mr : 0);
-  const at::Tensor packed = pack_weight<T>(weight, groups, width);
+  const at::Tensor packed = pack_weight<T>(weight, taps, groups, width);
   const int64_t Wp = pad.begin + W + pad.end, plane = H * Wp;
   std::vector<int64_t> koff(K), woff(K);  // offsets of input tap/channel k, and of its weights
   for (int64_t t = 0; t < taps.size(); ++t)
@@ -301,7 +304,14 @@ at::Tensor weight_grad_impl(const at::Tensor& in, const at::Tensor& grad_out, co
     }
   });
   const at::Tensor sum = acc.sum(0);  // (T, columns, lanes)
-  return input_lanes ? sum.narrow(2, 0, c_in).transpose(1, 2) : sum.narrow(2, 0, c_out);
+  at::Tensor grad = (input_lanes ? sum.narrow(2, 0, c_in).transpose(1, 2) : sum.narrow(2, 0, c_out)).contiguous();
+  if (taps.restricted >= 0) {  // tiles straddle invisible pairs: their sums are not gradients
+    T* g = grad.data_ptr<T>() + taps.restricted * c_in * c_out;
+    for (int64_t i = 0; i < c_in; ++i)
+      for (int64_t o = 0; o < c_out; ++o)
+        if (!taps.visible(taps.restricted, o, i)) g[i * c_out + o] = T(0);
+  }
+  return grad;
 }
 
 }  // namespace

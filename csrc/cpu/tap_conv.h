@@ -30,16 +30,17 @@ struct TapSet {
   std::vector<int64_t> lo, hi;  // per output channel: visible input channels at that tap
 
   int64_t size() const { return static_cast<int64_t>(dh.size()); }
+  bool visible(int64_t t, int64_t o, int64_t i) const { return t != restricted || (lo[o] <= i && i < hi[o]); }
 };
 
 // out (B, c_out, H, W), contiguous, is overwritten. in (B, c_in, H, W), any strides.
-// weight (T, c_out, c_in), contiguous, zero for invisible (o, i) pairs of the restricted tap.
+// weight (T, c_out, c_in), contiguous; its invisible (o, i) pairs are ignored.
 void tap_conv_forward(const at::Tensor& in, const at::Tensor& weight, const TapSet& taps,
                       const c10::optional<at::Tensor>& bias, at::Tensor& out);
 
 // Weight gradient (T, c_in, c_out): sum over b, h, w of
-// grad_out[b, o, h, w] * in[b, i, h + dh[t], w + dw[t]]. Entries of invisible pairs are
-// unspecified (the caller drops them). in and grad_out: any strides.
+// grad_out[b, o, h, w] * in[b, i, h + dh[t], w + dw[t]], zero for invisible pairs.
+// in and grad_out: any strides.
 at::Tensor tap_conv_weight_grad(const at::Tensor& in, const at::Tensor& grad_out, const TapSet& taps);
 
 }  // namespace fastgen::cpu
