@@ -187,13 +187,10 @@ def _backward_grads(forward_op, backward_op):
         gg_b = gg_b if computed[2] else None
         d_grad_out = d_x = d_w = None
         if ctx.needs_input_grad[0]:
-            d_grad_out = torch.zeros_like(grad_out)
-            if gg_x is not None:
-                d_grad_out = d_grad_out + forward_op(gg_x, weight, None, *ctx.args)
-            if gg_w is not None:
-                d_grad_out = d_grad_out + forward_op(x, gg_w, None, *ctx.args)
-            if gg_b is not None:
-                d_grad_out = d_grad_out + gg_b[None, :, None, None]
+            terms = [forward_op(gg_x, weight, None, *ctx.args)] if gg_x is not None else []
+            terms += [forward_op(x, gg_w, None, *ctx.args)] if gg_w is not None else []
+            terms += [gg_b[None, :, None, None].expand_as(grad_out)] if gg_b is not None else []
+            d_grad_out = sum(terms[1:], terms[0]) if terms else None
         if ctx.needs_input_grad[1] and gg_w is not None:
             d_x = backward_op(grad_out, x, gg_w, *ctx.args, [True, False, False])[0]
         if ctx.needs_input_grad[2] and gg_x is not None:
