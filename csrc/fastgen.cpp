@@ -15,6 +15,22 @@ TORCH_LIBRARY(fastgen, m) {
   m.def(
       "masked_conv2d_backward(Tensor grad_out, Tensor x, Tensor weight, str mask_type, int color_channels, "
       "int dilation, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+
+  // WaveNet gated residual block (fastgen/ops/gated_residual_block.py). Returns (h_out, skip).
+  m.def(
+      "gated_residual_block(Tensor h, Tensor conv_weight, Tensor? conv_bias, Tensor res_weight, Tensor? res_bias, "
+      "Tensor skip_weight, Tensor? skip_bias, Tensor? cond, int dilation) -> (Tensor, Tensor)");
+  // Grads of (h, conv_weight, conv_bias, res_weight, res_bias, skip_weight, skip_bias, cond); an
+  // entry whose output_mask is False (or whose optional input is None) is an empty tensor.
+  m.def(
+      "gated_residual_block_backward(Tensor grad_h_out, Tensor grad_skip, Tensor h, Tensor conv_weight, "
+      "Tensor? conv_bias, Tensor res_weight, Tensor skip_weight, Tensor? cond, int dilation, bool[8] output_mask) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // One time step on the state buffer (updated in place); returns (h_out_t, skip_t).
+  m.def(
+      "gated_residual_block_step(Tensor h_t, Tensor(a!) state, Tensor conv_weight, Tensor? conv_bias, "
+      "Tensor res_weight, Tensor? res_bias, Tensor skip_weight, Tensor? skip_bias, Tensor? cond_t, int dilation, "
+      "Tensor? position) -> (Tensor, Tensor)");
 }
 
 namespace {

@@ -5,5 +5,17 @@ before any kernel runs.
 """
 
 from .masked_conv2d import masked_conv2d, masked_conv2d_mask, masked_conv2d_ref
+from .gated_residual_block import (
+    gated_residual_block,
+    gated_residual_block_ref,
+    gated_residual_block_step,
+    gated_residual_block_step_ref,
+)
 
 __all__ = ["masked_conv2d", "masked_conv2d_mask", "masked_conv2d_ref"]
+__all__ += [
+    "gated_residual_block",
+    "gated_residual_block_ref",
+    "gated_residual_block_step",
+    "gated_residual_block_step_ref",
+]

@@ -1,0 +1,350 @@
+// WaveNet gated residual block on the CPU: forward, backward and the one-step form.
+//
+// The forward never materializes z or g for the whole sequence: per (batch, time tile) it
+// computes the dilated causal conv z_tile = bias + cond + sum_k W_k @ h[:, tile - s_k] as
+// GEMMs on time-shifted views of h (no padded copy; taps are clipped at the sequence
+// start), applies the gate in place while the tile is in L2, and runs the residual and
+// skip 1x1 convs as one GEMM with the stacked weight [W_res; W_skip]. The backward saves
+// nothing but the inputs: it recomputes z and g per tile, and each batch element is owned
+// by one thread, so grad_h (which receives dz at t + s_k at time t, across tile
+// boundaries) and the per-batch weight-gradient partials are written without races and
+// summed in a fixed order (deterministic whatever the thread count).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <array>
+#include <cstring>
+#include <limits>
+#include <tuple>
+
+namespace fastgen::cpu {
+namespace {
+
+// Long enough for efficient GEMMs, short enough that z, g and the 1x1 output of a tile
+// (about (4G + R + S) * TILE values) stay in L2.
+constexpr int64_t TILE = 256;
+
+struct Dims {
+  int64_t B, R, T, G, S, K;
+};
+
+void check_opt(const c10::optional<at::Tensor>& t, const char* name, at::IntArrayRef shape, const at::Tensor& h) {
+  if (!t.has_value()) return;
+  TORCH_CHECK_VALUE(t->sizes() == shape, "gated_residual_block: ", name, " must have shape ", shape, ", got ",
+                    t->sizes());
+  TORCH_CHECK_TYPE(t->scalar_type() == h.scalar_type(), "gated_residual_block: ", name, " must have dtype ",
+                   h.scalar_type(), ", got ", t->scalar_type());
+  TORCH_CHECK_VALUE(t->device().is_cpu(), "gated_residual_block (cpu): ", name, " must be on the CPU");
+}
+
+void check_tensor(const at::Tensor& t, const char* name, at::IntArrayRef shape, const at::Tensor& h) {
+  check_opt(t, name, shape, h);
+}
+
+// Everything that could make the kernels read out of bounds: these ops can be called
+// directly through torch.ops, past fastgen.ops' friendlier checks.
+Dims check_args(const char* op, int64_t h_dims, const at::Tensor& h, const at::Tensor& conv_weight,
+                const c10::optional<at::Tensor>& conv_bias, const at::Tensor& res_weight,
+                const at::Tensor& skip_weight, int64_t dilation) {
+  TORCH_CHECK_VALUE(h.dim() == h_dims, op, ": h must have ", h_dims, " dimensions, got shape ", h.sizes());
+  TORCH_CHECK_TYPE(h.scalar_type() == at::kFloat || h.scalar_type() == at::kDouble, op,
+                   " (cpu): h must be float32 or float64, got ", h.scalar_type());
+  TORCH_CHECK_VALUE(h.device().is_cpu(), op, " (cpu): h must be on the CPU");
+  TORCH_CHECK_VALUE(conv_weight.dim() == 3 && conv_weight.size(0) % 2 == 0 && conv_weight.size(0) > 0 &&
+                        conv_weight.size(1) == h.size(1) && conv_weight.size(2) >= 1,
+                    op, ": conv_weight must be (2G, R, K) with R = h.size(1) = ", h.size(1), ", got shape ",
+                    conv_weight.sizes());
+  TORCH_CHECK_VALUE(dilation >= 1, op, ": dilation must be >= 1, got ", dilation);
+  Dims d;
+  d.B = h.size(0);
+  d.R = h.size(1);
+  d.T = h_dims == 3 ? h.size(2) : 1;
+  d.G = conv_weight.size(0) / 2;
+  d.K = conv_weight.size(2);
+  TORCH_CHECK_VALUE(skip_weight.dim() == 2 && skip_weight.size(1) == d.G, op, ": skip_weight must be (S, ", d.G,
+                    "), got shape ", skip_weight.sizes());
+  d.S = skip_weight.size(0);
+  check_tensor(conv_weight, "conv_weight", conv_weight.sizes(), h);
+  check_tensor(res_weight, "res_weight", {d.R, d.G}, h);
+  check_tensor(skip_weight, "skip_weight", skip_weight.sizes(), h);
+  check_opt(conv_bias, "conv_bias", {2 * d.G}, h);
+  return d;
+}
+
+void check_cond(const c10::optional<at::Tensor>& cond, const Dims& d, const at::Tensor& h) {
+  if (!cond.has_value()) return;
+  TORCH_CHECK_VALUE(cond->dim() == 3 && cond->size(0) == d.B && cond->size(1) == 2 * d.G &&
+                        (cond->size(2) == 1 || cond->size(2) == d.T),
+                    "gated_residual_block: cond must be (B, 2G, 1) or (B, 2G, T) = (", d.B, ", ", 2 * d.G, ", 1 or ",
+                    d.T, "), got shape ", cond->sizes());
+  check_opt(cond, "cond", cond->sizes(), h);
+}
+
+// The conv's per-batch additive column: conv_bias plus a time-broadcast cond, (B, 2G, 1);
+// undefined when there is neither.
+at::Tensor column_bias(const c10::optional<at::Tensor>& conv_bias, const c10::optional<at::Tensor>& cond,
+                       const Dims& d, const at::Tensor& h) {
+  at::Tensor col;
+  if (conv_bias.has_value()) col = conv_bias->view({1, 2 * d.G, 1}).expand({d.B, 2 * d.G, 1});
+  if (cond.has_value() && cond->size(2) == 1) col = col.defined() ? col + *cond : *cond;
+  return col.defined() ? col.contiguous() : col;
+}
+
+// z (2G, n) for times [t0, t0 + n) of batch b, gated in place: z[:G] = tanh(a), z[G:] =
+// sigmoid(b); g = their product.
+void gated_tile(const at::Tensor& hb, const at::Tensor& taps, const at::Tensor& col_b, const at::Tensor& cond_b,
+                int64_t t0, int64_t n, int64_t dilation, at::Tensor& z, at::Tensor& g) {
+  const int64_t K = taps.size(0), G = g.size(0);
+  if (cond_b.defined()) {
+    if (col_b.defined())
+      at::add_out(z, cond_b.narrow(1, t0, n), col_b);
+    else
+      z.copy_(cond_b.narrow(1, t0, n));
+  } else if (col_b.defined()) {
+    z.copy_(col_b.expand({2 * G, n}));
+  } else {
+    z.zero_();
+  }
+  for (int64_t k = 0; k < K; ++k) {
+    const int64_t s = (K - 1 - k) * dilation, lo = std::max(t0, s), t1 = t0 + n;
+    if (lo >= t1) continue;
+    z.narrow(1, lo - t0, t1 - lo).addmm_(taps[k], hb.narrow(1, lo - s, t1 - lo));
+  }
+  at::Tensor a = z.narrow(0, 0, G), bgate = z.narrow(0, G, G);
+  a.tanh_();
+  bgate.sigmoid_();
+  at::mul_out(g, a, bgate);
+}
+
+// Shifts beyond the sequence read nothing; clamping keeps (K-1)*dilation far from overflow.
+int64_t clamp_dilation(int64_t dilation, int64_t T) { return std::min(dilation, std::max<int64_t>(T, 1)); }
+
+std::tuple<at::Tensor, at::Tensor> gated_residual_block_cpu(
+    const at::Tensor& h_in, const at::Tensor& conv_weight, const c10::optional<at::Tensor>& conv_bias,
+    const at::Tensor& res_weight, const c10::optional<at::Tensor>& res_bias, const at::Tensor& skip_weight,
+    const c10::optional<at::Tensor>& skip_bias, const c10::optional<at::Tensor>& cond_in, int64_t dilation_in) {
+  // The kernels compose ATen ops on the inputs, below autograd: keep it from recording them.
+  at::NoGradGuard no_grad;
+  const Dims d = check_args("gated_residual_block", 3, h_in, conv_weight, conv_bias, res_weight, skip_weight,
+                            dilation_in);
+  check_opt(res_bias, "res_bias", {d.R}, h_in);
+  check_opt(skip_bias, "skip_bias", {d.S}, h_in);
+  check_cond(cond_in, d, h_in);
+  const int64_t dilation = clamp_dilation(dilation_in, d.T);
+  const at::Tensor h = h_in.contiguous();
+  const at::Tensor taps = conv_weight.permute({2, 0, 1}).contiguous();  // (K, 2G, R)
+  const at::Tensor w1 = at::cat({res_weight, skip_weight}, 0);          // (R + S, G)
+  at::Tensor b1;
+  if (res_bias.has_value() || skip_bias.has_value())
+    b1 = at::cat({res_bias.has_value() ? *res_bias : at::zeros({d.R}, h.options()),
+                  skip_bias.has_value() ? *skip_bias : at::zeros({d.S}, h.options())})
+             .unsqueeze(1);
+  const at::Tensor col = column_bias(conv_bias, cond_in, d, h);
+  const bool full_cond = cond_in.has_value() && cond_in->size(2) != 1;
+  const at::Tensor cond = full_cond ? cond_in->contiguous() : at::Tensor();
+
+  at::Tensor h_out = at::empty({d.B, d.R, d.T}, h.options());
+  at::Tensor skip = at::empty({d.B, d.S, d.T}, h.options());
+  const int64_t n_tiles = (d.T + TILE - 1) / TILE;
+  at::parallel_for(0, d.B * n_tiles, 1, [&](int64_t begin, int64_t end) {
+    at::NoGradGuard worker_no_grad;  // grad mode is thread-local: OpenMP workers start with it on
+    at::Tensor z = at::empty({2 * d.G, TILE}, h.options()), g = at::empty({d.G, TILE}, h.options());
+    at::Tensor o = at::empty({d.R + d.S, TILE}, h.options());
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t b = i / n_tiles, t0 = (i % n_tiles) * TILE, n = std::min(TILE, d.T - t0);
+      at::Tensor zt = z.narrow(1, 0, n), gt = g.narrow(1, 0, n), ot = o.narrow(1, 0, n);
+      gated_tile(h[b], taps, col.defined() ? col[b] : col, full_cond ? cond[b] : cond, t0, n, dilation, zt, gt);
+      if (b1.defined())
+        at::addmm_out(ot, b1, w1, gt);
+      else
+        at::mm_out(ot, w1, gt);
+      at::Tensor h_out_t = h_out[b].narrow(1, t0, n);
+      at::add_out(h_out_t, h[b].narrow(1, t0, n), ot.narrow(0, 0, d.R));
+      skip[b].narrow(1, t0, n).copy_(ot.narrow(0, d.R, d.S));
+    }
+  });
+  return {h_out, skip};
+}
+
+template <typename scalar_t>
+void gate_backward(const scalar_t* __restrict__ dg, const scalar_t* __restrict__ ta, const scalar_t* __restrict__ sb,
+                   scalar_t* __restrict__ da, scalar_t* __restrict__ db, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const scalar_t t = ta[i], s = sb[i], gi = dg[i];
+    da[i] = gi * s * (scalar_t(1) - t * t);
+    db[i] = gi * t * s * (scalar_t(1) - s);
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+gated_residual_block_backward_cpu(const at::Tensor& grad_h_out_in, const at::Tensor& grad_skip_in,
+                                  const at::Tensor& h_in, const at::Tensor& conv_weight,
+                                  const c10::optional<at::Tensor>& conv_bias, const at::Tensor& res_weight,
+                                  const at::Tensor& skip_weight, const c10::optional<at::Tensor>& cond_in,
+                                  int64_t dilation_in, std::array<bool, 8> mask) {
+  // The kernels compose ATen ops on the inputs, below autograd: keep it from recording them.
+  at::NoGradGuard no_grad;
+  const Dims d = check_args("gated_residual_block_backward", 3, h_in, conv_weight, conv_bias, res_weight,
+                            skip_weight, dilation_in);
+  check_cond(cond_in, d, h_in);
+  check_tensor(grad_h_out_in, "grad_h_out", {d.B, d.R, d.T}, h_in);
+  check_tensor(grad_skip_in, "grad_skip", {d.B, d.S, d.T}, h_in);
+  const int64_t dilation = clamp_dilation(dilation_in, d.T);
+  const at::Tensor h = h_in.contiguous(), dh_out = grad_h_out_in.contiguous(), dskip = grad_skip_in.contiguous();
+  const at::Tensor taps = conv_weight.permute({2, 0, 1}).contiguous();  // (K, 2G, R)
+  const at::Tensor taps_t = taps.transpose(1, 2).contiguous();          // (K, R, 2G)
+  const at::Tensor wr_t = res_weight.t().contiguous(), ws_t = skip_weight.t().contiguous();  // (G, R), (G, S)
+  const at::Tensor col = column_bias(conv_bias, cond_in, d, h);
+  const bool full_cond = cond_in.has_value() && cond_in->size(2) != 1;
+  const at::Tensor cond = full_cond ? cond_in->contiguous() : at::Tensor();
+  const auto opt = h.options();
+  const at::Tensor none = at::empty({0}, opt);
+
+  const bool need_h = mask[0], need_conv_w = mask[1], need_conv_b = mask[2] && conv_bias.has_value();
+  const bool need_res_w = mask[3], need_skip_w = mask[5], need_cond = mask[7] && cond_in.has_value();
+  const bool need_dz = need_h || need_conv_w || need_conv_b || need_cond;
+  const bool need_1x1 = need_res_w || need_skip_w;
+
+  at::Tensor grad_h = need_h ? dh_out.clone() : none;
+  at::Tensor grad_cond_full = need_cond && full_cond ? at::empty({d.B, 2 * d.G, d.T}, opt) : at::Tensor();
+  // Per-batch partials, summed over the batch in order at the end.
+  at::Tensor conv_w_part = need_conv_w ? at::zeros({d.B, d.K, 2 * d.G, d.R}, opt) : none;
+  at::Tensor res_w_part = need_res_w ? at::zeros({d.B, d.R, d.G}, opt) : none;
+  at::Tensor skip_w_part = need_skip_w ? at::zeros({d.B, d.S, d.G}, opt) : none;
+  at::Tensor dz_sum = (need_conv_b || (need_cond && !full_cond)) ? at::zeros({d.B, 2 * d.G}, opt) : at::Tensor();
+
+  if (need_dz || need_1x1) {
+    const int64_t n_tiles = (d.T + TILE - 1) / TILE;
+    at::parallel_for(0, d.B, 1, [&](int64_t begin, int64_t end) {
+      at::NoGradGuard worker_no_grad;
+      at::Tensor z = at::empty({2 * d.G, TILE}, opt), g = at::empty({d.G, TILE}, opt);
+      at::Tensor dg = at::empty({d.G, TILE}, opt), dz = at::empty({2 * d.G, TILE}, opt);
+      for (int64_t b = begin; b < end; ++b) {
+        const at::Tensor hb = h[b], dhb = dh_out[b], dsb = dskip[b];
+        for (int64_t tile = 0; tile < n_tiles; ++tile) {
+          const int64_t t0 = tile * TILE, n = std::min(TILE, d.T - t0);
+          at::Tensor zt = z.narrow(1, 0, n), gt = g.narrow(1, 0, n);
+          gated_tile(hb, taps, col.defined() ? col[b] : col, full_cond ? cond[b] : cond, t0, n, dilation, zt, gt);
+          const at::Tensor dh_t = dhb.narrow(1, t0, n), ds_t = dsb.narrow(1, t0, n);
+          if (need_res_w) res_w_part[b].addmm_(dh_t, gt.t());
+          if (need_skip_w) skip_w_part[b].addmm_(ds_t, gt.t());
+          if (!need_dz) continue;
+          at::Tensor dgt = dg.narrow(1, 0, n), dzt = dz.narrow(1, 0, n);
+          at::mm_out(dgt, wr_t, dh_t);
+          dgt.addmm_(ws_t, ds_t);
+          AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "gated_residual_block_backward", [&] {
+            for (int64_t c = 0; c < d.G; ++c)
+              gate_backward<scalar_t>(dgt[c].data_ptr<scalar_t>(), zt[c].data_ptr<scalar_t>(),
+                                      zt[d.G + c].data_ptr<scalar_t>(), dzt[c].data_ptr<scalar_t>(),
+                                      dzt[d.G + c].data_ptr<scalar_t>(), n);
+          });
+          if (dz_sum.defined()) dz_sum[b].add_(dzt.sum(1));
+          if (grad_cond_full.defined()) grad_cond_full[b].narrow(1, t0, n).copy_(dzt);
+          for (int64_t k = 0; k < d.K; ++k) {
+            // z at time t reads h at t - s: dz at t feeds grad_h at t - s, possibly in an
+            // earlier tile of this same batch element, which this thread owns.
+            const int64_t s = (d.K - 1 - k) * dilation, lo = std::max(t0, s), t1 = t0 + n;
+            if (lo >= t1) continue;
+            const at::Tensor dz_k = dzt.narrow(1, lo - t0, t1 - lo);
+            if (need_conv_w) conv_w_part[b][k].addmm_(dz_k, hb.narrow(1, lo - s, t1 - lo).t());
+            if (need_h) grad_h[b].narrow(1, lo - s, t1 - lo).addmm_(taps_t[k], dz_k);
+          }
+        }
+      }
+    });
+  }
+  at::Tensor grad_conv_w = need_conv_w ? conv_w_part.sum(0).permute({1, 2, 0}).contiguous() : none;
+  at::Tensor grad_conv_b = need_conv_b ? dz_sum.sum(0) : none;
+  at::Tensor grad_res_w = need_res_w ? res_w_part.sum(0) : none;
+  at::Tensor grad_res_b = mask[4] ? dh_out.sum({0, 2}) : none;
+  at::Tensor grad_skip_w = need_skip_w ? skip_w_part.sum(0) : none;
+  at::Tensor grad_skip_b = mask[6] ? dskip.sum({0, 2}) : none;
+  at::Tensor grad_cond = none;
+  if (need_cond) grad_cond = full_cond ? grad_cond_full : dz_sum.unsqueeze(2).clone();
+  return {grad_h, grad_conv_w, grad_conv_b, grad_res_w, grad_res_b, grad_skip_w, grad_skip_b, grad_cond};
+}
+
+// The step's shared state convention (see fastgen/ops/gated_residual_block.py): state (B,
+// R, L), L = (K-1) * dilation; without position a shift register (newest last), with
+// position a ring buffer where time p - j*d sits at slot (p - j*d) mod L.
+std::tuple<at::Tensor, at::Tensor> gated_residual_block_step_cpu(
+    const at::Tensor& h_t, at::Tensor& state, const at::Tensor& conv_weight, const c10::optional<at::Tensor>& conv_bias,
+    const at::Tensor& res_weight, const c10::optional<at::Tensor>& res_bias, const at::Tensor& skip_weight,
+    const c10::optional<at::Tensor>& skip_bias, const c10::optional<at::Tensor>& cond_t, int64_t dilation,
+    const c10::optional<at::Tensor>& position) {
+  // The kernels compose ATen ops on the inputs, below autograd: keep it from recording them.
+  at::NoGradGuard no_grad;
+  const Dims d = check_args("gated_residual_block_step", 2, h_t, conv_weight, conv_bias, res_weight, skip_weight,
+                            dilation);
+  check_opt(res_bias, "res_bias", {d.R}, h_t);
+  check_opt(skip_bias, "skip_bias", {d.S}, h_t);
+  check_opt(cond_t, "cond_t", {d.B, 2 * d.G}, h_t);
+  TORCH_CHECK_VALUE(d.K == 1 || dilation <= std::numeric_limits<int64_t>::max() / (d.K - 1),
+                    "gated_residual_block_step: (K - 1) * dilation overflows int64");
+  const int64_t L = (d.K - 1) * dilation;
+  check_tensor(state, "state", {d.B, d.R, L}, h_t);
+  TORCH_CHECK_VALUE(L == 0 || state.stride(2) == 1, "gated_residual_block_step: state must be contiguous in its last "
+                    "dimension (stride(-1) == 1), got strides ", state.strides());
+  if (position.has_value()) {
+    TORCH_CHECK_VALUE(position->dim() == 1 && position->size(0) == d.B && position->scalar_type() == at::kLong &&
+                          position->device().is_cpu(),
+                      "gated_residual_block_step: position must be an int64 CPU tensor of shape (", d.B,
+                      ",), got shape ", position->sizes(), " and dtype ", position->scalar_type());
+  }
+  // window[:, :, k] = h at time t - (K-1-k) * dilation; the last tap is h_t itself.
+  at::Tensor window = at::empty({d.B, d.R, d.K}, h_t.options());
+  window.select(2, d.K - 1).copy_(h_t);
+  const at::Tensor pos = position.has_value() ? position->contiguous() : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES(h_t.scalar_type(), "gated_residual_block_step", [&] {
+    const int64_t* p = pos.defined() ? pos.data_ptr<int64_t>() : nullptr;
+    scalar_t* w = window.data_ptr<scalar_t>();
+    scalar_t* st = state.data_ptr<scalar_t>();
+    for (int64_t b = 0; b < d.B; ++b) {
+      const int64_t base = (p && L > 0) ? ((p[b] % L + L) % L) : 0;
+      for (int64_t r = 0; r < d.R; ++r) {
+        const scalar_t* row = st + b * state.stride(0) + r * state.stride(1);
+        for (int64_t k = 0; k + 1 < d.K; ++k) {
+          const int64_t back = (d.K - 1 - k) * dilation;
+          const int64_t slot = p ? (base - back % L + L) % L : L - back;
+          w[(b * d.R + r) * d.K + k] = row[slot];
+        }
+      }
+    }
+  });
+  at::Tensor z = at::mm(window.view({d.B, d.R * d.K}), conv_weight.reshape({2 * d.G, d.R * d.K}).t());  // (B, 2G)
+  if (conv_bias.has_value()) z.add_(*conv_bias);
+  if (cond_t.has_value()) z.add_(*cond_t);
+  at::Tensor g = z.narrow(1, 0, d.G).tanh() * z.narrow(1, d.G, d.G).sigmoid();  // (B, G)
+  at::Tensor o = at::mm(g, at::cat({res_weight, skip_weight}, 0).t());  // (B, R + S)
+  at::Tensor h_out = h_t + o.narrow(1, 0, d.R), skip = o.narrow(1, d.R, d.S).contiguous();
+  if (res_bias.has_value()) h_out.add_(*res_bias);
+  if (skip_bias.has_value()) skip.add_(*skip_bias);
+  if (L > 0) {
+    AT_DISPATCH_FLOATING_TYPES(h_t.scalar_type(), "gated_residual_block_step_update", [&] {
+      const int64_t* p = pos.defined() ? pos.data_ptr<int64_t>() : nullptr;
+      const at::Tensor x = h_t.contiguous();
+      const scalar_t* xp = x.data_ptr<scalar_t>();
+      scalar_t* st = state.data_ptr<scalar_t>();
+      for (int64_t b = 0; b < d.B; ++b) {
+        const int64_t slot = p ? (p[b] % L + L) % L : L - 1;
+        for (int64_t r = 0; r < d.R; ++r) {
+          scalar_t* row = st + b * state.stride(0) + r * state.stride(1);
+          if (!p) std::memmove(row, row + 1, (L - 1) * sizeof(scalar_t));
+          row[slot] = xp[b * d.R + r];
+        }
+      }
+    });
+  }
+  return {h_out, skip};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastgen, CPU, m) {
+  m.impl("gated_residual_block", &gated_residual_block_cpu);
+  m.impl("gated_residual_block_backward", &gated_residual_block_backward_cpu);
+  m.impl("gated_residual_block_step", &gated_residual_block_step_cpu);
+}
+
+}  // namespace fastgen::cpu

@@ -1,0 +1,384 @@
+r"""WaveNet gated residual block (van den Oord et al. 2016, "WaveNet: A Generative Model for Raw Audio").
+
+.. math::
+
+    z &= \operatorname{causal\_conv1d}(h; W_c, \text{dilation}) + b_c + c \\
+    g &= \tanh(z_{:G}) \odot \sigma(z_{G:}) \\
+    h_{out} &= h + W_r g + b_r, \qquad \text{skip} = W_s g + b_s
+
+with :math:`h` of shape ``(B, R, T)``, :math:`W_c` ``(2G, R, K)`` (output at time ``t`` sees
+``h`` at ``t, t-d, ..., t-(K-1)d``, zeros before the start), :math:`W_r` ``(R, G)``,
+:math:`W_s` ``(S, G)`` and the conditioning :math:`c` ``(B, 2G, 1)`` (broadcast over time)
+or ``(B, 2G, T)``.
+
+The ``cpp`` fast path does, per (batch, time tile), the conv as GEMMs on time-shifted views
+of ``h`` (no padded copy), the gate in place while the tile is in cache, and the residual
+and skip 1x1 convs as one GEMM with the stacked weight ``[W_r; W_s]``. Its backward saves
+only the inputs and recomputes ``z`` and ``g`` per tile. Double backward is not supported
+(the backward op has no autograd formula and raises if differentiated).
+
+``gated_residual_block_step`` is the one-step form for sampling, on a state buffer shared
+with ``causal_conv1d_step``'s convention: ``state`` ``(B, R, (K-1)*dilation)``, either a
+shift register (``position=None``, newest input last) or a ring buffer indexed by
+``position`` (``(B,)`` int64, steps already taken; the caller advances it).
+
+This file holds, in order: the references, the registrations of the fast path (fake
+tensors and autograd), and the public functions.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .. import backends
+from ._checks import check_int, check_same_device, check_tensor
+
+__all__ = [
+    "gated_residual_block",
+    "gated_residual_block_ref",
+    "gated_residual_block_step",
+    "gated_residual_block_step_ref",
+]
+
+OP = "gated_residual_block"
+STEP_OP = "gated_residual_block_step"
+
+
+# ----------------------------------------------------------------------------- reference
+
+
+def _gate_and_1x1(z, h, res_weight, res_bias, skip_weight, skip_bias):
+    """(h_out, skip) from the gate pre-activations ``z`` (B, 2G, ...) and ``h`` (B, R, ...)."""
+    G = z.shape[1] // 2
+    g = torch.tanh(z[:, :G]) * torch.sigmoid(z[:, G:])
+    res = torch.einsum("rg,bg...->br...", res_weight, g)
+    skip = torch.einsum("sg,bg...->bs...", skip_weight, g)
+    shape = (1, -1) + (1,) * (z.dim() - 2)
+    h_out = h + res + (res_bias.view(shape) if res_bias is not None else 0)
+    skip = skip + skip_bias.view(shape) if skip_bias is not None else skip
+    return h_out, skip
+
+
+def gated_residual_block_ref(
+    h: torch.Tensor,
+    conv_weight: torch.Tensor,
+    conv_bias: torch.Tensor | None,
+    res_weight: torch.Tensor,
+    res_bias: torch.Tensor | None,
+    skip_weight: torch.Tensor,
+    skip_bias: torch.Tensor | None,
+    *,
+    dilation: int,
+    cond: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference gated residual block in plain PyTorch.
+
+    Args:
+        h: ``(B, R, T)``.
+        conv_weight: ``(2G, R, K)``; conv_bias ``(2G,)`` or None.
+        res_weight: ``(R, G)``; res_bias ``(R,)`` or None.
+        skip_weight: ``(S, G)``; skip_bias ``(S,)`` or None.
+        dilation: spacing of the conv's taps.
+        cond: ``(B, 2G, 1)``, ``(B, 2G, T)`` or None, added to the conv's output.
+
+    Returns:
+        ``(h_out, skip)``: ``(B, R, T)`` and ``(B, S, T)``.
+    """
+    K = conv_weight.shape[2]
+    z = F.conv1d(F.pad(h, ((K - 1) * dilation, 0)), conv_weight, conv_bias, dilation=dilation)
+    if cond is not None:
+        z = z + cond
+    return _gate_and_1x1(z, h, res_weight, res_bias, skip_weight, skip_bias)
+
+
+def _read_and_update_state(state, x_t, K, dilation, position):
+    """The conv's input window ``(B, C, K)`` at this step (``[..., k]`` is the input at time
+    ``t - (K-1-k)*dilation``, the last one ``x_t``), after which ``x_t`` is pushed into
+    ``state`` in place (shift register, or ring buffer slot ``position mod L``)."""
+    L = (K - 1) * dilation
+    if L == 0:
+        return x_t[..., None]
+    back = torch.arange(K - 1, 0, -1, device=state.device) * dilation  # (K-1,): j*d for the older taps
+    if position is None:
+        past = state[..., L - back]
+        state.copy_(torch.cat([state[..., 1:], x_t[..., None]], dim=-1))
+    else:
+        slots = torch.remainder(position[:, None] - back[None, :], L)  # (B, K-1)
+        past = state.gather(2, slots[:, None, :].expand(-1, state.shape[1], -1))
+        write = torch.remainder(position, L)[:, None, None].expand(-1, state.shape[1], 1)
+        state.scatter_(2, write, x_t[..., None])
+    return torch.cat([past, x_t[..., None]], dim=-1)
+
+
+def _causal_conv_step_ref(x_t, state, weight, bias, dilation, position):
+    """One step of the dilated causal conv: ``(B, C_out)``; updates ``state``."""
+    window = _read_and_update_state(state, x_t, weight.shape[2], dilation, position)
+    y = torch.einsum("bck,ock->bo", window, weight)
+    return y + bias if bias is not None else y
+
+
+def gated_residual_block_step_ref(
+    h_t: torch.Tensor,
+    state: torch.Tensor,
+    conv_weight: torch.Tensor,
+    conv_bias: torch.Tensor | None,
+    res_weight: torch.Tensor,
+    res_bias: torch.Tensor | None,
+    skip_weight: torch.Tensor,
+    skip_bias: torch.Tensor | None,
+    *,
+    dilation: int,
+    cond_t: torch.Tensor | None = None,
+    position: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference one-step block: causal conv step, gate, then the 1x1 convs.
+
+    Args:
+        h_t: ``(B, R)``, the block's input at this time step.
+        state: ``(B, R, (K-1)*dilation)``, updated in place (see the module docstring).
+        cond_t: ``(B, 2G)`` or None.
+        position: ``(B,)`` int64 steps already taken (ring-buffer state) or None (shift register).
+
+    Returns:
+        ``(h_out_t, skip_t)``: ``(B, R)`` and ``(B, S)``.
+    """
+    z = _causal_conv_step_ref(h_t, state, conv_weight, conv_bias, dilation, position)
+    if cond_t is not None:
+        z = z + cond_t
+    return _gate_and_1x1(z, h_t, res_weight, res_bias, skip_weight, skip_bias)
+
+
+# ------------------------------------------------------------------------- registrations
+# The cpp ops' schemas are in csrc/fastgen.cpp, their CPU kernels in
+# csrc/cpu/gated_residual_block.cpp.
+
+
+def _fake_forward(h, conv_weight, conv_bias, res_weight, res_bias, skip_weight, skip_bias, cond, dilation):
+    B, R, T = h.shape
+    return h.new_empty((B, R, T)), h.new_empty((B, skip_weight.shape[0], T))
+
+
+def _fake_backward(grad_h_out, grad_skip, h, conv_weight, conv_bias, res_weight, skip_weight, cond, dilation, output_mask):
+    shapes = [
+        h.shape,
+        conv_weight.shape,
+        (conv_weight.shape[0],) if conv_bias is not None else None,
+        res_weight.shape,
+        (res_weight.shape[0],),
+        skip_weight.shape,
+        (skip_weight.shape[0],),
+        cond.shape if cond is not None else None,
+    ]
+    return tuple(h.new_empty(s) if m and s is not None else h.new_empty(0) for s, m in zip(shapes, output_mask))
+
+
+def _fake_step(h_t, state, conv_weight, conv_bias, res_weight, res_bias, skip_weight, skip_bias, cond_t, dilation, position):
+    return h_t.new_empty(h_t.shape), h_t.new_empty((h_t.shape[0], skip_weight.shape[0]))
+
+
+def _setup_forward(ctx, inputs, output):
+    h, conv_weight, conv_bias, res_weight, res_bias, skip_weight, skip_bias, cond, dilation = inputs
+    ctx.save_for_backward(h, conv_weight, conv_bias, res_weight, skip_weight, cond)
+    ctx.dilation = dilation
+    ctx.present = [True, True, conv_bias is not None, True, res_bias is not None, True, skip_bias is not None, cond is not None]
+
+
+def _forward_grads(backward_op):
+    def backward(ctx, grad_h_out, grad_skip):
+        h, conv_weight, conv_bias, res_weight, skip_weight, cond = ctx.saved_tensors
+        need = [n and p for n, p in zip(ctx.needs_input_grad[:8], ctx.present)]
+        if grad_h_out is None:
+            grad_h_out = torch.zeros_like(h)
+        if grad_skip is None:
+            grad_skip = h.new_zeros((h.shape[0], skip_weight.shape[0], h.shape[2]))
+        grads = backward_op(
+            grad_h_out, grad_skip, h, conv_weight, conv_bias, res_weight, skip_weight, cond, ctx.dilation, need
+        )
+        return tuple(g if n else None for g, n in zip(grads, need)) + (None,)
+
+    return backward
+
+
+def _register(forward_name: str, backward_name: str):
+    forward_op = getattr(torch.ops.fastgen, forward_name).default
+    backward_op = getattr(torch.ops.fastgen, backward_name).default
+    torch.library.register_fake(f"fastgen::{forward_name}")(_fake_forward)
+    torch.library.register_fake(f"fastgen::{backward_name}")(_fake_backward)
+    torch.library.register_autograd(f"fastgen::{forward_name}", _forward_grads(backward_op), setup_context=_setup_forward)
+    return forward_op
+
+
+_BACKENDS = backends.OpBackends(OP, {"ref": backends.ref_support(), "cpp": backends.cpp_support(OP)})
+_STEP_BACKENDS = backends.OpBackends(STEP_OP, {"ref": backends.ref_support(), "cpp": backends.cpp_support(STEP_OP)})
+_FAST_OPS = {}
+_FAST_STEP_OPS = {}
+if _BACKENDS.supports["cpp"].unavailable is None:
+    _FAST_OPS["cpp"] = _register("gated_residual_block", "gated_residual_block_backward")
+if _STEP_BACKENDS.supports["cpp"].unavailable is None:
+    torch.library.register_fake("fastgen::gated_residual_block_step")(_fake_step)
+    _FAST_STEP_OPS["cpp"] = torch.ops.fastgen.gated_residual_block_step.default
+
+
+# ------------------------------------------------------------------------------ public
+
+
+def _check_weights(op, x, conv_weight, conv_bias, res_weight, res_bias, skip_weight, skip_bias, dilation):
+    """Checks the block's parameters against ``x`` (h or h_t); returns (R, G, S, K)."""
+    check_tensor(op, "conv_weight", conv_weight, ("2G", "R", "K"))
+    check_tensor(op, "res_weight", res_weight, ("R", "G"))
+    check_tensor(op, "skip_weight", skip_weight, ("S", "G"))
+    check_same_device(
+        op, "h", x, conv_weight=conv_weight, conv_bias=conv_bias, res_weight=res_weight, res_bias=res_bias,
+        skip_weight=skip_weight, skip_bias=skip_bias,
+    )
+    two_g, r, k = conv_weight.shape
+    if two_g == 0 or two_g % 2:
+        raise ValueError(f"{op}: conv_weight must have an even, nonzero number 2G of output channels, got {two_g}")
+    if k < 1:
+        raise ValueError(f"{op}: conv_weight must have a kernel size K >= 1, got shape {tuple(conv_weight.shape)}")
+    if r != x.shape[1] or r == 0:
+        raise ValueError(
+            f"{op}: conv_weight must be (2G, R, K) with R = h.shape[1] = {x.shape[1]} >= 1, "
+            f"got shape {tuple(conv_weight.shape)}"
+        )
+    g = two_g // 2
+    if tuple(res_weight.shape) != (r, g):
+        raise ValueError(f"{op}: res_weight must have shape (R, G) = ({r}, {g}), got {tuple(res_weight.shape)}")
+    if skip_weight.shape[1] != g or skip_weight.shape[0] == 0:
+        raise ValueError(f"{op}: skip_weight must have shape (S, G) with G = {g}, got {tuple(skip_weight.shape)}")
+    s = skip_weight.shape[0]
+    for name, bias, n in (("conv_bias", conv_bias, two_g), ("res_bias", res_bias, r), ("skip_bias", skip_bias, s)):
+        if bias is not None:
+            check_tensor(op, name, bias, ("C",))
+            if bias.shape[0] != n:
+                raise ValueError(f"{op}: {name} must have shape ({n},), got {tuple(bias.shape)}")
+    check_int(op, "dilation", dilation, minimum=1)
+    return r, g, s, k
+
+
+def gated_residual_block(
+    h: torch.Tensor,
+    conv_weight: torch.Tensor,
+    conv_bias: torch.Tensor | None,
+    res_weight: torch.Tensor,
+    res_bias: torch.Tensor | None,
+    skip_weight: torch.Tensor,
+    skip_bias: torch.Tensor | None,
+    *,
+    dilation: int,
+    cond: torch.Tensor | None = None,
+    backend: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """WaveNet gated residual block, equal to :func:`gated_residual_block_ref`.
+
+    Args:
+        h: ``(B, R, T)``, any strides.
+        conv_weight: ``(2G, R, K)``, the dilated causal conv; conv_bias ``(2G,)`` or None.
+        res_weight: ``(R, G)``, res_bias ``(R,)`` or None: the residual 1x1 conv.
+        skip_weight: ``(S, G)``, skip_bias ``(S,)`` or None: the skip 1x1 conv.
+        dilation: spacing of the conv's taps (>= 1, may exceed T).
+        cond: ``(B, 2G, 1)`` (global conditioning, broadcast over time), ``(B, 2G, T)`` or None.
+        backend: ``"ref"``, ``"cpp"``, ``"auto"`` or None (see :mod:`fastgen.backends`).
+
+    Returns:
+        ``(h_out, skip)``: ``(B, R, T)`` and ``(B, S, T)``, contiguous.
+
+    Example:
+        >>> h = torch.randn(2, 16, 100)
+        >>> w = torch.randn(64, 16, 2), torch.randn(16, 32), torch.randn(48, 32)
+        >>> h_out, skip = gated_residual_block(h, w[0], None, w[1], None, w[2], None, dilation=4)
+        >>> h_out.shape, skip.shape
+        (torch.Size([2, 16, 100]), torch.Size([2, 48, 100]))
+    """
+    check_tensor(OP, "h", h, ("B", "R", "T"))
+    _, g, _, _ = _check_weights(OP, h, conv_weight, conv_bias, res_weight, res_bias, skip_weight, skip_bias, dilation)
+    if cond is not None:
+        check_tensor(OP, "cond", cond, ("B", "2G", "T or 1"))
+        check_same_device(OP, "h", h, cond=cond)
+        B, _, T = h.shape
+        if cond.shape[0] != B or cond.shape[1] != 2 * g or cond.shape[2] not in (1, T):
+            raise ValueError(
+                f"{OP}: cond must have shape (B, 2G, 1) or (B, 2G, T) = ({B}, {2 * g}, 1 or {T}), got {tuple(cond.shape)}"
+            )
+    name = _BACKENDS.select(backend, h)
+    if name == "ref":
+        return gated_residual_block_ref(
+            h, conv_weight, conv_bias, res_weight, res_bias, skip_weight, skip_bias, dilation=dilation, cond=cond
+        )
+    return _FAST_OPS[name](h, conv_weight, conv_bias, res_weight, res_bias, skip_weight, skip_bias, cond, dilation)
+
+
+def gated_residual_block_step(
+    h_t: torch.Tensor,
+    state: torch.Tensor,
+    conv_weight: torch.Tensor,
+    conv_bias: torch.Tensor | None,
+    res_weight: torch.Tensor,
+    res_bias: torch.Tensor | None,
+    skip_weight: torch.Tensor,
+    skip_bias: torch.Tensor | None,
+    *,
+    dilation: int,
+    cond_t: torch.Tensor | None = None,
+    position: torch.Tensor | None = None,
+    backend: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One time step of :func:`gated_residual_block` for incremental generation.
+
+    Stepping ``h[..., t]`` for t = 0, 1, ... from a zero ``state`` reproduces the full
+    block's outputs at each t, and leaves ``state`` bit-identical to the reference's.
+
+    Args:
+        h_t: ``(B, R)``.
+        state: ``(B, R, (K-1)*dilation)``, ``h_t``'s dtype and device, ``stride(-1) == 1``;
+            updated in place. Without ``position`` a shift register (``state[..., -1]`` is
+            the newest input); with it a ring buffer (input of time p at slot p mod L).
+        conv_weight, conv_bias, res_weight, res_bias, skip_weight, skip_bias, dilation:
+            as in :func:`gated_residual_block`.
+        cond_t: ``(B, 2G)`` or None.
+        position: ``(B,)`` int64, steps already taken by each sequence (the caller does
+            ``position += 1`` after the call), or None.
+        backend: ``"ref"``, ``"cpp"``, ``"auto"`` or None.
+
+    Returns:
+        ``(h_out_t, skip_t)``: ``(B, R)`` and ``(B, S)``.
+
+    Example:
+        >>> w = torch.randn(64, 16, 2), torch.randn(16, 32), torch.randn(48, 32)
+        >>> state = torch.zeros(2, 16, 4)
+        >>> h_t, skip_t = gated_residual_block_step(torch.randn(2, 16), state, w[0], None, w[1], None, w[2], None, dilation=4)
+    """
+    check_tensor(STEP_OP, "h_t", h_t, ("B", "R"))
+    _, g, _, k = _check_weights(STEP_OP, h_t, conv_weight, conv_bias, res_weight, res_bias, skip_weight, skip_bias, dilation)
+    B, R = h_t.shape
+    check_tensor(STEP_OP, "state", state, ("B", "R", "L"))
+    check_same_device(STEP_OP, "h_t", h_t, state=state)
+    L = (k - 1) * dilation
+    if tuple(state.shape) != (B, R, L):
+        raise ValueError(
+            f"{STEP_OP}: state must have shape (B, R, (K-1)*dilation) = ({B}, {R}, {L}), got {tuple(state.shape)}"
+        )
+    if L > 0 and state.stride(-1) != 1:
+        raise ValueError(f"{STEP_OP}: state must be contiguous in its last dimension (stride(-1) == 1), got strides {state.stride()}")
+    if cond_t is not None:
+        check_tensor(STEP_OP, "cond_t", cond_t, ("B", "2G"))
+        check_same_device(STEP_OP, "h_t", h_t, cond_t=cond_t)
+        if tuple(cond_t.shape) != (B, 2 * g):
+            raise ValueError(f"{STEP_OP}: cond_t must have shape (B, 2G) = ({B}, {2 * g}), got {tuple(cond_t.shape)}")
+    if position is not None:
+        check_tensor(STEP_OP, "position", position, ("B",), floating=False)
+        if position.dtype != torch.int64 or position.shape[0] != B or position.device != h_t.device:
+            raise ValueError(
+                f"{STEP_OP}: position must be an int64 tensor of shape ({B},) on {h_t.device}, "
+                f"got {position.dtype} {tuple(position.shape)} on {position.device}"
+            )
+    name = _STEP_BACKENDS.select(backend, h_t)
+    if name == "ref":
+        return gated_residual_block_step_ref(
+            h_t, state, conv_weight, conv_bias, res_weight, res_bias, skip_weight, skip_bias,
+            dilation=dilation, cond_t=cond_t, position=position,
+        )
+    return _FAST_STEP_OPS[name](
+        h_t, state, conv_weight, conv_bias, res_weight, res_bias, skip_weight, skip_bias, cond_t, dilation, position
+    )
