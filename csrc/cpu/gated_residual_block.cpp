@@ -199,19 +199,20 @@ gated_residual_block_backward_cpu(const at::Tensor& grad_h_out_in, const at::Ten
   const bool full_cond = cond_in.has_value() && cond_in->size(2) != 1;
   const at::Tensor cond = full_cond ? cond_in->contiguous() : at::Tensor();
   const auto opt = h.options();
-  const at::Tensor none = at::empty({0}, opt);
+  // Distinct empty tensors for the gradients not requested: outputs must not alias.
+  const auto none = [&] { return at::empty({0}, opt); };
 
   const bool need_h = mask[0], need_conv_w = mask[1], need_conv_b = mask[2] && conv_bias.has_value();
   const bool need_res_w = mask[3], need_skip_w = mask[5], need_cond = mask[7] && cond_in.has_value();
   const bool need_dz = need_h || need_conv_w || need_conv_b || need_cond;
   const bool need_1x1 = need_res_w || need_skip_w;
 
-  at::Tensor grad_h = need_h ? dh_out.clone() : none;
+  at::Tensor grad_h = need_h ? dh_out.clone() : none();
   at::Tensor grad_cond_full = need_cond && full_cond ? at::empty({d.B, 2 * d.G, d.T}, opt) : at::Tensor();
   // Per-batch partials, summed over the batch in order at the end.
-  at::Tensor conv_w_part = need_conv_w ? at::zeros({d.B, d.K, 2 * d.G, d.R}, opt) : none;
-  at::Tensor res_w_part = need_res_w ? at::zeros({d.B, d.R, d.G}, opt) : none;
-  at::Tensor skip_w_part = need_skip_w ? at::zeros({d.B, d.S, d.G}, opt) : none;
+  at::Tensor conv_w_part = need_conv_w ? at::zeros({d.B, d.K, 2 * d.G, d.R}, opt) : none();
+  at::Tensor res_w_part = need_res_w ? at::zeros({d.B, d.R, d.G}, opt) : none();
+  at::Tensor skip_w_part = need_skip_w ? at::zeros({d.B, d.S, d.G}, opt) : none();
   at::Tensor dz_sum = (need_conv_b || (need_cond && !full_cond)) ? at::zeros({d.B, 2 * d.G}, opt) : at::Tensor();
 
   if (need_dz || need_1x1) {
@@ -254,13 +255,13 @@ gated_residual_block_backward_cpu(const at::Tensor& grad_h_out_in, const at::Ten
       }
     });
   }
-  at::Tensor grad_conv_w = need_conv_w ? conv_w_part.sum(0).permute({1, 2, 0}).contiguous() : none;
-  at::Tensor grad_conv_b = need_conv_b ? dz_sum.sum(0) : none;
-  at::Tensor grad_res_w = need_res_w ? res_w_part.sum(0) : none;
-  at::Tensor grad_res_b = mask[4] ? dh_out.sum({0, 2}) : none;
-  at::Tensor grad_skip_w = need_skip_w ? skip_w_part.sum(0) : none;
-  at::Tensor grad_skip_b = mask[6] ? dskip.sum({0, 2}) : none;
-  at::Tensor grad_cond = none;
+  at::Tensor grad_conv_w = need_conv_w ? conv_w_part.sum(0).permute({1, 2, 0}).contiguous() : none();
+  at::Tensor grad_conv_b = need_conv_b ? dz_sum.sum(0) : none();
+  at::Tensor grad_res_w = need_res_w ? res_w_part.sum(0) : none();
+  at::Tensor grad_res_b = mask[4] ? dh_out.sum({0, 2}) : none();
+  at::Tensor grad_skip_w = need_skip_w ? skip_w_part.sum(0) : none();
+  at::Tensor grad_skip_b = mask[6] ? dskip.sum({0, 2}) : none();
+  at::Tensor grad_cond = none();
   if (need_cond) grad_cond = full_cond ? grad_cond_full : dz_sum.unsqueeze(2).clone();
   return {grad_h, grad_conv_w, grad_conv_b, grad_res_w, grad_res_b, grad_skip_w, grad_skip_b, grad_cond};
 }

@@ -49,15 +49,13 @@ STEP_OP = "gated_residual_block_step"
 
 
 def _gate_and_1x1(z, h, res_weight, res_bias, skip_weight, skip_bias):
-    """(h_out, skip) from the gate pre-activations ``z`` (B, 2G, ...) and ``h`` (B, R, ...)."""
+    """(h_out, skip) from the gate pre-activations ``z`` and ``h``: (B, 2G, T) and (B, R, T),
+    or one step, (B, 2G) and (B, R)."""
     G = z.shape[1] // 2
     g = torch.tanh(z[:, :G]) * torch.sigmoid(z[:, G:])
-    res = torch.einsum("rg,bg...->br...", res_weight, g)
-    skip = torch.einsum("sg,bg...->bs...", skip_weight, g)
-    shape = (1, -1) + (1,) * (z.dim() - 2)
-    h_out = h + res + (res_bias.view(shape) if res_bias is not None else 0)
-    skip = skip + skip_bias.view(shape) if skip_bias is not None else skip
-    return h_out, skip
+    if z.dim() == 3:
+        return h + F.conv1d(g, res_weight[:, :, None], res_bias), F.conv1d(g, skip_weight[:, :, None], skip_bias)
+    return h + F.linear(g, res_weight, res_bias), F.linear(g, skip_weight, skip_bias)
 
 
 def gated_residual_block_ref(
