@@ -14,15 +14,17 @@ or ``(B, 2G, T)``.
 The ``cpp`` fast path does, per (batch, time tile), the conv as GEMMs on time-shifted views
 of ``h`` (no padded copy), the gate in place while the tile is in cache, and the residual
 and skip 1x1 convs as one GEMM with the stacked weight ``[W_r; W_s]``. Its backward saves
-only the inputs and recomputes ``z`` and ``g`` per tile. Double backward is not supported
-(the backward op has no autograd formula and raises if differentiated).
+only the inputs and recomputes ``z`` and ``g`` per tile. The ``triton`` fast path fuses the
+same way per (sequence, time block) in registers (see
+``fastgen/ops/triton/gated_residual_block.py``). Double backward is not supported (the
+backward ops have no autograd formula and raise if differentiated).
 
 ``gated_residual_block_step`` is the one-step form for sampling, on a state buffer shared
 with ``causal_conv1d_step``'s convention: ``state`` ``(B, R, (K-1)*dilation)``, either a
 shift register (``position=None``, newest input last) or a ring buffer indexed by
 ``position`` (``(B,)`` int64, steps already taken; the caller advances it).
 
-This file holds, in order: the references, the registrations of the fast path (fake
+This file holds, in order: the references, the registrations of the fast paths (fake
 tensors and autograd), and the public functions.
 """
 
@@ -149,7 +151,68 @@ def gated_residual_block_step_ref(
 
 # ------------------------------------------------------------------------- registrations
 # The cpp ops' schemas are in csrc/fastgen.cpp, their CPU kernels in
-# csrc/cpu/gated_residual_block.cpp.
+# csrc/cpu/gated_residual_block.cpp; the Triton ops are defined here, with kernels in
+# fastgen/ops/triton/gated_residual_block.py. Both get the same fakes and autograd.
+
+
+@torch.library.custom_op("fastgen::gated_residual_block_triton", mutates_args=())
+def _gated_residual_block_triton(
+    h: torch.Tensor,
+    conv_weight: torch.Tensor,
+    conv_bias: torch.Tensor | None,
+    res_weight: torch.Tensor,
+    res_bias: torch.Tensor | None,
+    skip_weight: torch.Tensor,
+    skip_bias: torch.Tensor | None,
+    cond: torch.Tensor | None,
+    dilation: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    from .triton.gated_residual_block import gated_residual_block_forward
+
+    return gated_residual_block_forward(
+        h, conv_weight, conv_bias, res_weight, res_bias, skip_weight, skip_bias, cond, dilation
+    )
+
+
+@torch.library.custom_op("fastgen::gated_residual_block_triton_backward", mutates_args=())
+def _gated_residual_block_triton_backward(
+    grad_h_out: torch.Tensor,
+    grad_skip: torch.Tensor,
+    h: torch.Tensor,
+    conv_weight: torch.Tensor,
+    conv_bias: torch.Tensor | None,
+    res_weight: torch.Tensor,
+    skip_weight: torch.Tensor,
+    cond: torch.Tensor | None,
+    dilation: int,
+    output_mask: list[bool],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    from .triton.gated_residual_block import gated_residual_block_backward
+
+    return gated_residual_block_backward(
+        grad_h_out, grad_skip, h, conv_weight, conv_bias, res_weight, skip_weight, cond, dilation, output_mask
+    )
+
+
+@torch.library.custom_op("fastgen::gated_residual_block_step_triton", mutates_args=("state",))
+def _gated_residual_block_step_triton(
+    h_t: torch.Tensor,
+    state: torch.Tensor,
+    conv_weight: torch.Tensor,
+    conv_bias: torch.Tensor | None,
+    res_weight: torch.Tensor,
+    res_bias: torch.Tensor | None,
+    skip_weight: torch.Tensor,
+    skip_bias: torch.Tensor | None,
+    cond_t: torch.Tensor | None,
+    dilation: int,
+    position: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    from .triton.gated_residual_block import gated_residual_block_step
+
+    return gated_residual_block_step(
+        h_t, state, conv_weight, conv_bias, res_weight, res_bias, skip_weight, skip_bias, cond_t, dilation, position
+    )
 
 
 def _fake_forward(h, conv_weight, conv_bias, res_weight, res_bias, skip_weight, skip_bias, cond, dilation):
@@ -207,10 +270,16 @@ def _register(forward_name: str, backward_name: str):
     return forward_op
 
 
-_BACKENDS = backends.OpBackends(OP, {"ref": backends.ref_support(), "cpp": backends.cpp_support(OP)})
-_STEP_BACKENDS = backends.OpBackends(STEP_OP, {"ref": backends.ref_support(), "cpp": backends.cpp_support(STEP_OP)})
-_FAST_OPS = {}
-_FAST_STEP_OPS = {}
+_BACKENDS = backends.OpBackends(
+    OP, {"ref": backends.ref_support(), "cpp": backends.cpp_support(OP), "triton": backends.triton_support()}
+)
+_STEP_BACKENDS = backends.OpBackends(
+    STEP_OP,
+    {"ref": backends.ref_support(), "cpp": backends.cpp_support(STEP_OP), "triton": backends.triton_support()},
+)
+_FAST_OPS = {"triton": _register("gated_residual_block_triton", "gated_residual_block_triton_backward")}
+torch.library.register_fake("fastgen::gated_residual_block_step_triton")(_fake_step)
+_FAST_STEP_OPS = {"triton": torch.ops.fastgen.gated_residual_block_step_triton.default}
 if _BACKENDS.supports["cpp"].unavailable is None:
     _FAST_OPS["cpp"] = _register("gated_residual_block", "gated_residual_block_backward")
 if _STEP_BACKENDS.supports["cpp"].unavailable is None:
@@ -277,7 +346,7 @@ def gated_residual_block(
         skip_weight: ``(S, G)``, skip_bias ``(S,)`` or None: the skip 1x1 conv.
         dilation: spacing of the conv's taps (>= 1, may exceed T).
         cond: ``(B, 2G, 1)`` (global conditioning, broadcast over time), ``(B, 2G, T)`` or None.
-        backend: ``"ref"``, ``"cpp"``, ``"auto"`` or None (see :mod:`fastgen.backends`).
+        backend: ``"ref"``, ``"cpp"``, ``"triton"``, ``"auto"`` or None (see :mod:`fastgen.backends`).
 
     Returns:
         ``(h_out, skip)``: ``(B, R, T)`` and ``(B, S, T)``, contiguous.
@@ -337,7 +406,7 @@ def gated_residual_block_step(
         cond_t: ``(B, 2G)`` or None.
         position: ``(B,)`` int64, steps already taken by each sequence (the caller does
             ``position += 1`` after the call), or None.
-        backend: ``"ref"``, ``"cpp"``, ``"auto"`` or None.
+        backend: ``"ref"``, ``"cpp"``, ``"triton"``, ``"auto"`` or None.
 
     Returns:
         ``(h_out_t, skip_t)``: ``(B, R)`` and ``(B, S)``.
