@@ -160,6 +160,8 @@ def _launch(h, conv_weight, conv_bias, res_weight, res_bias, skip_weight, skip_b
     B, R, T = h.shape
     G, S, K = conv_weight.shape[0] // 2, skip_weight.shape[0], conv_weight.shape[2]
     backward = dz is not None
+    # The kernel indexes biases with unit stride.
+    conv_bias, res_bias, skip_bias = (b.contiguous() if b is not None else None for b in (conv_bias, res_bias, skip_bias))
     meta = _meta(h, R, G, S, T)
     third = triton.cdiv(G, meta["BLOCK_G"]) if backward else triton.cdiv(R + S, meta["BLOCK_O"])
     grid = (B, triton.cdiv(T, meta["BLOCK_T"]), third)
