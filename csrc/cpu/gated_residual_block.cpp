@@ -235,10 +235,13 @@ gated_residual_block_backward_cpu(const at::Tensor& grad_h_out_in, const at::Ten
           at::mm_out(dgt, wr_t, dh_t);
           dgt.addmm_(ws_t, ds_t);
           AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "gated_residual_block_backward", [&] {
+            // Raw row pointers (row stride TILE): a tensor view per row costs more than the row.
+            const scalar_t* dgp = dg.data_ptr<scalar_t>();
+            const scalar_t* zp = z.data_ptr<scalar_t>();
+            scalar_t* dzp = dz.data_ptr<scalar_t>();
             for (int64_t c = 0; c < d.G; ++c)
-              gate_backward<scalar_t>(dgt[c].data_ptr<scalar_t>(), zt[c].data_ptr<scalar_t>(),
-                                      zt[d.G + c].data_ptr<scalar_t>(), dzt[c].data_ptr<scalar_t>(),
-                                      dzt[d.G + c].data_ptr<scalar_t>(), n);
+              gate_backward<scalar_t>(dgp + c * TILE, zp + c * TILE, zp + (d.G + c) * TILE, dzp + c * TILE,
+                                      dzp + (d.G + c) * TILE, n);
           });
           if (dz_sum.defined()) dz_sum[b].add_(dzt.sum(1));
           if (grad_cond_full.defined()) grad_cond_full[b].narrow(1, t0, n).copy_(dzt);
