@@ -185,11 +185,17 @@ def _setup_forward(ctx, inputs, output):
     ctx.args = tuple(args)
     ctx.present = [t is not None for t in inputs[:_N_INPUTS]]
     ctx.mark_non_differentiable(output[3], output[4])  # the saved pre-activations
+    ctx.set_materialize_grads(False)  # else autograd fills their (unused) gradients with zeros
 
 
 def _forward_grads(backward_op):
     def backward(ctx, grad_v_out, grad_h_out, grad_skip, _grad_v_pre, _grad_h_pre):
         v, h, v_pre, h_pre, v_weight, h_weight, link_weight, res_weight, skip_weight = ctx.saved_tensors
+        p_shape = (v.shape[0], res_weight.shape[0], v.shape[2], v.shape[3])
+        grad_v_out = v.new_zeros(p_shape) if grad_v_out is None else grad_v_out
+        grad_h_out = v.new_zeros(p_shape) if grad_h_out is None else grad_h_out
+        if skip_weight is not None and grad_skip is None:
+            grad_skip = v.new_zeros((p_shape[0], skip_weight.shape[0], *p_shape[2:]))
         need = [n and p for n, p in zip(ctx.needs_input_grad[:_N_INPUTS], ctx.present)]
         grads = backward_op(
             grad_v_out, grad_h_out, grad_skip if skip_weight is not None else None, v, h, v_pre, h_pre,
