@@ -299,9 +299,11 @@ std::vector<at::Tensor> gated_pixelcnn_layer_backward_cpu(
     if (!first_layer) g3.add_(gho);
   }
   if (need[2]) grads[2] = unpack_weight_grad(tap_conv_weight_grad(v, dV4, vt.forward), v_weight, vt);
-  if (need[3]) grads[3] = dV.sum({0, 2});
+  if (need[11]) grads[11] = dV.sum(2);
+  if (need[3]) grads[3] = need[11] ? grads[11].sum(0) : dV.sum({0, 2});
   if (need[4]) grads[4] = unpack_weight_grad(tap_conv_weight_grad(h, dH4, ht.forward), h_weight, ht);
-  if (need[5]) grads[5] = dH.sum({0, 2});
+  if (need[12]) grads[12] = dH.sum(2);
+  if (need[5]) grads[5] = need[12] ? grads[12].sum(0) : dH.sum({0, 2});
   if (need[6]) grads[6] = at::bmm(dH, vp.transpose(1, 2)).sum(0);
   const bool need_g = need[7] || need[9];
   const at::Tensor g = need_g ? th * sh : at::Tensor();
@@ -310,8 +312,6 @@ std::vector<at::Tensor> gated_pixelcnn_layer_backward_cpu(
   if (need[9] && gs.defined())
     grads[9] = at::bmm(gs, g.transpose(1, 2)).sum(0) * pointwise_mask(d.s, p, color_channels, opt);
   if (need[10] && gs.defined()) grads[10] = gs.sum({0, 2});
-  if (need[11]) grads[11] = dV.sum(2);
-  if (need[12]) grads[12] = dH.sum(2);
   return grads;
 }
 
