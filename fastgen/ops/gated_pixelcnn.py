@@ -25,12 +25,14 @@ With ``p`` channels, odd kernel ``k`` and ``c = k // 2``:
   and ``S`` (``S x p``) are 1x1s masked like mask B over colour groups (output group >=
   input group). The identity term ``[h]`` is absent in the first layer.
 
-The fast path (``cpp``) runs both shifted convolutions through the sparse-tap engine
+The CPU fast path (``cpp``) runs both shifted convolutions through the sparse-tap engine
 (no padded copies of rows; taps that leave the image are skipped), fuses the bias/cond
 add and the gates into one pass, and does the link, residual and skip as GEMMs. Its
 forward returns the pre-activations as extra outputs that the backward reuses (saving
 them costs two activations of memory; recomputing them would cost both convolutions
-again). Double backward is not supported (the backward op has no autograd).
+again). The ``triton`` path leaves the dense convolutions and 1x1s to cuDNN/cuBLAS and
+fuses the element-wise work around them (cond add and gate; the gate's backward) into
+Triton kernels. Double backward is not supported (the backward op has no autograd).
 
 This file holds, in order: masks and the reference, the registrations of the fast path,
 and the public function.
@@ -154,6 +156,32 @@ _ARGS = ("first_layer", "color_channels")
 _N_INPUTS = 13  # v, h, v_weight, v_bias, h_weight, h_bias, link, res_w, res_b, skip_w, skip_b, v_cond, h_cond
 
 
+@torch.library.custom_op("fastgen::gated_pixelcnn_layer_triton", mutates_args=())
+def _gated_pixelcnn_layer_triton(
+    v: torch.Tensor, h: torch.Tensor, v_weight: torch.Tensor, v_bias: torch.Tensor, h_weight: torch.Tensor,
+    h_bias: torch.Tensor, link_weight: torch.Tensor, res_weight: torch.Tensor, res_bias: torch.Tensor,
+    skip_weight: torch.Tensor | None, skip_bias: torch.Tensor | None, v_cond: torch.Tensor | None,
+    h_cond: torch.Tensor | None, first_layer: bool, color_channels: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    from .triton.gated_pixelcnn import gated_pixelcnn_forward
+
+    return gated_pixelcnn_forward(v, h, v_weight, v_bias, h_weight, h_bias, link_weight, res_weight, res_bias,
+                                  skip_weight, skip_bias, v_cond, h_cond, first_layer, color_channels)
+
+
+@torch.library.custom_op("fastgen::gated_pixelcnn_layer_triton_backward", mutates_args=())
+def _gated_pixelcnn_layer_triton_backward(
+    grad_v_out: torch.Tensor, grad_h_out: torch.Tensor, grad_skip: torch.Tensor | None, v: torch.Tensor,
+    h: torch.Tensor, v_pre: torch.Tensor, h_pre: torch.Tensor, v_weight: torch.Tensor, h_weight: torch.Tensor,
+    link_weight: torch.Tensor, res_weight: torch.Tensor, skip_weight: torch.Tensor | None, first_layer: bool,
+    color_channels: int, output_mask: list[bool],
+) -> list[torch.Tensor]:
+    from .triton.gated_pixelcnn import gated_pixelcnn_backward
+
+    return gated_pixelcnn_backward(grad_v_out, grad_h_out, grad_skip, v, h, v_pre, h_pre, v_weight, h_weight,
+                                   link_weight, res_weight, skip_weight, first_layer, color_channels, output_mask)
+
+
 def _fake_forward(v, h, v_weight, v_bias, h_weight, h_bias, link_weight, res_weight, res_bias, skip_weight,
                   skip_bias, v_cond, h_cond, first_layer, color_channels):
     B, _, H, W = v.shape
@@ -224,8 +252,10 @@ def _register(forward_name: str, backward_name: str):
     return forward_op
 
 
-_BACKENDS = backends.OpBackends(OP, {"ref": backends.ref_support(), "cpp": backends.cpp_support(OP)})
-_FAST_OPS = {}
+_BACKENDS = backends.OpBackends(
+    OP, {"ref": backends.ref_support(), "cpp": backends.cpp_support(OP), "triton": backends.triton_support()}
+)
+_FAST_OPS = {"triton": _register("gated_pixelcnn_layer_triton", "gated_pixelcnn_layer_triton_backward")}
 if _BACKENDS.supports["cpp"].unavailable is None:
     _FAST_OPS["cpp"] = _register("gated_pixelcnn_layer", "gated_pixelcnn_layer_backward")
 
@@ -322,7 +352,7 @@ def gated_pixelcnn_layer(
     Any strides. Later layers need ``C_in = p``. ``color_channels`` must divide ``p``,
     ``C_in`` and ``S``. Masked weights (the current-pixel tap of ``h_weight`` and the
     colour-masked entries of ``res_weight``/``skip_weight``) are ignored and get zero
-    gradient. ``backend``: ``"ref"``, ``"cpp"``, ``"auto"`` or None.
+    gradient. ``backend``: ``"ref"``, ``"cpp"``, ``"triton"``, ``"auto"`` or None.
 
     Example:
         >>> x = torch.randn(2, 1, 28, 28)
