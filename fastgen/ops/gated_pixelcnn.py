@@ -26,8 +26,9 @@ With ``p`` channels, odd kernel ``k`` and ``c = k // 2``:
   input group). The identity term ``[h]`` is absent in the first layer.
 
 The CPU fast path (``cpp``) runs both shifted convolutions through the sparse-tap engine
-(no padded copies of rows; taps that leave the image are skipped), fuses the bias/cond
-add and the gates into one pass, and does the link, residual and skip as GEMMs. Its
+(no padded copies of rows; taps that leave the image are skipped), adds the biases in
+the convolutions, applies the gates with vectorized ATen ops and the gate's backward in
+one fused pass, and does the link, residual and skip as batched GEMMs in place. Its
 forward returns the pre-activations as extra outputs that the backward reuses (saving
 them costs two activations of memory; recomputing them would cost both convolutions
 again). The ``triton`` path leaves the dense convolutions and 1x1s to cuDNN/cuBLAS and
