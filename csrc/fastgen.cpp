@@ -31,6 +31,20 @@ TORCH_LIBRARY(fastgen, m) {
       "gated_residual_block_step(Tensor h_t, Tensor(a!) state, Tensor conv_weight, Tensor? conv_bias, "
       "Tensor res_weight, Tensor? res_bias, Tensor skip_weight, Tensor? skip_bias, Tensor? cond_t, int dilation, "
       "Tensor? position) -> (Tensor, Tensor)");
+
+  // Gated PixelCNN layer (fastgen/ops/gated_pixelcnn.py). Returns (v_out, h_out, skip, v_pre, h_pre):
+  // skip is empty without skip_weight; the pre-activations are saved for the backward.
+  m.def(
+      "gated_pixelcnn_layer(Tensor v, Tensor h, Tensor v_weight, Tensor v_bias, Tensor h_weight, Tensor h_bias, "
+      "Tensor link_weight, Tensor res_weight, Tensor res_bias, Tensor? skip_weight, Tensor? skip_bias, "
+      "Tensor? v_cond, Tensor? h_cond, bool first_layer, int color_channels) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // Gradients of (v, h, v_weight, v_bias, h_weight, h_bias, link_weight, res_weight, res_bias,
+  // skip_weight, skip_bias, v_cond, h_cond); an entry whose output_mask is False is empty.
+  m.def(
+      "gated_pixelcnn_layer_backward(Tensor grad_v_out, Tensor grad_h_out, Tensor? grad_skip, Tensor v, Tensor h, "
+      "Tensor v_pre, Tensor h_pre, Tensor v_weight, Tensor h_weight, Tensor link_weight, Tensor res_weight, "
+      "Tensor? skip_weight, bool first_layer, int color_channels, bool[13] output_mask) -> Tensor[]");
 }
 
 namespace {

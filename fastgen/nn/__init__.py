@@ -1,7 +1,7 @@
 """Drop-in ``nn.Module`` layers that own parameters and call :mod:`fastgen.ops`."""
 
+from .gated_pixelcnn import GatedPixelCNNLayer, GatedPixelCNNState
 from .masked_conv import MaskedConv2d
 from .wavenet import GatedResidualBlock
 
-__all__ = ["MaskedConv2d"]
-__all__ += ["GatedResidualBlock"]
+__all__ = ["GatedPixelCNNLayer", "GatedPixelCNNState", "GatedResidualBlock", "MaskedConv2d"]

@@ -4,18 +4,24 @@ Every op takes ``backend=`` (see :mod:`fastgen.backends`) and checks its argumen
 before any kernel runs.
 """
 
-from .masked_conv2d import masked_conv2d, masked_conv2d_mask, masked_conv2d_ref
+from .gated_pixelcnn import gated_pixelcnn_layer, gated_pixelcnn_layer_ref, gated_pixelcnn_masks
 from .gated_residual_block import (
     gated_residual_block,
     gated_residual_block_ref,
     gated_residual_block_step,
     gated_residual_block_step_ref,
 )
+from .masked_conv2d import masked_conv2d, masked_conv2d_mask, masked_conv2d_ref
 
-__all__ = ["masked_conv2d", "masked_conv2d_mask", "masked_conv2d_ref"]
-__all__ += [
+__all__ = [
+    "gated_pixelcnn_layer",
+    "gated_pixelcnn_layer_ref",
+    "gated_pixelcnn_masks",
     "gated_residual_block",
     "gated_residual_block_ref",
     "gated_residual_block_step",
     "gated_residual_block_step_ref",
+    "masked_conv2d",
+    "masked_conv2d_mask",
+    "masked_conv2d_ref",
 ]

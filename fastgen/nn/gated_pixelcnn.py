@@ -1,0 +1,230 @@
+r"""Gated PixelCNN layer (van den Oord et al. 2016, "Conditional Image Generation with
+PixelCNN Decoders") and its incremental (row by row, pixel by pixel) form."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..ops import gated_pixelcnn_layer
+from ..ops._checks import check_int
+from ..ops.gated_pixelcnn import gated_pixelcnn_masks
+
+__all__ = ["GatedPixelCNNLayer", "GatedPixelCNNState"]
+
+
+@dataclass
+class GatedPixelCNNState:
+    """Incremental-sampling buffers of one :class:`GatedPixelCNNLayer`, preallocated per batch.
+
+    Attributes:
+        v_in, h_in: ``(B, C_in, H, W)``: the layer's vertical and horizontal inputs; the
+            model writes each row / pixel here as it becomes known (the image itself for a
+            first layer, the previous layer's outputs otherwise).
+        v_pre: ``(B, 2p, W)``: the vertical pre-activations of the current row, set by
+            :meth:`GatedPixelCNNLayer.step_row` and read by ``step_pixel`` (the link).
+    """
+
+    v_in: torch.Tensor
+    h_in: torch.Tensor
+    v_pre: torch.Tensor
+
+
+class GatedPixelCNNLayer(nn.Module):
+    r"""One Gated PixelCNN layer: vertical and horizontal stacks, gates, link, residual, skip.
+
+    .. math::
+
+        V = \text{vconv}(v) + b_v + e_v[y], \quad v' = \tanh(V_{:p}) \odot \sigma(V_{p:}), \quad
+        H = \text{hconv}(h) + b_h + L V + e_h[y], \quad
+        h' = [h] + R\,(\tanh(H_{:p}) \odot \sigma(H_{p:})) + b_R
+
+    where ``vconv`` is a ``(k//2+1) x k`` convolution over the rows above (shifted, not
+    masked), ``hconv`` a ``1 x (k//2+1)`` convolution over the current row up to the pixel
+    (excluding it, or only earlier colours, in the first layer), ``e_v, e_h`` optional
+    per-class biases and ``[h]`` the identity (absent in the first layer). See
+    :func:`fastgen.ops.gated_pixelcnn_layer`. Stacked layers have no blind spot: the
+    horizontal output at a pixel sees every earlier pixel of its receptive field.
+
+    Args:
+        channels: ``p``.
+        kernel_size: odd ``k``.
+        first_layer: the layer reading the image (mask A, no identity residual).
+        num_classes: learn a per-class bias of each stack's gates (labels in ``forward``).
+        color_channels: 1, or 3 for RGB (divides ``channels``, ``in_channels``, ``skip_channels``).
+        in_channels: ``C_in`` (default ``channels``; the image channels in the first layer).
+        skip_channels: add a skip output of this many channels.
+
+    Shape:
+        ``forward((v, h), labels)``: ``v, h`` ``(B, C_in, H, W)``, ``labels`` ``(B,)`` int64
+        -> ``(v_out, h_out)`` ``(B, p, H, W)`` each, plus ``skip`` ``(B, S, H, W)`` when
+        ``skip_channels`` is set.
+
+    Example:
+        >>> first = GatedPixelCNNLayer(32, 7, first_layer=True, in_channels=1)
+        >>> layers = torch.nn.Sequential(first, GatedPixelCNNLayer(32, 3))
+        >>> x = torch.randn(4, 1, 28, 28)
+        >>> v, h = layers((x, x))
+        >>> h.shape
+        torch.Size([4, 32, 28, 28])
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        kernel_size: int,
+        first_layer: bool = False,
+        num_classes: int | None = None,
+        color_channels: int = 1,
+        in_channels: int | None = None,
+        skip_channels: int | None = None,
+        *,
+        backend: str | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ):
+        super().__init__()
+        name = "GatedPixelCNNLayer"
+        p = check_int(name, "channels", channels, minimum=1)
+        k = check_int(name, "kernel_size", kernel_size, minimum=1)
+        if k % 2 == 0:
+            raise ValueError(f"{name}: kernel_size must be odd, got {k}")
+        c_in = p if in_channels is None else check_int(name, "in_channels", in_channels, minimum=1)
+        if skip_channels is not None:
+            check_int(name, "skip_channels", skip_channels, minimum=1)
+        if num_classes is not None:
+            check_int(name, "num_classes", num_classes, minimum=1)
+        n = check_int(name, "color_channels", color_channels, minimum=1)
+        if p % n or c_in % n or (skip_channels or 0) % n:
+            raise ValueError(f"{name}: color_channels={n} must divide channels, in_channels and skip_channels")
+        if not first_layer and c_in != p:
+            raise ValueError(f"{name}: later layers need in_channels == channels, got {c_in} and {p}")
+        self.channels, self.kernel_size, self.first_layer = p, k, bool(first_layer)
+        self.in_channels, self.color_channels, self.skip_channels = c_in, n, skip_channels
+        self.num_classes, self.backend = num_classes, backend
+        c = k // 2
+        f = dict(device=device, dtype=dtype)
+        self.v_weight = nn.Parameter(torch.empty(2 * p, c_in, c + 1, k, **f))
+        self.v_bias = nn.Parameter(torch.empty(2 * p, **f))
+        self.h_weight = nn.Parameter(torch.empty(2 * p, c_in, 1, c + 1, **f))
+        self.h_bias = nn.Parameter(torch.empty(2 * p, **f))
+        self.link_weight = nn.Parameter(torch.empty(2 * p, 2 * p, **f))
+        self.res_weight = nn.Parameter(torch.empty(p, p, **f))
+        self.res_bias = nn.Parameter(torch.empty(p, **f))
+        if skip_channels is not None:
+            self.skip_weight = nn.Parameter(torch.empty(skip_channels, p, **f))
+            self.skip_bias = nn.Parameter(torch.empty(skip_channels, **f))
+        else:
+            self.register_parameter("skip_weight", None)
+            self.register_parameter("skip_bias", None)
+        if num_classes is not None:
+            self.v_embedding = nn.Parameter(torch.zeros(num_classes, 2 * p, **f))
+            self.h_embedding = nn.Parameter(torch.zeros(num_classes, 2 * p, **f))
+        else:
+            self.register_parameter("v_embedding", None)
+            self.register_parameter("h_embedding", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """``nn.Conv2d``'s initialization for each convolution (uniform in +-1/sqrt(fan_in))."""
+        for weight, bias in (
+            (self.v_weight, self.v_bias), (self.h_weight, self.h_bias), (self.link_weight, None),
+            (self.res_weight, self.res_bias), (self.skip_weight, self.skip_bias),
+        ):
+            if weight is None:
+                continue
+            bound = 1 / math.sqrt(weight[0].numel())
+            nn.init.uniform_(weight, -bound, bound)
+            if bias is not None:
+                nn.init.uniform_(bias, -bound, bound)
+
+    def _conds(self, labels: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        if self.num_classes is None:
+            if labels is not None:
+                raise ValueError("GatedPixelCNNLayer: labels given but the layer has no num_classes")
+            return None, None
+        if labels is None:
+            raise ValueError("GatedPixelCNNLayer: this layer is class-conditional (num_classes set): pass labels (B,)")
+        if not isinstance(labels, torch.Tensor) or labels.dim() != 1 or labels.dtype != torch.int64:
+            raise ValueError("GatedPixelCNNLayer: labels must be an int64 tensor of shape (B,)")
+        return self.v_embedding[labels], self.h_embedding[labels]
+
+    def forward(self, vh: tuple[torch.Tensor, torch.Tensor], labels: torch.Tensor | None = None):
+        v, h = vh[0], vh[1]
+        v_cond, h_cond = self._conds(labels)
+        v_out, h_out, skip = gated_pixelcnn_layer(
+            v, h, self.v_weight, self.v_bias, self.h_weight, self.h_bias, self.link_weight, self.res_weight,
+            self.res_bias, self.skip_weight, self.skip_bias, first_layer=self.first_layer,
+            color_channels=self.color_channels, v_cond=v_cond, h_cond=h_cond, backend=self.backend,
+        )
+        return (v_out, h_out) if skip is None else (v_out, h_out, skip)
+
+    # ------------------------------------------------------------------ incremental form
+
+    def init_state(
+        self, batch: int, height: int, width: int, *, dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> GatedPixelCNNState:
+        """Zeroed buffers for sampling ``batch`` images of ``height x width``."""
+        f = dict(dtype=dtype or self.v_weight.dtype, device=device or self.v_weight.device)
+        shape = (batch, self.in_channels, height, width)
+        return GatedPixelCNNState(
+            torch.zeros(shape, **f), torch.zeros(shape, **f), torch.zeros(batch, 2 * self.channels, width, **f)
+        )
+
+    def step_row(self, state: GatedPixelCNNState, i: int, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Row ``i`` of the vertical stack from the buffered rows of ``state.v_in`` above it
+        (and row ``i`` itself in later layers). Stores the row's pre-activations in
+        ``state.v_pre`` for the link and returns ``v_out[:, :, i]`` ``(B, p, W)``."""
+        c = self.kernel_size // 2
+        top = i - c - 1 if self.first_layer else i - c  # input row of kernel row 0
+        rows = state.v_in[:, :, max(top, 0) : top + c + 1]
+        rows = F.pad(rows, (c, c, max(-top, 0), c + 1 - max(-top, 0) - rows.shape[2]))
+        v_pre = F.conv2d(rows, self.v_weight, self.v_bias)[:, :, 0]  # (B, 2p, W)
+        v_cond, _ = self._conds(labels)
+        if v_cond is not None:
+            v_pre = v_pre + v_cond[:, :, None]
+        state.v_pre.copy_(v_pre)
+        p = self.channels
+        return torch.tanh(v_pre[:, :p]) * torch.sigmoid(v_pre[:, p:])
+
+    def step_pixel(self, state: GatedPixelCNNState, i: int, j: int, labels: torch.Tensor | None = None):
+        """The horizontal stack at pixel ``(i, j)`` from ``state.h_in[:, :, i, :j+1]`` and
+        ``state.v_pre`` (row ``i``, set by :meth:`step_row`). Returns ``h_out`` ``(B, p)``, or
+        ``(h_out, skip)`` with skip channels. Pure in the state: after writing another
+        colour of pixel ``(i, j)`` into ``h_in``, call it again for the next colour group."""
+        p, c, n = self.channels, self.kernel_size // 2, self.color_channels
+        centre, res_mask, skip_mask = gated_pixelcnn_masks(
+            p, self.in_channels, self.skip_channels or 0, first_layer=self.first_layer, color_channels=n,
+            dtype=self.h_weight.dtype, device=self.h_weight.device,
+        )
+        h_row = state.h_in[:, :, i]
+        x = F.pad(h_row[:, :, max(j - c, 0) : j + 1], (c - min(j, c), 0))  # (B, C_in, c+1)
+        weight = torch.cat([self.h_weight[:, :, 0, :c], (self.h_weight[:, :, 0, c] * centre)[:, :, None]], 2)
+        h_pre = torch.einsum("bik,oik->bo", x, weight) + self.h_bias + state.v_pre[:, :, j] @ self.link_weight.T
+        _, h_cond = self._conds(labels)
+        if h_cond is not None:
+            h_pre = h_pre + h_cond
+        g = torch.tanh(h_pre[:, :p]) * torch.sigmoid(h_pre[:, p:])
+        h_out = g @ (self.res_weight * res_mask).T + self.res_bias
+        if not self.first_layer:
+            h_out = h_out + h_row[:, :, j]
+        if self.skip_weight is None:
+            return h_out
+        return h_out, g @ (self.skip_weight * skip_mask).T + self.skip_bias
+
+    def extra_repr(self) -> str:
+        s = f"{self.channels}, kernel_size={self.kernel_size}, first_layer={self.first_layer}"
+        if self.in_channels != self.channels:
+            s += f", in_channels={self.in_channels}"
+        if self.color_channels != 1:
+            s += f", color_channels={self.color_channels}"
+        if self.num_classes is not None:
+            s += f", num_classes={self.num_classes}"
+        if self.skip_channels is not None:
+            s += f", skip_channels={self.skip_channels}"
+        return s
