@@ -130,8 +130,8 @@ void depthwise_forward(const scalar_t* x, const scalar_t* w, const scalar_t* bia
   at::parallel_for(0, B * C_out, 1, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const int64_t b = row / C_out, o = row % C_out;
-      const scalar_t* xr = x + (b * C_in + o / co_g) * T;
-      scalar_t* orow = out + row * T;
+      const scalar_t* __restrict__ xr = x + (b * C_in + o / co_g) * T;
+      scalar_t* __restrict__ orow = out + row * T;
       const scalar_t* wr = w + o * K;
       const scalar_t w_last = wr[K - 1], b0 = bias ? bias[o] : scalar_t(0);
       for (int64_t t = 0; t < T; ++t) orow[t] = b0 + w_last * xr[t];
@@ -151,10 +151,10 @@ void depthwise_grad_x(const scalar_t* go, const scalar_t* w, scalar_t* gx, int64
   at::parallel_for(0, B * C_in, 1, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const int64_t b = row / C_in, c = row % C_in;
-      scalar_t* xr = gx + row * T;
+      scalar_t* __restrict__ xr = gx + row * T;
       std::fill(xr, xr + T, scalar_t(0));
       for (int64_t o = c * co_g; o < (c + 1) * co_g; ++o) {
-        const scalar_t* gr = go + (b * C_out + o) * T;
+        const scalar_t* __restrict__ gr = go + (b * C_out + o) * T;
         for (int64_t k = 0; k < K; ++k) {
           const int64_t s = tap_shift(k, K, dilation, T);
           const scalar_t wk = w[o * K + k];
@@ -174,13 +174,21 @@ void depthwise_grad_weight(const scalar_t* go, const scalar_t* x, scalar_t* gw, 
   at::parallel_for(0, C_out * K, 1, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const int64_t o = i / K, k = i % K, s = tap_shift(k, K, dilation, T);
-      scalar_t acc = 0;
+      // Lane-wise partial sums: a float reduction vectorizes only if its order may change,
+      // so the lanes are spelled out (and the order stays fixed).
+      constexpr int64_t lanes = 16;
+      scalar_t acc[lanes] = {};
+      scalar_t tail = 0;
       for (int64_t b = 0; b < B; ++b) {
-        const scalar_t* gr = go + (b * C_out + o) * T;
-        const scalar_t* xr = x + (b * C_in + o / co_g) * T;
-        for (int64_t t = s; t < T; ++t) acc += gr[t] * xr[t - s];
+        const scalar_t* __restrict__ gr = go + (b * C_out + o) * T + s;
+        const scalar_t* __restrict__ xr = x + (b * C_in + o / co_g) * T;
+        const int64_t n = T - s, full = n / lanes * lanes;
+        for (int64_t t = 0; t < full; t += lanes)
+          for (int64_t l = 0; l < lanes; ++l) acc[l] += gr[t + l] * xr[t + l];
+        for (int64_t t = full; t < n; ++t) tail += gr[t] * xr[t];
       }
-      gw[i] = acc;
+      for (int64_t l = 0; l < lanes; ++l) tail += acc[l];
+      gw[i] = tail;
     }
   });
 }

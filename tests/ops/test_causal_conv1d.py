@@ -76,6 +76,7 @@ GRID = [
     (2, 6, 4, 10, 4, 3, 2, True),  # groups = 2
     (2, 5, 5, 12, 3, 2, 5, False),  # depthwise
     (1, 3, 6, 8, 2, 3, 3, True),  # depthwise with 2 outputs per channel
+    (1, 4, 4, 37, 2, 3, 4, True),  # depthwise, long enough for the CPU kernels' vector lanes
 ]
 
 
