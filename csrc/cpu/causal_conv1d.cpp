@@ -109,6 +109,15 @@ void gemm_grad_x(const at::Tensor& grad_out, const at::Tensor& weight, int64_t d
   const int64_t B = grad_out.size(0), T = grad_out.size(2), K = weight.size(2);
   const int64_t ci_g = weight.size(1), co_g = weight.size(0) / groups;
   const at::Tensor taps_t = weight.permute({2, 1, 0}).contiguous();  // (K, C_in/g, C_out)
+  if (groups == 1) {
+    at::bmm_out(grad_x, batched(taps_t[K - 1], B), grad_out);
+    for (int64_t k = 0; k < K - 1; ++k) {
+      const int64_t s = tap_shift(k, K, dilation, T);
+      if (s >= T) continue;
+      grad_x.narrow(2, 0, T - s).baddbmm_(batched(taps_t[k], B), grad_out.narrow(2, s, T - s));
+    }
+    return;
+  }
   for (int64_t b = 0; b < B; ++b)
     for (int64_t g = 0; g < groups; ++g) {
       const at::Tensor gb = grad_out[b].narrow(0, g * co_g, co_g);  // (C_out/g, T)
@@ -130,6 +139,12 @@ at::Tensor gemm_grad_weight(const at::Tensor& grad_out, const at::Tensor& x, con
   for (int64_t k = 0; k < K; ++k) {
     const int64_t s = tap_shift(k, K, dilation, T);
     if (s >= T) continue;
+    if (groups == 1) {
+      // Per-sequence products in one batched call, then their sum.
+      at::Tensor gw = packed[k];
+      at::sum_out(gw, at::bmm(grad_out.narrow(2, s, T - s), x.narrow(2, 0, T - s).transpose(1, 2)), {0});
+      continue;
+    }
     for (int64_t g = 0; g < groups; ++g) {
       at::Tensor gw = packed[k].narrow(0, g * co_g, co_g);
       for (int64_t b = 0; b < B; ++b)
