@@ -5,10 +5,11 @@
 //   out[:, :, s_k:] += W_k @ x[:, :, :T-s_k]
 // for each tap: a GEMM on time-shifted strided views of x and out, with no padded copy of
 // x (the left zeros are simply the columns a shifted GEMM does not write). Taps with
-// s_k >= T reach only the zeros before the start and are skipped. Channel groups of more
-// than one input channel run these GEMMs per group (MKL threads them itself, so the loops
-// around them stay serial); one input channel per group (depthwise) has no GEMM to speak
-// of and runs a fused loop over the taps per (batch, channel) row, in parallel over rows.
+// s_k >= T reach only the zeros before the start and are skipped. With groups = 1 each
+// tap is one batched GEMM over the sequences; other groups of more than one input channel
+// run a GEMM per sequence, group and tap (MKL threads each call itself, so the loops around
+// them stay serial). One input channel per group (depthwise) has no GEMM to speak of and
+// runs a fused loop over the taps per (batch, channel) row, in parallel over rows.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
