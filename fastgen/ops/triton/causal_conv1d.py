@@ -10,6 +10,11 @@
   ``BLOCK_CO x BLOCK_CI`` tile of one group's weight gradient and reduces
   ``grad_out[channels, t] @ x[t - s_k, chunk]`` over a range of (batch, time) steps;
   the ranges' partial sums are added afterwards (deterministic, unlike atomics).
+- ``_causal_conv1d_depthwise_kernel`` and ``_causal_conv1d_depthwise_weight_grad_kernel``:
+  one input channel per group (depthwise), where a dot's tiles would be all but one lane
+  empty: a program computes ``BLOCK_T`` steps of one (batch, channel) row as a sum over the
+  taps of elementwise products (forward, and grad_x of plain depthwise), or reduces one
+  (channel, tap) of the weight gradient over all (batch, time) steps.
 - ``_causal_conv1d_step_kernel`` and ``_state_update_kernel``: the one-step form. The first
   gathers each output's ``K`` inputs (the state's taps and ``x_t``) and reduces them; the
   second, launched after it so that no program reads a state another has updated, shifts
@@ -93,6 +98,75 @@ def _causal_conv1d_kernel(
         acc.to(y_ptr.dtype.element_ty),
         mask=t_ok[:, None] & p_ok[None, :],
     )
+
+
+@triton.jit
+def _causal_conv1d_depthwise_kernel(
+    x_ptr,  # (B, C_IN, T): x, or grad_out when TRANSPOSED
+    w_ptr,  # (C_OUT, 1, K)
+    bias_ptr,
+    y_ptr,  # (B, C_PROD, T)
+    T, C_PROD, PROD_PER_IN, DILATION, K,
+    stride_xb, stride_xc, stride_xt,
+    stride_wo, stride_wk,
+    stride_bias,
+    stride_yb, stride_yc, stride_yt,
+    TRANSPOSED: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    ACC_DTYPE: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+):
+    row = tl.program_id(1).to(tl.int64)  # (batch, produced channel)
+    b = row // C_PROD
+    c = row % C_PROD
+    offs_t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    t_ok = offs_t < T
+    src_row = x_ptr + b * stride_xb + (c // PROD_PER_IN) * stride_xc
+    acc = tl.zeros((BLOCK_T,), dtype=ACC_DTYPE)
+    for k in range(K):
+        shift = (K - 1 - k) * DILATION
+        if TRANSPOSED:
+            src_t = offs_t + shift
+            ok = t_ok & (src_t < T)
+        else:
+            src_t = offs_t - shift
+            ok = t_ok & (src_t >= 0)
+        w = tl.load(w_ptr + c * stride_wo + k * stride_wk).to(ACC_DTYPE)
+        acc += w * tl.load(src_row + src_t.to(tl.int64) * stride_xt, mask=ok, other=0.0).to(ACC_DTYPE)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + c * stride_bias).to(ACC_DTYPE)
+    tl.store(
+        y_ptr + b * stride_yb + c * stride_yc + offs_t.to(tl.int64) * stride_yt,
+        acc.to(y_ptr.dtype.element_ty),
+        mask=t_ok,
+    )
+
+
+@triton.jit
+def _causal_conv1d_depthwise_weight_grad_kernel(
+    grad_out_ptr,  # (B, C_OUT, T)
+    x_ptr,  # (B, C_IN, T)
+    grad_w_ptr,  # (C_OUT, 1, K) in ACC_DTYPE
+    B, T, OUT_PER_IN, DILATION, K,
+    stride_gb, stride_gc, stride_gt,
+    stride_xb, stride_xc, stride_xt,
+    stride_wo, stride_wk,
+    ACC_DTYPE: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+):
+    o = tl.program_id(0).to(tl.int64)
+    k = tl.program_id(1)
+    shift = (K - 1 - k) * DILATION
+    acc = tl.zeros((BLOCK_T,), dtype=ACC_DTYPE)
+    for b in range(B):
+        g_row = grad_out_ptr + b * stride_gb + o * stride_gc
+        x_row = x_ptr + b * stride_xb + (o // OUT_PER_IN) * stride_xc
+        for t0 in range(shift, T, BLOCK_T):
+            t = (t0 + tl.arange(0, BLOCK_T)).to(tl.int64)
+            ok = t < T
+            g = tl.load(g_row + t * stride_gt, mask=ok, other=0.0).to(ACC_DTYPE)
+            acc += g * tl.load(x_row + (t - shift) * stride_xt, mask=ok, other=0.0).to(ACC_DTYPE)
+    tl.store(grad_w_ptr + o * stride_wo + k * stride_wk, tl.sum(acc, axis=0))
 
 
 @triton.jit
@@ -265,6 +339,21 @@ def _conv(inp, weight, bias, out, *, transposed, dilation, groups):
     red, prod = (co_g, ci_g) if transposed else (ci_g, co_g)
     interpret = inp.device.type != "cuda"
     acc_dtype, precision = _precision(inp)
+    if ci_g == 1 and (co_g == 1 or not transposed):
+        # One input per output (depthwise forward, possibly with a channel multiplier, and
+        # the adjoint of plain depthwise): a dot would waste all but one lane of its tiles.
+        block_t = 16 if interpret else max(16, min(1024, triton.next_power_of_2(length)))
+        c_prod = out.shape[1]
+        _causal_conv1d_depthwise_kernel[(triton.cdiv(length, block_t), batch * c_prod)](
+            inp, weight, bias if bias is not None else out, out,
+            length, c_prod, 1 if transposed else co_g, _clamp_dilation(dilation, length), k,
+            *inp.stride(),
+            weight.stride(0), weight.stride(2),
+            bias.stride(0) if bias is not None else 0,
+            *out.stride(),
+            TRANSPOSED=transposed, HAS_BIAS=bias is not None, ACC_DTYPE=acc_dtype, BLOCK_T=block_t,
+        )
+        return
     packed = weight.permute(2, 1, 0).contiguous()  # (K, C_in/g, C_out): coalesced along C_out
     meta = dict(
         BLOCK_T=_block(length, 64, interpret), BLOCK_CO=_block(prod, 64, interpret), BLOCK_CI=_block(red, 32, interpret)
@@ -293,6 +382,18 @@ def _weight_grad(grad_out, x, weight, *, dilation, groups):
         return torch.zeros_like(weight, memory_format=torch.contiguous_format)
     interpret = x.device.type != "cuda"
     acc_dtype, precision = _precision(x)
+    if ci_g == 1:
+        # One reduction per (output channel, tap): elementwise products, no dot tiles.
+        grad = torch.empty((c_out, 1, k), dtype=torch.float64 if x.dtype == torch.float64 else torch.float32, device=x.device)
+        _causal_conv1d_depthwise_weight_grad_kernel[(c_out, k)](
+            grad_out, x, grad,
+            batch, length, co_g, _clamp_dilation(dilation, length), k,
+            *grad_out.stride(),
+            *x.stride(),
+            grad.stride(0), grad.stride(2),
+            ACC_DTYPE=acc_dtype, BLOCK_T=16 if interpret else 1024,
+        )
+        return grad.to(x.dtype)
     meta = dict(BLOCK_T=_block(n_steps, 64, interpret), BLOCK_CO=_block(co_g, 64, interpret), BLOCK_CI=_block(ci_g, 32, interpret))
     n_tiles = triton.cdiv(co_g, meta["BLOCK_CO"]) * triton.cdiv(ci_g, meta["BLOCK_CI"])
     splits = 1
