@@ -1,15 +1,26 @@
-"""Benchmarks of the WaveNet ops: :func:`fastgen.ops.gated_residual_block`.
+"""Benchmarks of the WaveNet ops: :func:`fastgen.ops.causal_conv1d` and
+:func:`fastgen.ops.gated_residual_block`.
+
+Convolution cases (float32, with bias):
+
+- 64 -> 128 channels, K=2, dilation 256, batch 4, T=16000: a dilated WaveNet layer's
+  convolution (residual 64, gate 2x64) on one second of 16 kHz audio, forward ("fwd")
+  and forward plus backward to x, weight and bias ("fwd+bwd");
+- depthwise, 128 channels, K=4, dilation 1, batch 4, T=16000, forward and forward plus
+  backward: the short depthwise convolution of Mamba-style blocks.
+
+The eager reference is left padding then ``F.conv1d``. Useful FLOPs count the taps
+that read inside the sequence only (a tap ``s`` steps back covers ``T - s`` outputs).
 
 Residual-block cases (float32, all biases): residual 64, gate 2x64, skip 256, kernel 2,
-dilation 64, batch 4, T = 8192 (the issue's target), forward only ("fwd") and forward plus
-backward to h and every weight and bias ("fwd+bwd"); and the same with a global
-conditioning ``cond`` of shape (B, 2G, 1) (forward+backward, its gradient included).
+dilation 64, batch 4, T = 8192, forward only and forward plus backward to h and every
+weight and bias; and the same with a global conditioning ``cond`` of shape (B, 2G, 1)
+(forward+backward, its gradient included). Useful FLOPs: the dilated conv
+(2 * B * T * 2G * R * K) and the two 1x1 convs (2 * B * T * (R + S) * G) forward; backward
+counts two products per forward product (input and weight gradients), not the
+recomputation the fused kernel does.
 
-Useful FLOPs: the dilated conv (2 * B * T * 2G * R * K) and the two 1x1 convs
-(2 * B * T * (R + S) * G) forward; backward counts two products per forward product
-(input and weight gradients), not the recomputation the fused kernel does.
-
-``python benchmarks/harness.py --filter gated_residual_block`` or
+``python benchmarks/harness.py --filter causal_conv1d`` (or ``gated_residual_block``), or
 ``pytest benchmarks/bench_wavenet_ops.py --benchmark-only``.
 """
 
@@ -20,12 +31,52 @@ from typing import Any
 
 import torch
 
-from fastgen.ops import gated_residual_block, gated_residual_block_ref
+from fastgen.ops import causal_conv1d, causal_conv1d_ref, gated_residual_block, gated_residual_block_ref
 from harness import Case, Provider, benchmark_with_pytest, op_providers
 
 __all__ = ["cases", "test_wavenet_ops"]
 
 DTYPE = torch.float32
+BATCH, T = 4, 16000  # the convolution cases
+# (C_in, C_out, K, dilation, groups)
+CONVS = ((64, 128, 2, 256, 1), (128, 128, 4, 1, 128))
+
+
+def _conv_case(c_in: int, c_out: int, k: int, dilation: int, groups: int, backward: bool, device: str) -> Case:
+    covered = sum(max(T - j * dilation, 0) for j in range(k))  # outputs each tap contributes to
+    forward_flops = 2 * BATCH * c_out * (c_in // groups) * covered
+    # Backward computes two products of the forward's size: grad of x and grad of weight.
+    flops = 3 * forward_flops if backward else forward_flops
+
+    def setup() -> dict[str, Provider]:
+        generator = torch.Generator().manual_seed(0)
+
+        def randn(*shape: int) -> torch.Tensor:
+            return torch.randn(*shape, generator=generator, dtype=DTYPE).to(device)
+
+        # x requires grad in the forward cases too: the forward of a training step.
+        x = randn(BATCH, c_in, T).requires_grad_()  # (B, C_in, T)
+        weight = randn(c_out, c_in // groups, k).requires_grad_()
+        bias = randn(c_out).requires_grad_()
+        grad = randn(BATCH, c_out, T)  # (B, C_out, T)
+
+        def timed(impl: Callable[..., torch.Tensor]) -> Provider:
+            def forward() -> torch.Tensor:
+                return impl(x, weight, bias, dilation=dilation, groups=groups)
+
+            def forward_backward() -> None:
+                x.grad = weight.grad = bias.grad = None  # else backward adds into them
+                forward().backward(grad)
+
+            return forward_backward if backward else forward
+
+        return op_providers("causal_conv1d", causal_conv1d_ref, causal_conv1d, timed, device=device, dtype=DTYPE)
+
+    kind = "depthwise " if groups == c_in and groups > 1 else ""
+    name = f"causal_conv1d {kind}{c_in}->{c_out} K={k} d={dilation} T={T} {'fwd+bwd' if backward else 'fwd'}"
+    return Case(name, flops, setup)
+
+
 BLOCK = dict(B=4, R=64, G=64, S=256, K=2, dilation=64, T=8192)
 
 
@@ -75,9 +126,12 @@ def _block_case(backward: bool, cond: bool, device: str) -> Case:
 
 
 def cases(device: str, quick: bool) -> list[Case]:
-    """The target block forward and forward+backward, and forward+backward with global
-    conditioning; ``quick`` keeps them all at full size (the harness takes fewer runs)."""
-    return [_block_case(backward, cond, device) for backward, cond in ((False, False), (True, False), (True, True))]
+    """Every convolution and the residual block, forward and forward+backward (the block
+    also with conditioning); ``quick`` keeps them all at full size (the harness takes
+    fewer runs)."""
+    convs = [_conv_case(*conv, backward, device) for conv in CONVS for backward in (False, True)]
+    blocks = [_block_case(backward, cond, device) for backward, cond in ((False, False), (True, False), (True, True))]
+    return convs + blocks
 
 
 def test_wavenet_ops(benchmark: Any, bench_device: str, case: Case, provider: str) -> None:

@@ -16,6 +16,17 @@ TORCH_LIBRARY(fastgen, m) {
       "masked_conv2d_backward(Tensor grad_out, Tensor x, Tensor weight, str mask_type, int color_channels, "
       "int dilation, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
 
+  // Causal dilated conv1d (fastgen/ops/causal_conv1d.py) and its one-step form, which
+  // reads and updates `state` in place.
+  m.def("causal_conv1d(Tensor x, Tensor weight, Tensor? bias, int dilation, int groups) -> Tensor");
+  // Returns (grad_x, grad_weight, grad_bias); an entry whose output_mask is False is an empty tensor.
+  m.def(
+      "causal_conv1d_backward(Tensor grad_out, Tensor x, Tensor weight, int dilation, int groups, "
+      "bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "causal_conv1d_step(Tensor x_t, Tensor(a!) state, Tensor weight, Tensor? bias, int dilation, int groups, "
+      "Tensor? position) -> Tensor");
+
   // WaveNet gated residual block (fastgen/ops/gated_residual_block.py). Returns (h_out, skip).
   m.def(
       "gated_residual_block(Tensor h, Tensor conv_weight, Tensor? conv_bias, Tensor res_weight, Tensor? res_bias, "

@@ -4,6 +4,7 @@ Every op takes ``backend=`` (see :mod:`fastgen.backends`) and checks its argumen
 before any kernel runs.
 """
 
+from .causal_conv1d import causal_conv1d, causal_conv1d_ref, causal_conv1d_step, causal_conv1d_step_ref
 from .gated_pixelcnn import gated_pixelcnn_layer, gated_pixelcnn_layer_ref, gated_pixelcnn_masks
 from .gated_residual_block import (
     gated_residual_block,
@@ -14,6 +15,10 @@ from .gated_residual_block import (
 from .masked_conv2d import masked_conv2d, masked_conv2d_mask, masked_conv2d_ref
 
 __all__ = [
+    "causal_conv1d",
+    "causal_conv1d_ref",
+    "causal_conv1d_step",
+    "causal_conv1d_step_ref",
     "gated_pixelcnn_layer",
     "gated_pixelcnn_layer_ref",
     "gated_pixelcnn_masks",

@@ -1,0 +1,411 @@
+r"""Causal dilated 1-D convolution (WaveNet, van den Oord et al. 2016) and its one-step form.
+
+.. math::
+
+    y_{b,o,t} = \beta_o + \sum_{k=0}^{K-1} \sum_{i \in G(o)} W_{o,i,k}\, x_{b,i,\,t-(K-1-k)d},
+    \qquad x_{b,i,t} = 0 \text{ for } t < 0
+
+with dilation :math:`d` and :math:`G(o)` the input channels of output channel ``o``'s group:
+output ``t`` sees inputs ``t, t-d, ..., t-(K-1)d`` only. It equals left-padding ``x`` by
+``(K-1)d`` zeros and calling ``F.conv1d``; the fast paths never build that padded copy
+(each tap is a GEMM on a time-shifted view, and taps reaching before the start are skipped,
+so any dilation works, also one larger than ``T``).
+
+**Step form** (incremental generation). ``state`` ``(B, C_in, L)``, ``L = (K-1)d``, holds the
+last ``L`` inputs; the caller preallocates it (zeros at the start) and the step updates it
+in place. Two layouts:
+
+- ``position=None``: a shift register in time order, ``state[..., -1]`` the newest input.
+  Step ``t`` reads :math:`x_{t-jd}` = ``state[..., L - j*d]`` for ``j = 1..K-1``, then shifts
+  ``state`` left by one and writes :math:`x_t` at ``state[..., L-1]``.
+- ``position`` an int64 ``(B,)`` tensor, the steps each sequence has already taken: a ring
+  buffer (cheap for large dilations: one write per step instead of a shift of ``L``).
+  :math:`x_{t-jd}` is at slot ``(p - j*d) mod L`` and :math:`x_t` is written at slot
+  ``p mod L``. The step does not advance ``position``; the caller does ``position += 1``.
+
+Stepping a sequence from a zero state reproduces :func:`causal_conv1d` up to float rounding,
+and the fast paths leave the state bit-identical to :func:`causal_conv1d_step_ref`'s (it is
+only copying). The step is for sampling: it has no autograd (it runs without recording a
+graph; its output never requires grad).
+
+The convolution's autograd runs forward and backward on the fast path; its backward op has
+its own autograd formula, so double backward works too.
+
+This file holds, in order: the references, the registrations of the fast paths (fake
+tensors and autograd), and the public functions.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .. import backends
+from ._checks import check_int, check_same_device, check_tensor
+
+__all__ = ["causal_conv1d", "causal_conv1d_ref", "causal_conv1d_step", "causal_conv1d_step_ref"]
+
+OP = "causal_conv1d"
+STEP_OP = "causal_conv1d_step"
+
+
+# ----------------------------------------------------------------------------- reference
+
+
+def causal_conv1d_ref(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    dilation: int = 1,
+    groups: int = 1,
+) -> torch.Tensor:
+    """Reference causal convolution in plain PyTorch: left zero-padding, then ``F.conv1d``.
+
+    Args:
+        x: ``(B, C_in, T)``.
+        weight: ``(C_out, C_in / groups, K)``; tap ``K-1`` multiplies the current input.
+        bias: ``(C_out,)`` or None.
+        dilation: spacing between taps.
+        groups: channel groups, as in ``F.conv1d``.
+
+    Returns:
+        ``(B, C_out, T)``.
+    """
+    k = weight.shape[-1]
+    # From T on every tap but the last reads only padding, whatever the dilation: clamping
+    # changes nothing and keeps the padding small.
+    d = min(dilation, max(x.shape[-1], 1))
+    return F.conv1d(F.pad(x, ((k - 1) * d, 0)), weight, bias, dilation=d, groups=groups)
+
+
+def causal_conv1d_step_ref(
+    x_t: torch.Tensor,
+    state: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    dilation: int = 1,
+    groups: int = 1,
+    position: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Reference step: the output at the current time step; updates ``state`` in place.
+
+    Args:
+        x_t: ``(B, C_in)``, the input at the current step.
+        state: ``(B, C_in, (K-1) * dilation)``, the previous inputs (see the module docstring).
+        weight: ``(C_out, C_in / groups, K)``.
+        bias: ``(C_out,)`` or None.
+        dilation, groups: as in :func:`causal_conv1d_ref`.
+        position: None (shift register) or int64 ``(B,)`` steps taken so far (ring buffer).
+
+    Returns:
+        ``(B, C_out)``.
+    """
+    k = weight.shape[-1]
+    length = (k - 1) * dilation
+    taps = torch.arange(k - 1, device=x_t.device) * dilation  # tap j reads j*d after the oldest slot
+    if length == 0:
+        window = x_t[:, :, None]
+    elif position is None:
+        window = torch.cat([state[:, :, taps], x_t[:, :, None]], dim=2)
+    else:
+        slots = (position[:, None] + taps[None, :]) % length  # (B, K-1)
+        past = state.gather(2, slots[:, None, :].expand(-1, state.shape[1], -1))
+        window = torch.cat([past, x_t[:, :, None]], dim=2)  # (B, C_in, K)
+    out = F.conv1d(window, weight, bias, groups=groups)[:, :, 0]
+    if length > 0:
+        if position is None:
+            state.copy_(torch.cat([state[:, :, 1:], x_t[:, :, None]], dim=2))
+        else:
+            slot = (position % length)[:, None, None].expand(-1, state.shape[1], 1)
+            state.scatter_(2, slot, x_t[:, :, None])
+    return out
+
+
+# ------------------------------------------------------------------------- registrations
+# The cpp ops' schemas are defined in csrc/fastgen.cpp (with their CPU kernels in
+# csrc/cpu/causal_conv1d.cpp); the Triton ops are defined here. Both get the same fake
+# implementations and the same autograd formula, which calls the op's backward.
+
+
+@torch.library.custom_op("fastgen::causal_conv1d_triton", mutates_args=())
+def _causal_conv1d_triton(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, dilation: int, groups: int
+) -> torch.Tensor:
+    from .triton.causal_conv1d import causal_conv1d_forward
+
+    return causal_conv1d_forward(x, weight, bias, dilation, groups)
+
+
+@torch.library.custom_op("fastgen::causal_conv1d_triton_backward", mutates_args=())
+def _causal_conv1d_triton_backward(
+    grad_out: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    dilation: int,
+    groups: int,
+    output_mask: list[bool],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    from .triton.causal_conv1d import causal_conv1d_backward
+
+    return causal_conv1d_backward(grad_out, x, weight, dilation, groups, output_mask)
+
+
+@torch.library.custom_op("fastgen::causal_conv1d_step_triton", mutates_args=("state",))
+def _causal_conv1d_step_triton(
+    x_t: torch.Tensor,
+    state: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    dilation: int,
+    groups: int,
+    position: torch.Tensor | None,
+) -> torch.Tensor:
+    from .triton.causal_conv1d import causal_conv1d_step as step
+
+    return step(x_t, state, weight, bias, dilation, groups, position)
+
+
+def _fake_forward(x, weight, bias, dilation, groups):
+    return x.new_empty((x.shape[0], weight.shape[0], x.shape[2]))
+
+
+def _fake_backward(grad_out, x, weight, dilation, groups, output_mask):
+    return (
+        x.new_empty(x.shape) if output_mask[0] else x.new_empty(0),
+        weight.new_empty(weight.shape) if output_mask[1] else x.new_empty(0),
+        weight.new_empty(weight.shape[0]) if output_mask[2] else x.new_empty(0),
+    )
+
+
+def _fake_step(x_t, state, weight, bias, dilation, groups, position):
+    return x_t.new_empty((x_t.shape[0], weight.shape[0]))
+
+
+def _setup_forward(ctx, inputs, output):
+    x, weight, bias, dilation, groups = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.args = (dilation, groups)
+    ctx.has_bias = bias is not None
+
+
+def _setup_backward(ctx, inputs, output):
+    grad_out, x, weight, dilation, groups, output_mask = inputs
+    ctx.save_for_backward(grad_out, x, weight)
+    ctx.args = (dilation, groups)
+    ctx.output_mask = output_mask
+
+
+def _forward_grads(backward_op):
+    """Autograd of the forward op: its backward op, for the inputs that need a gradient."""
+
+    def backward(ctx, grad_out):
+        x, weight = ctx.saved_tensors
+        need = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2] and ctx.has_bias]
+        grads = backward_op(grad_out, x, weight, *ctx.args, need)
+        return tuple(g if n else None for g, n in zip(grads, need)) + (None, None)
+
+    return backward
+
+
+def _backward_grads(forward_op, backward_op):
+    """Autograd of the backward op (double backward), again from the two ops. The layer is
+    bilinear: grad_x = conv_T(grad_out; W), grad_W = corr(grad_out, x), grad_b = sum(grad_out),
+    so the gradients of <gg_x, grad_x> + <gg_W, grad_W> + <gg_b, grad_b> are
+    d/d grad_out = conv(gg_x; W) + conv(x; gg_W) + gg_b, d/dx = conv_T(grad_out; gg_W),
+    d/dW = corr(grad_out, gg_x)."""
+
+    def backward(ctx, gg_x, gg_w, gg_b):
+        grad_out, x, weight = ctx.saved_tensors
+        computed = ctx.output_mask
+        gg_x = gg_x if computed[0] else None
+        gg_w = gg_w if computed[1] else None
+        gg_b = gg_b if computed[2] else None
+        d_grad_out = d_x = d_w = None
+        if ctx.needs_input_grad[0]:
+            terms = [forward_op(gg_x, weight, None, *ctx.args)] if gg_x is not None else []
+            terms += [forward_op(x, gg_w, None, *ctx.args)] if gg_w is not None else []
+            terms += [gg_b[None, :, None].expand_as(grad_out)] if gg_b is not None else []
+            d_grad_out = sum(terms[1:], terms[0]) if terms else None
+        if ctx.needs_input_grad[1] and gg_w is not None:
+            d_x = backward_op(grad_out, x, gg_w, *ctx.args, [True, False, False])[0]
+        if ctx.needs_input_grad[2] and gg_x is not None:
+            d_w = backward_op(grad_out, gg_x, weight, *ctx.args, [False, True, False])[1]
+        return d_grad_out, d_x, d_w, None, None, None
+
+    return backward
+
+
+def _register(forward_name: str, backward_name: str, step_name: str):
+    forward_op = getattr(torch.ops.fastgen, forward_name).default
+    backward_op = getattr(torch.ops.fastgen, backward_name).default
+    torch.library.register_fake(f"fastgen::{forward_name}")(_fake_forward)
+    torch.library.register_fake(f"fastgen::{backward_name}")(_fake_backward)
+    torch.library.register_fake(f"fastgen::{step_name}")(_fake_step)
+    torch.library.register_autograd(
+        f"fastgen::{forward_name}", _forward_grads(backward_op), setup_context=_setup_forward
+    )
+    torch.library.register_autograd(
+        f"fastgen::{backward_name}", _backward_grads(forward_op, backward_op), setup_context=_setup_backward
+    )
+    return forward_op, getattr(torch.ops.fastgen, step_name).default
+
+
+_BACKENDS = backends.OpBackends(
+    OP,
+    {"ref": backends.ref_support(), "cpp": backends.cpp_support(OP), "triton": backends.triton_support()},
+)
+_STEP_BACKENDS = backends.OpBackends(
+    STEP_OP,
+    {"ref": backends.ref_support(), "cpp": backends.cpp_support(STEP_OP), "triton": backends.triton_support()},
+)
+_FAST_OPS = {"triton": _register("causal_conv1d_triton", "causal_conv1d_triton_backward", "causal_conv1d_step_triton")}
+if _BACKENDS.supports["cpp"].unavailable is None and _STEP_BACKENDS.supports["cpp"].unavailable is None:
+    _FAST_OPS["cpp"] = _register("causal_conv1d", "causal_conv1d_backward", "causal_conv1d_step")
+
+
+# ------------------------------------------------------------------------------ public
+
+
+def _check_conv_args(op, x_name, x, weight, bias, dilation, groups, x_dims) -> None:
+    check_tensor(op, x_name, x, x_dims)
+    check_tensor(op, "weight", weight, ("C_out", "C_in / groups", "K"))
+    check_same_device(op, x_name, x, weight=weight)
+    check_int(op, "dilation", dilation, minimum=1)
+    check_int(op, "groups", groups, minimum=1)
+    c_out, c_in_g, k = weight.shape
+    c_in = x.shape[1]
+    if k < 1:
+        raise ValueError(f"{op}: weight must have K >= 1 taps, got weight shape {tuple(weight.shape)}")
+    if c_in < 1 or c_out < 1:
+        raise ValueError(
+            f"{op}: need at least one input and output channel, got C_in={c_in} and weight shape {tuple(weight.shape)}"
+        )
+    if c_in % groups or c_out % groups:
+        raise ValueError(
+            f"{op}: groups={groups} must divide the input and output channel counts, got {c_in} and {c_out}"
+        )
+    if c_in_g * groups != c_in:
+        raise ValueError(
+            f"{op}: weight must be (C_out, C_in / groups, K) with C_in / groups = {c_in} / {groups} = "
+            f"{c_in // groups} ({x_name}.shape[1] = {c_in}), got weight shape {tuple(weight.shape)}"
+        )
+    if bias is not None:
+        check_tensor(op, "bias", bias, ("C_out",))
+        check_same_device(op, x_name, x, bias=bias)
+        if bias.shape[0] != c_out:
+            raise ValueError(f"{op}: bias must have shape ({c_out},) to match weight, got {tuple(bias.shape)}")
+
+
+def causal_conv1d(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    dilation: int = 1,
+    groups: int = 1,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """Causal dilated convolution, equal to :func:`causal_conv1d_ref` (output length ``T``).
+
+    Args:
+        x: ``(B, C_in, T)``, any strides.
+        weight: ``(C_out, C_in / groups, K)``, any ``K >= 1``; tap ``K-1`` multiplies the
+            current input, tap ``k`` the input ``(K-1-k) * dilation`` steps back.
+        bias: ``(C_out,)`` or None.
+        dilation: spacing between taps (>= 1, may exceed ``T``).
+        groups: channel groups dividing ``C_in`` and ``C_out``; 1 and depthwise
+            (``groups = C_in``) are the tuned cases.
+        backend: ``"ref"``, ``"cpp"``, ``"triton"``, ``"auto"`` or None (see
+            :mod:`fastgen.backends`).
+
+    Returns:
+        ``(B, C_out, T)``, contiguous.
+
+    Example:
+        >>> x = torch.randn(4, 64, 1000)
+        >>> w = torch.randn(128, 64, 2)
+        >>> causal_conv1d(x, w, dilation=256).shape
+        torch.Size([4, 128, 1000])
+    """
+    _check_conv_args(OP, "x", x, weight, bias, dilation, groups, ("B", "C_in", "T"))
+    name = _BACKENDS.select(backend, x)
+    if name == "ref":
+        return causal_conv1d_ref(x, weight, bias, dilation=dilation, groups=groups)
+    return _FAST_OPS[name][0](x, weight, bias, dilation, groups)
+
+
+def _check_step_args(x_t, state, weight, bias, dilation, groups, position) -> None:
+    _check_conv_args(STEP_OP, "x_t", x_t, weight, bias, dilation, groups, ("B", "C_in"))
+    batch, c_in = x_t.shape
+    length = (weight.shape[2] - 1) * dilation
+    check_tensor(STEP_OP, "state", state, ("B", "C_in", "(K-1)*dilation"))
+    check_same_device(STEP_OP, "x_t", x_t, state=state)
+    if tuple(state.shape) != (batch, c_in, length):
+        raise ValueError(
+            f"{STEP_OP}: state must have shape (B, C_in, (K-1)*dilation) = ({batch}, {c_in}, {length}), "
+            f"got {tuple(state.shape)}"
+        )
+    if length > 1 and state.stride(2) != 1:
+        raise ValueError(
+            f"{STEP_OP}: state must be contiguous in its last dimension (stride(-1) == 1), got strides {state.stride()}"
+        )
+    if position is not None:
+        check_tensor(STEP_OP, "position", position, ("B",), floating=False)
+        if position.dtype != torch.int64:
+            raise TypeError(f"{STEP_OP}: position must have dtype torch.int64, got {position.dtype}")
+        if position.device != x_t.device:
+            raise ValueError(f"{STEP_OP}: position is on {position.device} but x_t is on {x_t.device}; they must match")
+        if position.shape[0] != batch:
+            raise ValueError(f"{STEP_OP}: position must have shape (B,) = ({batch},), got {tuple(position.shape)}")
+
+
+def causal_conv1d_step(
+    x_t: torch.Tensor,
+    state: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    dilation: int = 1,
+    groups: int = 1,
+    position: torch.Tensor | None = None,
+    backend: str | None = None,
+) -> torch.Tensor:
+    """One time step of :func:`causal_conv1d` on a state buffer, updated in place.
+
+    Stepping ``x[..., 0], x[..., 1], ...`` from a zero state returns the columns of
+    ``causal_conv1d(x, weight, bias, dilation=dilation, groups=groups)``. No autograd:
+    the step runs without recording a graph (its output never requires grad); it is
+    meant for sampling.
+
+    Args:
+        x_t: ``(B, C_in)``, the input at the current step, any strides.
+        state: ``(B, C_in, (K-1) * dilation)`` of ``x_t``'s dtype and device, contiguous in
+            its last dimension; zeros before the first step. Read and updated in place:
+            a shift register (``position=None``, newest input last) or a ring buffer.
+        weight: ``(C_out, C_in / groups, K)``.
+        bias: ``(C_out,)`` or None.
+        dilation, groups: as in :func:`causal_conv1d`.
+        position: None (shift register) or an int64 ``(B,)`` tensor on ``x_t``'s device,
+            the number of steps each sequence has taken (ring buffer: ``x_t`` goes to slot
+            ``position mod L``). Not advanced by the step: do ``position += 1`` after it.
+        backend: as in :func:`causal_conv1d`.
+
+    Returns:
+        ``(B, C_out)``.
+
+    Example:
+        >>> w = torch.randn(8, 4, 2)
+        >>> state = torch.zeros(3, 4, 1 * 16)  # (B, C_in, (K-1) * dilation)
+        >>> causal_conv1d_step(torch.randn(3, 4), state, w, dilation=16).shape
+        torch.Size([3, 8])
+    """
+    _check_step_args(x_t, state, weight, bias, dilation, groups, position)
+    name = _STEP_BACKENDS.select(backend, x_t)
+    with torch.no_grad():
+        if name == "ref":
+            return causal_conv1d_step_ref(
+                x_t, state, weight, bias, dilation=dilation, groups=groups, position=position
+            )
+        return _FAST_OPS[name][1](x_t, state, weight, bias, dilation, groups, position)
