@@ -16,36 +16,16 @@
 namespace fastgen::cpu {
 namespace {
 
-// The kept taps of one shifted convolution: `forward` (output <- input) and `transposed`
-// (the gradient of the input, the same taps negated in reverse order), and `index`, the
-// flattened kernel position (kh * kw_size + kw) of each forward tap.
-struct ShiftedTaps {
-  TapSet forward, transposed;
-  at::Tensor index;
-};
-
-void add_transposed(ShiftedTaps& s, int64_t skip_last) {
-  for (int64_t t = s.forward.size() - 1 - skip_last; t >= 0; --t) {
-    s.transposed.dh.push_back(-s.forward.dh[t]);
-    s.transposed.dw.push_back(-s.forward.dw[t]);
-  }
-}
-
 // Vertical stack: kernel row r at input row offset r - c - 1 (first layer) or r - c.
-ShiftedTaps vertical_taps(int64_t k, bool first, int64_t H, int64_t W) {
+KernelTaps vertical_taps(int64_t k, bool first, int64_t H, int64_t W) {
   const int64_t c = k / 2;
-  ShiftedTaps s;
-  std::vector<int64_t> index;
+  KernelTaps s;
   for (int64_t r = 0; r <= c; ++r)
     for (int64_t q = 0; q < k; ++q) {
       const int64_t dh = r - c - (first ? 1 : 0), dw = q - c;
-      if (-dh >= H || std::abs(dw) >= W) continue;
-      index.push_back(r * k + q);
-      s.forward.dh.push_back(dh);
-      s.forward.dw.push_back(dw);
+      if (-dh < H && std::abs(dw) < W) s.add(r * k + q, dh, dw);
     }
-  s.index = at::tensor(index, at::kLong);
-  add_transposed(s, 0);
+  s.transpose();
   return s;
 }
 
@@ -54,27 +34,22 @@ ShiftedTaps vertical_taps(int64_t k, bool first, int64_t H, int64_t W) {
 // o of the 2p pre-activations is in group (o mod p) / (p / n). Its transposed form is not
 // one range of output channels per input channel, so the transposed set leaves it out and
 // the backward applies it as a GEMM (`centre` says whether it is kept).
-ShiftedTaps horizontal_taps(int64_t k, bool first, int64_t groups, int64_t W, int64_t two_p, int64_t c_in,
-                            bool& centre) {
+KernelTaps horizontal_taps(int64_t k, bool first, int64_t groups, int64_t W, int64_t two_p, int64_t c_in,
+                           bool& centre) {
   const int64_t c = k / 2;
-  ShiftedTaps s;
-  std::vector<int64_t> index;
+  KernelTaps s;
   centre = !(first && groups == 1);
   for (int64_t q = 0; q <= c; ++q) {
     const int64_t dw = q - c;
-    if ((q == c && !centre) || -dw >= W) continue;
-    index.push_back(q);
-    s.forward.dh.push_back(0);
-    s.forward.dw.push_back(dw);
+    if ((q < c || centre) && -dw < W) s.add(q, 0, dw);
   }
-  s.index = at::tensor(index, at::kLong);
   if (centre && groups > 1) {
     const int64_t p = two_p / 2, gp = p / groups, gi = c_in / groups, own = first ? 0 : 1;
     s.forward.restricted = s.forward.size() - 1;
     s.forward.lo.assign(two_p, 0);
     for (int64_t o = 0; o < two_p; ++o) s.forward.hi.push_back(((o % p) / gp + own) * gi);
   }
-  add_transposed(s, centre ? 1 : 0);
+  s.transpose(s.forward.size() - (centre ? 1 : 0));
   return s;
 }
 
@@ -91,21 +66,6 @@ at::Tensor pointwise_mask(int64_t rows, int64_t p, int64_t groups, const at::Ten
   const at::Tensor og = at::arange(rows, at::kLong).div(rows / groups, "floor");
   const at::Tensor ig = at::arange(p, at::kLong).div(p / groups, "floor");
   return og.unsqueeze(1).ge(ig.unsqueeze(0)).to(opt);
-}
-
-at::Tensor forward_weight(const at::Tensor& w, const ShiftedTaps& s) {  // (T, C_out, C_in)
-  return w.flatten(2).index_select(2, s.index).permute({2, 0, 1}).contiguous();
-}
-
-at::Tensor transposed_weight(const at::Tensor& w, const ShiftedTaps& s, int64_t skip_last) {  // (T, C_in, C_out)
-  const at::Tensor idx = s.index.narrow(0, 0, s.index.size(0) - skip_last).flip(0);
-  return w.flatten(2).index_select(2, idx).permute({2, 1, 0}).contiguous();
-}
-
-at::Tensor unpack_weight_grad(const at::Tensor& g, const at::Tensor& w, const ShiftedTaps& s) {
-  at::Tensor grad = at::zeros({w.size(0), w.size(1), w.size(2) * w.size(3)}, w.options());
-  grad.index_copy_(2, s.index, g.permute({2, 1, 0}));
-  return grad.view(w.sizes());
 }
 
 // W (R, C) applied as a 1x1 to x (B, C, N): (B, R, N), accumulated into `out` if defined.
@@ -212,17 +172,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> gated_pix
   const int64_t N = d.H * d.W;
   const auto opt = v.options();
 
-  const ShiftedTaps vt = vertical_taps(d.k, first_layer, d.H, d.W);
+  const KernelTaps vt = vertical_taps(d.k, first_layer, d.H, d.W);
   at::Tensor v_pre = at::empty({d.B, d.two_p, d.H, d.W}, opt);
-  tap_conv_forward(v, forward_weight(v_weight, vt), vt.forward, v_bias, v_pre);
+  tap_conv_forward(v, vt.forward_weight(v_weight), vt.forward, v_bias, v_pre);
   if (v_cond.has_value()) v_pre.view({d.B, d.two_p, N}).add_(v_cond->unsqueeze(2));
   at::Tensor v_out = at::empty({d.B, d.p, d.H, d.W}, opt);
   gate_into(v_pre, v_out);
 
   bool centre = false;
-  const ShiftedTaps ht = horizontal_taps(d.k, first_layer, color_channels, d.W, d.two_p, d.c_in, centre);
+  const KernelTaps ht = horizontal_taps(d.k, first_layer, color_channels, d.W, d.two_p, d.c_in, centre);
   at::Tensor h_pre = at::empty({d.B, d.two_p, d.H, d.W}, opt);
-  tap_conv_forward(h, forward_weight(h_weight, ht), ht.forward, h_bias, h_pre);
+  tap_conv_forward(h, ht.forward_weight(h_weight), ht.forward, h_bias, h_pre);
   at::Tensor h_pre3 = h_pre.view({d.B, d.two_p, N});
   pointwise(link_weight, v_pre.view({d.B, d.two_p, N}), h_pre3);
   if (h_cond.has_value()) h_pre3.add_(h_cond->unsqueeze(2));
@@ -280,16 +240,16 @@ std::vector<at::Tensor> gated_pixelcnn_layer_backward_cpu(
   pointwise(link_weight.t(), dH, dV);
   const at::Tensor dV4 = dV.view({d.B, d.two_p, d.H, d.W}), dH4 = dH.view({d.B, d.two_p, d.H, d.W});
 
-  const ShiftedTaps vt = vertical_taps(d.k, first_layer, d.H, d.W);
+  const KernelTaps vt = vertical_taps(d.k, first_layer, d.H, d.W);
   bool centre = false;
-  const ShiftedTaps ht = horizontal_taps(d.k, first_layer, color_channels, d.W, d.two_p, d.c_in, centre);
+  const KernelTaps ht = horizontal_taps(d.k, first_layer, color_channels, d.W, d.two_p, d.c_in, centre);
   if (need[0]) {
     grads[0] = at::empty({d.B, d.c_in, d.H, d.W}, opt);
-    tap_conv_forward(dV4, transposed_weight(v_weight, vt, 0), vt.transposed, c10::nullopt, grads[0]);
+    tap_conv_forward(dV4, vt.transposed_weight(v_weight), vt.transposed, c10::nullopt, grads[0]);
   }
   if (need[1]) {
     grads[1] = at::empty({d.B, d.c_in, d.H, d.W}, opt);
-    tap_conv_forward(dH4, transposed_weight(h_weight, ht, centre ? 1 : 0), ht.transposed, c10::nullopt, grads[1]);
+    tap_conv_forward(dH4, ht.transposed_weight(h_weight), ht.transposed, c10::nullopt, grads[1]);
     at::Tensor g3 = grads[1].view({d.B, d.c_in, N});
     if (centre) {
       const at::Tensor wc = h_weight.select(2, 0).select(2, d.k / 2) *
@@ -298,10 +258,10 @@ std::vector<at::Tensor> gated_pixelcnn_layer_backward_cpu(
     }
     if (!first_layer) g3.add_(gho);
   }
-  if (need[2]) grads[2] = unpack_weight_grad(tap_conv_weight_grad(v, dV4, vt.forward), v_weight, vt);
+  if (need[2]) grads[2] = vt.unpack_weight_grad(tap_conv_weight_grad(v, dV4, vt.forward), v_weight);
   if (need[11]) grads[11] = dV.sum(2);
   if (need[3]) grads[3] = need[11] ? grads[11].sum(0) : dV.sum({0, 2});
-  if (need[4]) grads[4] = unpack_weight_grad(tap_conv_weight_grad(h, dH4, ht.forward), h_weight, ht);
+  if (need[4]) grads[4] = ht.unpack_weight_grad(tap_conv_weight_grad(h, dH4, ht.forward), h_weight);
   if (need[12]) grads[12] = dH.sum(2);
   if (need[5]) grads[5] = need[12] ? grads[12].sum(0) : dH.sum({0, 2});
   if (need[6]) grads[6] = at::bmm(dH, vp.transpose(1, 2)).sum(0);

@@ -19,31 +19,18 @@ namespace {
 //   transposed: the gradient of the input, input pixel <- output pixels below and to the
 //               right: the same taps negated and in reverse order (centre first).
 // Taps whose offset leaves the image for every pixel (a large dilation) are dropped.
-struct MaskedTaps {
-  TapSet forward, transposed;
-  at::Tensor index;  // (T,): kh * k + kw of forward tap t
-};
-
-MaskedTaps masked_taps(int64_t k, bool mask_a, int64_t groups, int64_t dilation, int64_t c_out, int64_t c_in,
+KernelTaps masked_taps(int64_t k, bool mask_a, int64_t groups, int64_t dilation, int64_t c_out, int64_t c_in,
                        int64_t H, int64_t W) {
   const int64_t c = k / 2;
-  MaskedTaps m;
-  std::vector<int64_t> index;
+  KernelTaps m;
   for (int64_t kh = 0; kh <= c; ++kh)
     for (int64_t kw = 0; kw < k; ++kw) {
       const bool kept = kh < c || kw < c || (kw == c && (!mask_a || groups > 1));
       const int64_t dh = (kh - c) * dilation, dw = (kw - c) * dilation;
-      if (!kept || -dh >= H || std::abs(dw) >= W) continue;
-      index.push_back(kh * k + kw);
-      m.forward.dh.push_back(dh);
-      m.forward.dw.push_back(dw);
+      if (kept && -dh < H && std::abs(dw) < W) m.add(kh * k + kw, dh, dw);
     }
-  m.index = at::tensor(index, at::kLong);
+  m.transpose();
   const int64_t T = m.forward.size();
-  for (int64_t t = T - 1; t >= 0; --t) {
-    m.transposed.dh.push_back(-m.forward.dh[t]);
-    m.transposed.dw.push_back(-m.forward.dw[t]);
-  }
   if (groups > 1 && T > 0) {  // the centre tap, last, is kept whenever the image is not empty
     const int64_t gi = c_in / groups, go = c_out / groups, own = mask_a ? 0 : 1;
     m.forward.restricted = T - 1;
@@ -54,23 +41,6 @@ MaskedTaps masked_taps(int64_t k, bool mask_a, int64_t groups, int64_t dilation,
     for (int64_t i = 0; i < c_in; ++i) m.transposed.lo.push_back((i / gi + 1 - own) * go);
   }
   return m;
-}
-
-// (T, C_out, C_in): the weights of the forward taps.
-at::Tensor forward_weight(const at::Tensor& weight, const MaskedTaps& m) {
-  return weight.flatten(2).index_select(2, m.index).permute({2, 0, 1}).contiguous();
-}
-
-// (T, C_in, C_out): the weights of the transposed taps (centre first).
-at::Tensor transposed_weight(const at::Tensor& weight, const MaskedTaps& m) {
-  return weight.flatten(2).index_select(2, m.index.flip(0)).permute({2, 1, 0}).contiguous();
-}
-
-// (T, C_in, C_out) tap gradients -> (C_out, C_in, k, k), zero at masked taps.
-at::Tensor unpack_weight_grad(const at::Tensor& g, const at::Tensor& weight, const MaskedTaps& m) {
-  at::Tensor grad = at::zeros({weight.size(0), weight.size(1), weight.size(2) * weight.size(3)}, weight.options());
-  grad.index_copy_(2, m.index, g.permute({2, 1, 0}));
-  return grad.view(weight.sizes());
 }
 
 // The op can be called directly through torch.ops, so it checks everything that could
@@ -94,7 +64,7 @@ void check_args(const at::Tensor& x, const at::Tensor& weight, c10::string_view 
   TORCH_CHECK_VALUE(x.device().is_cpu() && weight.device().is_cpu(), "masked_conv2d (cpu): tensors must be on the CPU");
 }
 
-MaskedTaps taps_for(const at::Tensor& x, const at::Tensor& weight, c10::string_view mask_type, int64_t groups,
+KernelTaps taps_for(const at::Tensor& x, const at::Tensor& weight, c10::string_view mask_type, int64_t groups,
                     int64_t dilation) {
   // Beyond the image size every off-centre tap leaves the image, whatever the dilation:
   // clamping changes nothing and keeps the offsets far from overflow.
@@ -110,9 +80,9 @@ at::Tensor masked_conv2d_cpu(const at::Tensor& x, const at::Tensor& weight, cons
     TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == c_out && bias->scalar_type() == x.scalar_type() &&
                           bias->device().is_cpu(),
                       "masked_conv2d: bias must be a (C_out,) CPU tensor of x's dtype, got shape ", bias->sizes());
-  const MaskedTaps taps = taps_for(x, weight, mask_type, color_channels, dilation);
+  const KernelTaps taps = taps_for(x, weight, mask_type, color_channels, dilation);
   at::Tensor out = at::empty({x.size(0), c_out, x.size(2), x.size(3)}, x.options());
-  tap_conv_forward(x, forward_weight(weight, taps), taps.forward, bias, out);
+  tap_conv_forward(x, taps.forward_weight(weight), taps.forward, bias, out);
   return out;
 }
 
@@ -125,14 +95,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_conv2d_backward_cpu(
                         grad_out.scalar_type() == x.scalar_type() && grad_out.device().is_cpu(),
                     "masked_conv2d_backward: grad_out must be (B, C_out, H, W) of x's dtype, got shape ",
                     grad_out.sizes());
-  const MaskedTaps taps = taps_for(x, weight, mask_type, color_channels, dilation);
+  const KernelTaps taps = taps_for(x, weight, mask_type, color_channels, dilation);
   at::Tensor grad_x = at::empty({0}, x.options()), grad_w = at::empty({0}, x.options());
   at::Tensor grad_b = at::empty({0}, x.options());
   if (output_mask[0]) {
     grad_x = at::empty(x.sizes(), x.options());
-    tap_conv_forward(grad_out, transposed_weight(weight, taps), taps.transposed, c10::nullopt, grad_x);
+    tap_conv_forward(grad_out, taps.transposed_weight(weight), taps.transposed, c10::nullopt, grad_x);
   }
-  if (output_mask[1]) grad_w = unpack_weight_grad(tap_conv_weight_grad(x, grad_out, taps.forward), weight, taps);
+  if (output_mask[1]) grad_w = taps.unpack_weight_grad(tap_conv_weight_grad(x, grad_out, taps.forward), weight);
   if (output_mask[2]) grad_b = grad_out.sum({0, 2, 3});
   return {grad_x, grad_w, grad_b};
 }

@@ -316,6 +316,34 @@ at::Tensor weight_grad_impl(const at::Tensor& in, const at::Tensor& grad_out, co
 
 }  // namespace
 
+void KernelTaps::add(int64_t position, int64_t dh, int64_t dw) {
+  index.push_back(position);
+  forward.dh.push_back(dh);
+  forward.dw.push_back(dw);
+}
+
+void KernelTaps::transpose(int64_t count) {
+  for (int64_t t = (count < 0 ? forward.size() : count) - 1; t >= 0; --t) {
+    transposed.dh.push_back(-forward.dh[t]);
+    transposed.dw.push_back(-forward.dw[t]);
+  }
+}
+
+at::Tensor KernelTaps::forward_weight(const at::Tensor& weight) const {
+  return weight.flatten(2).index_select(2, at::tensor(index, at::kLong)).permute({2, 0, 1}).contiguous();
+}
+
+at::Tensor KernelTaps::transposed_weight(const at::Tensor& weight) const {
+  const std::vector<int64_t> reversed(index.rend() - transposed.size(), index.rend());
+  return weight.flatten(2).index_select(2, at::tensor(reversed, at::kLong)).permute({2, 1, 0}).contiguous();
+}
+
+at::Tensor KernelTaps::unpack_weight_grad(const at::Tensor& grad, const at::Tensor& weight) const {
+  at::Tensor out = at::zeros({weight.size(0), weight.size(1), weight.size(2) * weight.size(3)}, weight.options());
+  out.index_copy_(2, at::tensor(index, at::kLong), grad.permute({2, 1, 0}));
+  return out.view(weight.sizes());
+}
+
 void tap_conv_forward(const at::Tensor& in, const at::Tensor& weight, const TapSet& taps,
                       const c10::optional<at::Tensor>& bias, at::Tensor& out) {
   TORCH_INTERNAL_ASSERT(out.is_contiguous() && weight.is_contiguous() && out.scalar_type() == in.scalar_type());

@@ -33,6 +33,23 @@ struct TapSet {
   bool visible(int64_t t, int64_t o, int64_t i) const { return t != restricted || (lo[o] <= i && i < hi[o]); }
 };
 
+// The kept taps of a convolution whose weight is (C_out, C_in, kh, kw): `forward` (output <-
+// input), `transposed` (the input gradient: forward taps negated, in reverse order; ops may
+// leave the last forward tap out of it and apply that one otherwise) and `index`, the
+// flattened kernel position (row * kw + column) of each forward tap.
+struct KernelTaps {
+  TapSet forward, transposed;
+  std::vector<int64_t> index;
+
+  void add(int64_t position, int64_t dh, int64_t dw);
+  // Fills `transposed` from the first `count` forward taps (all of them by default).
+  void transpose(int64_t count = -1);
+  at::Tensor forward_weight(const at::Tensor& weight) const;     // (T, C_out, C_in)
+  at::Tensor transposed_weight(const at::Tensor& weight) const;  // (T', C_in, C_out)
+  // (T, C_in, C_out) tap gradients -> weight's shape, zero at the taps not kept.
+  at::Tensor unpack_weight_grad(const at::Tensor& grad, const at::Tensor& weight) const;
+};
+
 // out (B, c_out, H, W), contiguous, is overwritten. in (B, c_in, H, W), any strides.
 // weight (T, c_out, c_in), contiguous; its invisible (o, i) pairs are ignored.
 void tap_conv_forward(const at::Tensor& in, const at::Tensor& weight, const TapSet& taps,

@@ -102,25 +102,30 @@ def causal_conv1d_step_ref(
     Returns:
         ``(B, C_out)``.
     """
-    k = weight.shape[-1]
+    window = step_window(x_t, state, weight.shape[-1], dilation, position)
+    return F.conv1d(window, weight, bias, groups=groups)[:, :, 0]
+
+
+def step_window(
+    x_t: torch.Tensor, state: torch.Tensor, k: int, dilation: int, position: torch.Tensor | None
+) -> torch.Tensor:
+    """The inputs a K-tap step sees, ``(B, C, K)`` (``[..., K-1]`` is ``x_t``, ``[..., K-1-j]``
+    the input ``j * dilation`` steps back), read from ``state``, into which ``x_t`` is then
+    pushed in place (shift register, or ring-buffer slot ``position mod L``). The reference
+    state update, shared by every step op built on a causal convolution."""
     length = (k - 1) * dilation
-    taps = torch.arange(k - 1, device=x_t.device) * dilation  # tap j reads j*d after the oldest slot
     if length == 0:
-        window = x_t[:, :, None]
-    elif position is None:
-        window = torch.cat([state[:, :, taps], x_t[:, :, None]], dim=2)
+        return x_t[:, :, None]
+    taps = torch.arange(k - 1, device=x_t.device) * dilation  # tap j reads j*d after the oldest slot
+    if position is None:
+        past = state[:, :, taps]
+        state.copy_(torch.cat([state[:, :, 1:], x_t[:, :, None]], dim=2))
     else:
         slots = (position[:, None] + taps[None, :]) % length  # (B, K-1)
         past = state.gather(2, slots[:, None, :].expand(-1, state.shape[1], -1))
-        window = torch.cat([past, x_t[:, :, None]], dim=2)  # (B, C_in, K)
-    out = F.conv1d(window, weight, bias, groups=groups)[:, :, 0]
-    if length > 0:
-        if position is None:
-            state.copy_(torch.cat([state[:, :, 1:], x_t[:, :, None]], dim=2))
-        else:
-            slot = (position % length)[:, None, None].expand(-1, state.shape[1], 1)
-            state.scatter_(2, slot, x_t[:, :, None])
-    return out
+        slot = (position % length)[:, None, None].expand(-1, state.shape[1], 1)
+        state.scatter_(2, slot, x_t[:, :, None])
+    return torch.cat([past, x_t[:, :, None]], dim=2)
 
 
 # ------------------------------------------------------------------------- registrations

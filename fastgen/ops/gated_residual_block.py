@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from .. import backends
 from ._checks import check_int, check_same_device, check_tensor
+from .causal_conv1d import causal_conv1d_ref, causal_conv1d_step_ref
 
 __all__ = [
     "gated_residual_block",
@@ -85,37 +86,10 @@ def gated_residual_block_ref(
     Returns:
         ``(h_out, skip)``: ``(B, R, T)`` and ``(B, S, T)``.
     """
-    K = conv_weight.shape[2]
-    z = F.conv1d(F.pad(h, ((K - 1) * dilation, 0)), conv_weight, conv_bias, dilation=dilation)
+    z = causal_conv1d_ref(h, conv_weight, conv_bias, dilation=dilation)
     if cond is not None:
         z = z + cond
     return _gate_and_1x1(z, h, res_weight, res_bias, skip_weight, skip_bias)
-
-
-def _read_and_update_state(state, x_t, K, dilation, position):
-    """The conv's input window ``(B, C, K)`` at this step (``[..., k]`` is the input at time
-    ``t - (K-1-k)*dilation``, the last one ``x_t``), after which ``x_t`` is pushed into
-    ``state`` in place (shift register, or ring buffer slot ``position mod L``)."""
-    L = (K - 1) * dilation
-    if L == 0:
-        return x_t[..., None]
-    back = torch.arange(K - 1, 0, -1, device=state.device) * dilation  # (K-1,): j*d for the older taps
-    if position is None:
-        past = state[..., L - back]
-        state.copy_(torch.cat([state[..., 1:], x_t[..., None]], dim=-1))
-    else:
-        slots = torch.remainder(position[:, None] - back[None, :], L)  # (B, K-1)
-        past = state.gather(2, slots[:, None, :].expand(-1, state.shape[1], -1))
-        write = torch.remainder(position, L)[:, None, None].expand(-1, state.shape[1], 1)
-        state.scatter_(2, write, x_t[..., None])
-    return torch.cat([past, x_t[..., None]], dim=-1)
-
-
-def _causal_conv_step_ref(x_t, state, weight, bias, dilation, position):
-    """One step of the dilated causal conv: ``(B, C_out)``; updates ``state``."""
-    window = _read_and_update_state(state, x_t, weight.shape[2], dilation, position)
-    y = torch.einsum("bck,ock->bo", window, weight)
-    return y + bias if bias is not None else y
 
 
 def gated_residual_block_step_ref(
@@ -143,7 +117,7 @@ def gated_residual_block_step_ref(
     Returns:
         ``(h_out_t, skip_t)``: ``(B, R)`` and ``(B, S)``.
     """
-    z = _causal_conv_step_ref(h_t, state, conv_weight, conv_bias, dilation, position)
+    z = causal_conv1d_step_ref(h_t, state, conv_weight, conv_bias, dilation=dilation, position=position)
     if cond_t is not None:
         z = z + cond_t
     return _gate_and_1x1(z, h_t, res_weight, res_bias, skip_weight, skip_bias)

@@ -227,9 +227,9 @@ def gated_residual_block_step(h_t, state, conv_weight, conv_bias, res_weight, re
     (updated in place) by the reference's copy, so the state is bit-identical to it; the
     kernel then runs the block on the window as a length-K sequence with dilation 1 and the
     last column is the step's output."""
-    from ..gated_residual_block import _read_and_update_state
+    from ..causal_conv1d import step_window
 
-    window = _read_and_update_state(state, h_t, conv_weight.shape[2], dilation, position)  # (B, R, K)
+    window = step_window(h_t, state, conv_weight.shape[2], dilation, position)  # (B, R, K)
     cond = cond_t[:, :, None] if cond_t is not None else None
     h_out, skip = gated_residual_block_forward(
         window, conv_weight, conv_bias, res_weight, res_bias, skip_weight, skip_bias, cond, 1
