@@ -23,7 +23,9 @@ Usage::
     python benchmarks/harness.py --report    # README tables from benchmarks/results/
 
 The same cases run under pytest-benchmark (``pytest benchmarks/ --benchmark-only``)
-through :func:`provider_pairs` and :func:`benchmark_with_pytest`.
+through :func:`provider_pairs` and :func:`benchmark_with_pytest`. The command line pins
+glibc's allocator thresholds (:data:`PINNED_MALLOC`, see there why); set the same
+variables for pytest-benchmark timings that compare with it.
 """
 
 from __future__ import annotations
@@ -89,6 +91,12 @@ RESULTS_DIR = BENCH_DIR / "results"
 # slow spells of a shared host do not move; quick mode trades that for speed.
 FULL = (15, 0.050)
 QUICK = (3, 0.005)
+# glibc hands large freed blocks back to the OS and page-faults them in again on the next
+# allocation, unless an earlier, larger free has raised its thresholds: an eager reference
+# that allocates big temporaries then runs up to 2-3x slower or faster depending on which
+# cases ran before it in the process. Fixed thresholds keep freed memory in the heap, so
+# every case is timed in the same (fast, steady-state) regime, whatever ran before it.
+PINNED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(1 << 27), "MALLOC_TRIM_THRESHOLD_": str(1 << 28)}
 
 Provider = Callable[[], object]
 
@@ -436,6 +444,7 @@ def run_record(device: str, quick: bool, name_filter: str | None, results: Seque
         },
         "num_threads": torch.get_num_threads(),
         "cpu_isa": fastgen._ext.cpu_isa(),
+        "malloc": {k: os.environ.get(k) for k in PINNED_MALLOC},
         "git_commit": _git_commit(),
         "quick": quick,
         "filter": name_filter,
@@ -549,5 +558,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 1 if any(r.error is not None for r in results) else 0
 
 
+def pin_allocator() -> None:
+    """Re-executes this command with :data:`PINNED_MALLOC` set (glibc reads it at start-up);
+    a no-op off Linux or once set."""
+    if sys.platform.startswith("linux") and any(k not in os.environ for k in PINNED_MALLOC):
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **PINNED_MALLOC})
+
+
 if __name__ == "__main__":
+    pin_allocator()
     sys.exit(main())

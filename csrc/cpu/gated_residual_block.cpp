@@ -111,9 +111,13 @@ void gated_tile(const at::Tensor& hb, const at::Tensor& taps, const at::Tensor& 
     if (lo >= t1) continue;
     z.narrow(1, lo - t0, t1 - lo).addmm_(taps[k], hb.narrow(1, lo - s, t1 - lo));
   }
+  // tanh(a) = 2 sigmoid(2a) - 1: ATen's vectorized sigmoid is several times faster than its
+  // tanh, and one sigmoid pass covers both halves (the cancellation near a = 0 costs an
+  // absolute error of one ulp of 1, far below the gate's use).
   at::Tensor a = z.narrow(0, 0, G), bgate = z.narrow(0, G, G);
-  a.tanh_();
-  bgate.sigmoid_();
+  a.mul_(2);
+  z.sigmoid_();
+  a.mul_(2).sub_(1);
   at::mul_out(g, a, bgate);
 }
 
