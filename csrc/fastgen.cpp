@@ -27,16 +27,17 @@ TORCH_LIBRARY(fastgen, m) {
       "causal_conv1d_step(Tensor x_t, Tensor(a!) state, Tensor weight, Tensor? bias, int dilation, int groups, "
       "Tensor? position) -> Tensor");
 
-  // WaveNet gated residual block (fastgen/ops/gated_residual_block.py). Returns (h_out, skip).
+  // WaveNet gated residual block (fastgen/ops/gated_residual_block.py). Returns (h_out, skip,
+  // gates): gates (B, 2G, T) holds tanh(z[:G]) and sigmoid(z[G:]), saved for the backward.
   m.def(
       "gated_residual_block(Tensor h, Tensor conv_weight, Tensor? conv_bias, Tensor res_weight, Tensor? res_bias, "
-      "Tensor skip_weight, Tensor? skip_bias, Tensor? cond, int dilation) -> (Tensor, Tensor)");
+      "Tensor skip_weight, Tensor? skip_bias, Tensor? cond, int dilation) -> (Tensor, Tensor, Tensor)");
   // Grads of (h, conv_weight, conv_bias, res_weight, res_bias, skip_weight, skip_bias, cond); an
   // entry whose output_mask is False (or whose optional input is None) is an empty tensor.
   m.def(
-      "gated_residual_block_backward(Tensor grad_h_out, Tensor grad_skip, Tensor h, Tensor conv_weight, "
-      "Tensor? conv_bias, Tensor res_weight, Tensor skip_weight, Tensor? cond, int dilation, bool[8] output_mask) "
-      "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "gated_residual_block_backward(Tensor grad_h_out, Tensor grad_skip, Tensor h, Tensor gates, "
+      "Tensor conv_weight, Tensor? conv_bias, Tensor res_weight, Tensor skip_weight, Tensor? cond, int dilation, "
+      "bool[8] output_mask) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   // One time step on the state buffer (updated in place); returns (h_out_t, skip_t).
   m.def(
       "gated_residual_block_step(Tensor h_t, Tensor(a!) state, Tensor conv_weight, Tensor? conv_bias, "

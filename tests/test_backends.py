@@ -165,10 +165,11 @@ def test_info_reports_every_op_and_backend():
 
 @pytest.mark.parametrize("isa", ["base", "avx2", "avx512"])
 def test_every_cpu_instruction_set_matches_reference(isa):
-    """Each compiled copy of the CPU micro-kernel, forced by FASTGEN_CPU_ISA."""
+    """Each compiled copy of the CPU micro-kernels (the tap GEMM under masked_conv2d and the
+    two-tap Winograd kernel under causal_conv1d with K = 2), forced by FASTGEN_CPU_ISA."""
     code = (
         "import torch, fastgen\n"
-        "from fastgen.ops import masked_conv2d, masked_conv2d_ref\n"
+        "from fastgen.ops import causal_conv1d, causal_conv1d_ref, masked_conv2d, masked_conv2d_ref\n"
         "print(fastgen._ext.cpu_isa())\n"
         "for dtype, (c_in, c_out) in [(torch.float32, (6, 39)), (torch.float64, (6, 39)), (torch.float32, (39, 6))]:\n"
         "    x = torch.randn(2, c_in, 9, 20, dtype=dtype, requires_grad=True)\n"
@@ -178,6 +179,13 @@ def test_every_cpu_instruction_set_matches_reference(isa):
         "        g = torch.randn_like(y)\n"
         "        for a, b in zip((y,) + torch.autograd.grad(y, (x, w), g), (r,) + torch.autograd.grad(r, (x, w), g)):\n"
         "            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)\n"
+        "for dtype in (torch.float32, torch.float64):\n"
+        "    x = torch.randn(2, 5, 150, dtype=dtype, requires_grad=True)\n"
+        "    w = torch.randn(7, 5, 2, dtype=dtype, requires_grad=True)\n"
+        "    y, r = causal_conv1d(x, w, dilation=40, backend='cpp'), causal_conv1d_ref(x, w, dilation=40)\n"
+        "    g = torch.randn_like(y)\n"
+        "    for a, b in zip((y,) + torch.autograd.grad(y, (x, w), g), (r,) + torch.autograd.grad(r, (x, w), g)):\n"
+        "        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)\n"
     )
     out = run_python(code, FASTGEN_CPU_ISA=isa)
     assert out.returncode == 0, out.stderr

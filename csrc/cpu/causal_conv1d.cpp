@@ -6,10 +6,13 @@
 // for each tap: a GEMM on time-shifted strided views of x and out, with no padded copy of
 // x (the left zeros are simply the columns a shifted GEMM does not write). Taps with
 // s_k >= T reach only the zeros before the start and are skipped. With groups = 1 each
-// tap is one batched GEMM over the sequences; other groups of more than one input channel
-// run a GEMM per sequence, group and tap (MKL threads each call itself, so the loops around
-// them stay serial). One input channel per group (depthwise) has no GEMM to speak of and
-// runs a fused loop over the taps per (batch, channel) row, in parallel over rows.
+// tap is one batched GEMM over the sequences, except that K = 2 with a dilation that fills
+// the SIMD lanes (every WaveNet layer past the first few) runs the two-tap Winograd kernel
+// (two_tap_conv.h: 3 products per pair of outputs where the taps take 4) for the forward
+// and the input gradient. Other groups of more than one input channel run a GEMM per
+// sequence, group and tap (MKL threads each call itself, so the loops around them stay
+// serial). One input channel per group (depthwise) has no GEMM to speak of and runs a
+// fused loop over the taps per (batch, channel) row, in parallel over rows.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -19,6 +22,8 @@
 #include <cstring>
 #include <limits>
 #include <tuple>
+
+#include "two_tap_conv.h"
 
 namespace fastgen::cpu {
 namespace {
@@ -69,6 +74,11 @@ at::Tensor batched(const at::Tensor& matrix, int64_t batch) { return matrix.unsq
 at::Tensor gemm_forward_dense(const at::Tensor& x, const at::Tensor& taps, const c10::optional<at::Tensor>& bias,
                               int64_t dilation) {
   const int64_t B = x.size(0), T = x.size(2), K = taps.size(0), C_out = taps.size(1);
+  if (K == 2 && dilation < T && two_tap_conv_applies(x.scalar_type(), dilation)) {
+    at::Tensor out = at::empty({B, C_out, T}, x.options());
+    two_tap_conv(x, pack_two_tap(taps[0], taps[1]), bias, -dilation, dilation, out);
+    return out;
+  }
   at::Tensor out = bias.has_value() ? at::baddbmm(bias->view({1, C_out, 1}).expand({B, C_out, T}), batched(taps[K - 1], B), x)
                                     : at::bmm(batched(taps[K - 1], B), x);
   for (int64_t k = 0; k < K - 1; ++k) {
@@ -110,6 +120,11 @@ void gemm_grad_x(const at::Tensor& grad_out, const at::Tensor& weight, int64_t d
   const int64_t B = grad_out.size(0), T = grad_out.size(2), K = weight.size(2);
   const int64_t ci_g = weight.size(1), co_g = weight.size(0) / groups;
   const at::Tensor taps_t = weight.permute({2, 1, 0}).contiguous();  // (K, C_in/g, C_out)
+  if (groups == 1 && K == 2 && dilation < T && two_tap_conv_applies(grad_out.scalar_type(), dilation)) {
+    // grad_x[t] = W_1^T grad_out[t] + W_0^T grad_out[t + d]
+    two_tap_conv(grad_out, pack_two_tap(taps_t[1], taps_t[0]), c10::nullopt, 0, dilation, grad_x);
+    return;
+  }
   if (groups == 1) {
     at::bmm_out(grad_x, batched(taps_t[K - 1], B), grad_out);
     for (int64_t k = 0; k < K - 1; ++k) {

@@ -1,14 +1,17 @@
 // WaveNet gated residual block on the CPU: forward, backward and the one-step form.
 //
-// The forward never materializes z or g for the whole sequence: per (batch, time tile) it
-// computes the dilated causal conv z_tile = bias + cond + sum_k W_k @ h[:, tile - s_k] as
-// GEMMs on time-shifted views of h (no padded copy; taps are clipped at the sequence
-// start), applies the gate in place while the tile is in L2, and runs the residual and
-// skip 1x1 convs as one GEMM with the stacked weight [W_res; W_skip]. The backward saves
-// nothing but the inputs: it recomputes z and g per tile, and each batch element is owned
-// by one thread, so grad_h (which receives dz at t + s_k at time t, across tile
-// boundaries) and the per-batch weight-gradient partials are written without races and
-// summed in a fixed order (deterministic whatever the thread count).
+// The forward works per (batch, time tile): the dilated causal conv z_tile = bias + cond +
+// sum_k W_k @ h[:, tile - s_k] (for K = 2 by the two-tap Winograd kernel, two_tap_conv.h,
+// on tiles of whole blocks of 2d times; else as GEMMs on time-shifted views of h, taps
+// clipped at the sequence start), the gate in place while the tile is in L2, then the
+// residual and skip 1x1 convs accumulating straight into h_out and skip. The gated tile,
+// tanh(z[:G]) | sigmoid(z[G:]), is the op's third output, saved for the backward: the
+// block is compute-bound here, and the conv costs far more to redo than its output costs
+// to keep (the eager autograd keeps z, both activations and g). The backward recomputes
+// only g = tanh * sigmoid per tile; each batch element is owned by one thread, so grad_h
+// (which receives dz at t + s_k at time t, across tile boundaries) and the per-batch
+// weight-gradient partials are written without races and summed in a fixed order
+// (deterministic whatever the thread count).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -17,6 +20,8 @@
 #include <cstring>
 #include <limits>
 #include <tuple>
+
+#include "two_tap_conv.h"
 
 namespace fastgen::cpu {
 namespace {
@@ -91,25 +96,62 @@ at::Tensor column_bias(const c10::optional<at::Tensor>& conv_bias, const c10::op
   return col.defined() ? col.contiguous() : col;
 }
 
+// The block's dilated conv, per tile: the two-tap Winograd kernel (two_tap_conv.h) when
+// K = 2 and the dilation fills its lanes, with tiles of whole blocks of 2d times so that
+// every pair (t, t + d) lies in one tile; else one GEMM per tap on time-shifted views.
+struct Conv {
+  at::Tensor taps;  // (K, 2G, R)
+  c10::optional<TwoTapWeights> two_tap;
+  int64_t tile = TILE;
+};
+
+// Pairs need tiles of 2d times: beyond this the tile would leave L2.
+constexpr int64_t MAX_PAIR_TILE = 1024;
+
+Conv plan_conv(const at::Tensor& conv_weight, int64_t dilation, int64_t T) {
+  Conv c{conv_weight.permute({2, 0, 1}).contiguous()};
+  if (conv_weight.size(2) == 2 && dilation < T && 2 * dilation <= MAX_PAIR_TILE &&
+      two_tap_conv_applies(conv_weight.scalar_type(), dilation)) {
+    c.two_tap = pack_two_tap(conv_weight.select(2, 0), conv_weight.select(2, 1));
+    c.tile = (TILE + 2 * dilation - 1) / (2 * dilation) * (2 * dilation);
+  }
+  return c;
+}
+
 // z (2G, n) for times [t0, t0 + n) of batch b, gated in place: z[:G] = tanh(a), z[G:] =
 // sigmoid(b); g = their product.
-void gated_tile(const at::Tensor& hb, const at::Tensor& taps, const at::Tensor& col_b, const at::Tensor& cond_b,
-                int64_t t0, int64_t n, int64_t dilation, at::Tensor& z, at::Tensor& g) {
-  const int64_t K = taps.size(0), G = g.size(0);
-  if (cond_b.defined()) {
-    if (col_b.defined())
-      at::add_out(z, cond_b.narrow(1, t0, n), col_b);
-    else
-      z.copy_(cond_b.narrow(1, t0, n));
-  } else if (col_b.defined()) {
-    z.copy_(col_b.expand({2 * G, n}));
+void gated_tile(const at::Tensor& hb, const Conv& conv, const at::Tensor& col_b, const at::Tensor& cond_b, int64_t t0,
+                int64_t n, int64_t dilation, at::Tensor& z, at::Tensor& g) {
+  const int64_t K = conv.taps.size(0), G = g.size(0);
+  if (conv.two_tap.has_value() && !cond_b.defined()) {
+    AT_DISPATCH_FLOATING_TYPES(hb.scalar_type(), "gated_tile", [&] {
+      two_tap_conv_range<scalar_t>(hb.data_ptr<scalar_t>(), hb.stride(0), hb.size(1), *conv.two_tap,
+                                   col_b.defined() ? col_b.data_ptr<scalar_t>() : nullptr, -dilation, dilation, t0,
+                                   t0 + n, z.data_ptr<scalar_t>(), z.stride(0), false);
+    });
   } else {
-    z.zero_();
-  }
-  for (int64_t k = 0; k < K; ++k) {
-    const int64_t s = (K - 1 - k) * dilation, lo = std::max(t0, s), t1 = t0 + n;
-    if (lo >= t1) continue;
-    z.narrow(1, lo - t0, t1 - lo).addmm_(taps[k], hb.narrow(1, lo - s, t1 - lo));
+    if (cond_b.defined()) {
+      if (col_b.defined())
+        at::add_out(z, cond_b.narrow(1, t0, n), col_b);
+      else
+        z.copy_(cond_b.narrow(1, t0, n));
+    } else if (col_b.defined()) {
+      z.copy_(col_b.expand({2 * G, n}));
+    } else {
+      z.zero_();
+    }
+    if (conv.two_tap.has_value()) {
+      AT_DISPATCH_FLOATING_TYPES(hb.scalar_type(), "gated_tile", [&] {
+        two_tap_conv_range<scalar_t>(hb.data_ptr<scalar_t>(), hb.stride(0), hb.size(1), *conv.two_tap, nullptr,
+                                     -dilation, dilation, t0, t0 + n, z.data_ptr<scalar_t>(), z.stride(0), true);
+      });
+    } else {
+      for (int64_t k = 0; k < K; ++k) {
+        const int64_t s = (K - 1 - k) * dilation, lo = std::max(t0, s), t1 = t0 + n;
+        if (lo >= t1) continue;
+        z.narrow(1, lo - t0, t1 - lo).addmm_(conv.taps[k], hb.narrow(1, lo - s, t1 - lo));
+      }
+    }
   }
   // tanh(a) = 2 sigmoid(2a) - 1: ATen's vectorized sigmoid is several times faster than its
   // tanh, and one sigmoid pass covers both halves (the cancellation near a = 0 costs an
@@ -124,7 +166,7 @@ void gated_tile(const at::Tensor& hb, const at::Tensor& taps, const at::Tensor& 
 // Shifts beyond the sequence read nothing; clamping keeps (K-1)*dilation far from overflow.
 int64_t clamp_dilation(int64_t dilation, int64_t T) { return std::min(dilation, std::max<int64_t>(T, 1)); }
 
-std::tuple<at::Tensor, at::Tensor> gated_residual_block_cpu(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> gated_residual_block_cpu(
     const at::Tensor& h_in, const at::Tensor& conv_weight, const c10::optional<at::Tensor>& conv_bias,
     const at::Tensor& res_weight, const c10::optional<at::Tensor>& res_bias, const at::Tensor& skip_weight,
     const c10::optional<at::Tensor>& skip_bias, const c10::optional<at::Tensor>& cond_in, int64_t dilation_in) {
@@ -137,38 +179,37 @@ std::tuple<at::Tensor, at::Tensor> gated_residual_block_cpu(
   check_cond(cond_in, d, h_in);
   const int64_t dilation = clamp_dilation(dilation_in, d.T);
   const at::Tensor h = h_in.contiguous();
-  const at::Tensor taps = conv_weight.permute({2, 0, 1}).contiguous();  // (K, 2G, R)
-  const at::Tensor w1 = at::cat({res_weight, skip_weight}, 0);          // (R + S, G)
-  at::Tensor b1;
-  if (res_bias.has_value() || skip_bias.has_value())
-    b1 = at::cat({res_bias.has_value() ? *res_bias : at::zeros({d.R}, h.options()),
-                  skip_bias.has_value() ? *skip_bias : at::zeros({d.S}, h.options())})
-             .unsqueeze(1);
+  const Conv conv = plan_conv(conv_weight, dilation, d.T);
   const at::Tensor col = column_bias(conv_bias, cond_in, d, h);
   const bool full_cond = cond_in.has_value() && cond_in->size(2) != 1;
   const at::Tensor cond = full_cond ? cond_in->contiguous() : at::Tensor();
 
   at::Tensor h_out = at::empty({d.B, d.R, d.T}, h.options());
   at::Tensor skip = at::empty({d.B, d.S, d.T}, h.options());
-  const int64_t n_tiles = (d.T + TILE - 1) / TILE;
+  at::Tensor gates = at::empty({d.B, 2 * d.G, d.T}, h.options());
+  const int64_t tile = conv.tile, n_tiles = (d.T + tile - 1) / tile;
   at::parallel_for(0, d.B * n_tiles, 1, [&](int64_t begin, int64_t end) {
     at::NoGradGuard worker_no_grad;  // grad mode is thread-local: OpenMP workers start with it on
-    at::Tensor z = at::empty({2 * d.G, TILE}, h.options()), g = at::empty({d.G, TILE}, h.options());
-    at::Tensor o = at::empty({d.R + d.S, TILE}, h.options());
+    at::Tensor g = at::empty({d.G, tile}, h.options());
     for (int64_t i = begin; i < end; ++i) {
-      const int64_t b = i / n_tiles, t0 = (i % n_tiles) * TILE, n = std::min(TILE, d.T - t0);
-      at::Tensor zt = z.narrow(1, 0, n), gt = g.narrow(1, 0, n), ot = o.narrow(1, 0, n);
-      gated_tile(h[b], taps, col.defined() ? col[b] : col, full_cond ? cond[b] : cond, t0, n, dilation, zt, gt);
-      if (b1.defined())
-        at::addmm_out(ot, b1, w1, gt);
+      const int64_t b = i / n_tiles, t0 = (i % n_tiles) * tile, n = std::min(tile, d.T - t0);
+      at::Tensor zt = gates[b].narrow(1, t0, n), gt = g.narrow(1, 0, n);
+      gated_tile(h[b], conv, col.defined() ? col[b] : col, full_cond ? cond[b] : cond, t0, n, dilation, zt, gt);
+      // The 1x1 convs accumulate in place into their outputs, initialized with the biases
+      // (and h): no intermediate tile to copy out.
+      at::Tensor skip_t = skip[b].narrow(1, t0, n), h_out_t = h_out[b].narrow(1, t0, n);
+      if (skip_bias.has_value())
+        at::addmm_out(skip_t, skip_bias->unsqueeze(1), skip_weight, gt);
       else
-        at::mm_out(ot, w1, gt);
-      at::Tensor h_out_t = h_out[b].narrow(1, t0, n);
-      at::add_out(h_out_t, h[b].narrow(1, t0, n), ot.narrow(0, 0, d.R));
-      skip[b].narrow(1, t0, n).copy_(ot.narrow(0, d.R, d.S));
+        at::mm_out(skip_t, skip_weight, gt);
+      if (res_bias.has_value())
+        at::add_out(h_out_t, h[b].narrow(1, t0, n), res_bias->unsqueeze(1));
+      else
+        h_out_t.copy_(h[b].narrow(1, t0, n));
+      h_out_t.addmm_(res_weight, gt);
     }
   });
-  return {h_out, skip};
+  return {h_out, skip, gates};
 }
 
 template <typename scalar_t>
@@ -183,7 +224,7 @@ void gate_backward(const scalar_t* __restrict__ dg, const scalar_t* __restrict__
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
 gated_residual_block_backward_cpu(const at::Tensor& grad_h_out_in, const at::Tensor& grad_skip_in,
-                                  const at::Tensor& h_in, const at::Tensor& conv_weight,
+                                  const at::Tensor& h_in, const at::Tensor& gates_in, const at::Tensor& conv_weight,
                                   const c10::optional<at::Tensor>& conv_bias, const at::Tensor& res_weight,
                                   const at::Tensor& skip_weight, const c10::optional<at::Tensor>& cond_in,
                                   int64_t dilation_in, std::array<bool, 8> mask) {
@@ -194,14 +235,13 @@ gated_residual_block_backward_cpu(const at::Tensor& grad_h_out_in, const at::Ten
   check_cond(cond_in, d, h_in);
   check_tensor(grad_h_out_in, "grad_h_out", {d.B, d.R, d.T}, h_in);
   check_tensor(grad_skip_in, "grad_skip", {d.B, d.S, d.T}, h_in);
+  check_tensor(gates_in, "gates", {d.B, 2 * d.G, d.T}, h_in);
   const int64_t dilation = clamp_dilation(dilation_in, d.T);
   const at::Tensor h = h_in.contiguous(), dh_out = grad_h_out_in.contiguous(), dskip = grad_skip_in.contiguous();
-  const at::Tensor taps = conv_weight.permute({2, 0, 1}).contiguous();  // (K, 2G, R)
-  const at::Tensor taps_t = taps.transpose(1, 2).contiguous();          // (K, R, 2G)
+  const at::Tensor gates = gates_in.contiguous();
+  const at::Tensor taps_t = conv_weight.permute({2, 1, 0}).contiguous();  // (K, R, 2G)
   const at::Tensor wr_t = res_weight.t().contiguous(), ws_t = skip_weight.t().contiguous();  // (G, R), (G, S)
-  const at::Tensor col = column_bias(conv_bias, cond_in, d, h);
   const bool full_cond = cond_in.has_value() && cond_in->size(2) != 1;
-  const at::Tensor cond = full_cond ? cond_in->contiguous() : at::Tensor();
   const auto opt = h.options();
   // Distinct empty tensors for the gradients not requested: outputs must not alias.
   const auto none = [&] { return at::empty({0}, opt); };
@@ -223,28 +263,30 @@ gated_residual_block_backward_cpu(const at::Tensor& grad_h_out_in, const at::Ten
     const int64_t n_tiles = (d.T + TILE - 1) / TILE;
     at::parallel_for(0, d.B, 1, [&](int64_t begin, int64_t end) {
       at::NoGradGuard worker_no_grad;
-      at::Tensor z = at::empty({2 * d.G, TILE}, opt), g = at::empty({d.G, TILE}, opt);
-      at::Tensor dg = at::empty({d.G, TILE}, opt), dz = at::empty({2 * d.G, TILE}, opt);
+      at::Tensor g = at::empty({d.G, TILE}, opt), dg = at::empty({d.G, TILE}, opt);
+      at::Tensor dz = at::empty({2 * d.G, TILE}, opt);
       for (int64_t b = begin; b < end; ++b) {
-        const at::Tensor hb = h[b], dhb = dh_out[b], dsb = dskip[b];
+        const at::Tensor hb = h[b], dhb = dh_out[b], dsb = dskip[b], gb = gates[b];
         for (int64_t tile = 0; tile < n_tiles; ++tile) {
           const int64_t t0 = tile * TILE, n = std::min(TILE, d.T - t0);
-          at::Tensor zt = z.narrow(1, 0, n), gt = g.narrow(1, 0, n);
-          gated_tile(hb, taps, col.defined() ? col[b] : col, full_cond ? cond[b] : cond, t0, n, dilation, zt, gt);
           const at::Tensor dh_t = dhb.narrow(1, t0, n), ds_t = dsb.narrow(1, t0, n);
-          if (need_res_w) res_w_part[b].addmm_(dh_t, gt.t());
-          if (need_skip_w) skip_w_part[b].addmm_(ds_t, gt.t());
+          if (need_1x1) {
+            at::Tensor gt = g.narrow(1, 0, n);
+            at::mul_out(gt, gb.narrow(0, 0, d.G).narrow(1, t0, n), gb.narrow(0, d.G, d.G).narrow(1, t0, n));
+            if (need_res_w) res_w_part[b].addmm_(dh_t, gt.t());
+            if (need_skip_w) skip_w_part[b].addmm_(ds_t, gt.t());
+          }
           if (!need_dz) continue;
           at::Tensor dgt = dg.narrow(1, 0, n), dzt = dz.narrow(1, 0, n);
           at::mm_out(dgt, wr_t, dh_t);
           dgt.addmm_(ws_t, ds_t);
           AT_DISPATCH_FLOATING_TYPES(h.scalar_type(), "gated_residual_block_backward", [&] {
-            // Raw row pointers (row stride TILE): a tensor view per row costs more than the row.
+            // Raw row pointers: a tensor view per row costs more than the row.
             const scalar_t* dgp = dg.data_ptr<scalar_t>();
-            const scalar_t* zp = z.data_ptr<scalar_t>();
+            const scalar_t* ap = gb.data_ptr<scalar_t>() + t0;  // rows of stride T
             scalar_t* dzp = dz.data_ptr<scalar_t>();
             for (int64_t c = 0; c < d.G; ++c)
-              gate_backward<scalar_t>(dgp + c * TILE, zp + c * TILE, zp + (d.G + c) * TILE, dzp + c * TILE,
+              gate_backward<scalar_t>(dgp + c * TILE, ap + c * d.T, ap + (d.G + c) * d.T, dzp + c * TILE,
                                       dzp + (d.G + c) * TILE, n);
           });
           if (dz_sum.defined()) dz_sum[b].add_(dzt.sum(1));

@@ -1,5 +1,5 @@
-// Sparse-tap 2-D convolution on the CPU: the engine under masked_conv2d (and, later, the
-// causal and shifted convolutions of WaveNet and Gated PixelCNN).
+// Sparse-tap 2-D convolution on the CPU: the engine under masked_conv2d, the shifted
+// convolutions of gated_pixelcnn_layer and causal_conv1d (a one-row image).
 //
 //   out[b, o, h, w] = bias[o] + sum_t sum_{i visible} W[t, o, i] * in[b, i, h + dh[t], w + dw[t]]
 //

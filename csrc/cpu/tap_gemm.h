@@ -24,12 +24,25 @@ using TapGemmFn = void (*)(int64_t K, const T* A, const int64_t* aoff, const T* 
 
 constexpr int kMaxNR = 16;
 
+// The two-tap Winograd kernel of two_tap_conv.h, on MR (= TapGemm::mr) consecutive times
+// and PAIR_NR output channels:
+//   y0[j, m] (+)= bias[j] + sum_k m1 + m2,   y1[j, m] (+)= bias[j] + sum_k m2 + m3
+//   m1 = W[k, 0, j] * (a - b),  m2 = W[k, 1, j] * b,  m3 = W[k, 2, j] * (c - b)
+// with a, b, c = X[k * 3MR + {0, MR, 2MR} + m] (a packed column block of input channel k)
+// and W (K, 3, PAIR_NR) packed [Wf, Wf + Ws, Ws]. Row j of y0 is Y0 + j * ldc, of y1
+// Y1 + j * ldc (not written when Y1 is null); bias may be null.
+template <typename T>
+using PairGemmFn = void (*)(int64_t K, const T* X, const T* W, const T* bias, T* Y0, T* Y1, int64_t ldc,
+                            bool accumulate);
+
 template <typename T>
 struct TapGemm {
   int64_t mr;                       // lanes of A per k (SIMD width x 2)
   int64_t nr_max;                   // widest register tile
   TapGemmFn<T> packed[kMaxNR + 1];  // [nr] for 1 <= nr <= nr_max: A_k = A + k * mr (aoff unused)
   TapGemmFn<T> gather[kMaxNR + 1];  // [nr]: A_k = A + aoff[k]
+  int64_t pair_nr;                  // output channels of the two-tap kernel
+  PairGemmFn<T> pair;
 };
 
 struct TapGemmSet {

@@ -8,5 +8,6 @@
 #define FASTGEN_TARGET __attribute__((target("avx2,fma")))
 #define FASTGEN_VECTOR_BYTES 32
 #define FASTGEN_NR_MAX 6
+#define FASTGEN_PAIR_NR 2
 #include "tap_gemm_impl.h"
 #endif

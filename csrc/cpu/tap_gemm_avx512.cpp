@@ -8,5 +8,6 @@
 #define FASTGEN_TARGET __attribute__((target("avx512f,avx512dq,avx512vl,avx2,fma")))
 #define FASTGEN_VECTOR_BYTES 64
 #define FASTGEN_NR_MAX 14
+#define FASTGEN_PAIR_NR 4
 #include "tap_gemm_impl.h"
 #endif

@@ -12,6 +12,7 @@
 #define FASTGEN_TARGET
 #define FASTGEN_VECTOR_BYTES 16
 #define FASTGEN_NR_MAX 6
+#define FASTGEN_PAIR_NR 2
 #include "tap_gemm_impl.h"
 
 namespace fastgen::cpu {

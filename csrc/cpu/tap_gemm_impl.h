@@ -4,6 +4,7 @@
 //   FASTGEN_TARGET         the function attribute selecting the instruction set (or empty)
 //   FASTGEN_VECTOR_BYTES   SIMD register width in bytes
 //   FASTGEN_NR_MAX         widest tile that keeps 2 x NR accumulators + 3 operands in registers
+//   FASTGEN_PAIR_NR        output channels of the two-tap kernel (6 x NR accumulators)
 // Everything lives in namespace FASTGEN_ISA so that the copies never merge at link time.
 #include <cstring>
 
@@ -49,11 +50,62 @@ FASTGEN_TARGET void kernel(int64_t K, const T* __restrict A, const int64_t* __re
   }
 }
 
+template <typename T, int NR>
+FASTGEN_TARGET void pair_kernel(int64_t K, const T* __restrict X, const T* __restrict W, const T* __restrict bias,
+                                T* __restrict Y0, T* __restrict Y1, int64_t ldc, bool accumulate) {
+  typedef T V __attribute__((vector_size(FASTGEN_VECTOR_BYTES)));
+  constexpr int64_t VL = FASTGEN_VECTOR_BYTES / sizeof(T), MR = 2 * VL;
+  // Flat arrays of vectors (not V[NR][2]), which the compiler keeps in registers.
+  V m1l[NR], m1h[NR], m2l[NR], m2h[NR], m3l[NR], m3h[NR];
+  for (int j = 0; j < NR; ++j) m1l[j] = m1h[j] = m2l[j] = m2h[j] = m3l[j] = m3h[j] = V{};
+  for (int64_t k = 0; k < K; ++k) {
+    const T* x = X + k * 3 * MR;
+    const T* w = W + k * 3 * NR;
+    V ul, uh, bl, bh, vl, vh;
+    std::memcpy(&ul, x, sizeof(V));
+    std::memcpy(&uh, x + VL, sizeof(V));
+    std::memcpy(&bl, x + MR, sizeof(V));
+    std::memcpy(&bh, x + MR + VL, sizeof(V));
+    std::memcpy(&vl, x + 2 * MR, sizeof(V));
+    std::memcpy(&vh, x + 2 * MR + VL, sizeof(V));
+#pragma GCC unroll 8
+    for (int j = 0; j < NR; ++j) {
+      const T wf = w[j], ws = w[NR + j], wl = w[2 * NR + j];
+      m1l[j] += ul * wf;
+      m1h[j] += uh * wf;
+      m2l[j] += bl * ws;
+      m2h[j] += bh * ws;
+      m3l[j] += vl * wl;
+      m3h[j] += vh * wl;
+    }
+  }
+  auto store = [&](T* y, V lo, V hi) {
+    if (accumulate) {
+      V old;
+      std::memcpy(&old, y, sizeof(V));
+      lo += old;
+      std::memcpy(&old, y + VL, sizeof(V));
+      hi += old;
+    }
+    std::memcpy(y, &lo, sizeof(V));
+    std::memcpy(y + VL, &hi, sizeof(V));
+  };
+  for (int j = 0; j < NR; ++j) {
+    const T bj = bias ? bias[j] : T(0);
+    store(Y0 + j * ldc, m1l[j] + m2l[j] + bj, m1h[j] + m2h[j] + bj);
+    if (Y1) store(Y1 + j * ldc, m2l[j] + m3l[j] + bj, m2h[j] + m3h[j] + bj);
+  }
+}
+
 template <typename T, int... NR>
 constexpr TapGemm<T> make(std::integer_sequence<int, NR...>) {
   static_assert(sizeof...(NR) <= kMaxNR, "tile wider than kMaxNR");
-  return TapGemm<T>{2 * FASTGEN_VECTOR_BYTES / static_cast<int64_t>(sizeof(T)), sizeof...(NR),
-                    {nullptr, &kernel<T, NR + 1, false>...}, {nullptr, &kernel<T, NR + 1, true>...}};
+  return TapGemm<T>{2 * FASTGEN_VECTOR_BYTES / static_cast<int64_t>(sizeof(T)),
+                    sizeof...(NR),
+                    {nullptr, &kernel<T, NR + 1, false>...},
+                    {nullptr, &kernel<T, NR + 1, true>...},
+                    FASTGEN_PAIR_NR,
+                    &pair_kernel<T, FASTGEN_PAIR_NR>};
 }
 
 }  // namespace FASTGEN_ISA

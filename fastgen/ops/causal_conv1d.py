@@ -9,7 +9,10 @@ with dilation :math:`d` and :math:`G(o)` the input channels of output channel ``
 output ``t`` sees inputs ``t, t-d, ..., t-(K-1)d`` only. It equals left-padding ``x`` by
 ``(K-1)d`` zeros and calling ``F.conv1d``; the fast paths never build that padded copy
 (each tap is a GEMM on a time-shifted view, and taps reaching before the start are skipped,
-so any dilation works, also one larger than ``T``).
+so any dilation works, also one larger than ``T``). On the CPU, ``K = 2`` with a dilation of
+at least the SIMD lanes (32 float32, 16 float64 times with AVX-512) runs a Winograd
+F(2, 2) kernel along time instead: outputs ``t`` and ``t + d`` share their middle input, so
+a pair takes 3 channel products instead of 4.
 
 **Step form** (incremental generation). ``state`` ``(B, C_in, L)``, ``L = (K-1)d``, holds the
 last ``L`` inputs; the caller preallocates it (zeros at the start) and the step updates it

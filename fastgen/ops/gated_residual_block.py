@@ -11,13 +11,16 @@ with :math:`h` of shape ``(B, R, T)``, :math:`W_c` ``(2G, R, K)`` (output at tim
 :math:`W_s` ``(S, G)`` and the conditioning :math:`c` ``(B, 2G, 1)`` (broadcast over time)
 or ``(B, 2G, T)``.
 
-The ``cpp`` fast path does, per (batch, time tile), the conv as GEMMs on time-shifted views
-of ``h`` (no padded copy), the gate in place while the tile is in cache, and the residual
-and skip 1x1 convs as one GEMM with the stacked weight ``[W_r; W_s]``. Its backward saves
-only the inputs and recomputes ``z`` and ``g`` per tile. The ``triton`` fast path fuses the
-same way per (sequence, time block) in registers (see
-``fastgen/ops/triton/gated_residual_block.py``). Double backward is not supported (the
-backward ops have no autograd formula and raise if differentiated).
+The ``cpp`` fast path does, per (batch, time tile), the conv (for K = 2 by Winograd F(2, 2)
+along time, 25% fewer products; else as GEMMs on time-shifted views of ``h``, no padded
+copy), the gate in place while the tile is in cache, and the residual and skip 1x1 convs
+straight into their outputs. The CPU is compute-bound here, so it saves the gate
+activations ``tanh(z[:G])``, ``sigmoid(z[G:])`` (``(B, 2G, T)``, where eager autograd keeps
+about three times as much) rather than recompute the conv in the backward. The ``triton``
+fast path fuses the same way per (sequence, time block) in registers (see
+``fastgen/ops/triton/gated_residual_block.py``); a GPU is memory-bound here, so its backward
+recomputes ``z`` and ``g`` and its saved gates are empty. Double backward is not supported
+(the backward ops have no autograd formula and raise if differentiated).
 
 ``gated_residual_block_step`` is the one-step form for sampling, on a state buffer shared
 with ``causal_conv1d_step``'s convention: ``state`` ``(B, R, (K-1)*dilation)``, either a
@@ -126,7 +129,9 @@ def gated_residual_block_step_ref(
 # ------------------------------------------------------------------------- registrations
 # The cpp ops' schemas are in csrc/fastgen.cpp, their CPU kernels in
 # csrc/cpu/gated_residual_block.cpp; the Triton ops are defined here, with kernels in
-# fastgen/ops/triton/gated_residual_block.py. Both get the same fakes and autograd.
+# fastgen/ops/triton/gated_residual_block.py. Both forwards return (h_out, skip, gates), the
+# gates saved for the backward ((B, 2G, T) from cpp, empty from triton, which recomputes
+# them); both get the same autograd.
 
 
 @torch.library.custom_op("fastgen::gated_residual_block_triton", mutates_args=())
@@ -140,12 +145,13 @@ def _gated_residual_block_triton(
     skip_bias: torch.Tensor | None,
     cond: torch.Tensor | None,
     dilation: int,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     from .triton.gated_residual_block import gated_residual_block_forward
 
-    return gated_residual_block_forward(
+    h_out, skip = gated_residual_block_forward(
         h, conv_weight, conv_bias, res_weight, res_bias, skip_weight, skip_bias, cond, dilation
     )
+    return h_out, skip, h.new_empty(0)
 
 
 @torch.library.custom_op("fastgen::gated_residual_block_triton_backward", mutates_args=())
@@ -153,6 +159,7 @@ def _gated_residual_block_triton_backward(
     grad_h_out: torch.Tensor,
     grad_skip: torch.Tensor,
     h: torch.Tensor,
+    gates: torch.Tensor,
     conv_weight: torch.Tensor,
     conv_bias: torch.Tensor | None,
     res_weight: torch.Tensor,
@@ -189,12 +196,18 @@ def _gated_residual_block_step_triton(
     )
 
 
-def _fake_forward(h, conv_weight, conv_bias, res_weight, res_bias, skip_weight, skip_bias, cond, dilation):
-    B, R, T = h.shape
-    return h.new_empty((B, R, T)), h.new_empty((B, skip_weight.shape[0], T))
+def _fake_forward(saves_gates: bool):
+    def fake(h, conv_weight, conv_bias, res_weight, res_bias, skip_weight, skip_bias, cond, dilation):
+        B, R, T = h.shape
+        gates = h.new_empty((B, conv_weight.shape[0], T)) if saves_gates else h.new_empty(0)
+        return h.new_empty((B, R, T)), h.new_empty((B, skip_weight.shape[0], T)), gates
+
+    return fake
 
 
-def _fake_backward(grad_h_out, grad_skip, h, conv_weight, conv_bias, res_weight, skip_weight, cond, dilation, output_mask):
+def _fake_backward(
+    grad_h_out, grad_skip, h, gates, conv_weight, conv_bias, res_weight, skip_weight, cond, dilation, output_mask
+):
     shapes = [
         h.shape,
         conv_weight.shape,
@@ -214,31 +227,33 @@ def _fake_step(h_t, state, conv_weight, conv_bias, res_weight, res_bias, skip_we
 
 def _setup_forward(ctx, inputs, output):
     h, conv_weight, conv_bias, res_weight, res_bias, skip_weight, skip_bias, cond, dilation = inputs
-    ctx.save_for_backward(h, conv_weight, conv_bias, res_weight, skip_weight, cond)
+    ctx.save_for_backward(h, output[2], conv_weight, conv_bias, res_weight, skip_weight, cond)
     ctx.dilation = dilation
     ctx.present = [True, True, conv_bias is not None, True, res_bias is not None, True, skip_bias is not None, cond is not None]
+    ctx.mark_non_differentiable(output[2])  # the saved gates
+    ctx.set_materialize_grads(False)  # else autograd fills their (unused) gradient with zeros
 
 
 def _forward_grads(backward_op):
-    def backward(ctx, grad_h_out, grad_skip):
-        h, conv_weight, conv_bias, res_weight, skip_weight, cond = ctx.saved_tensors
+    def backward(ctx, grad_h_out, grad_skip, _grad_gates):
+        h, gates, conv_weight, conv_bias, res_weight, skip_weight, cond = ctx.saved_tensors
         need = [n and p for n, p in zip(ctx.needs_input_grad[:8], ctx.present)]
         if grad_h_out is None:
             grad_h_out = torch.zeros_like(h)
         if grad_skip is None:
             grad_skip = h.new_zeros((h.shape[0], skip_weight.shape[0], h.shape[2]))
         grads = backward_op(
-            grad_h_out, grad_skip, h, conv_weight, conv_bias, res_weight, skip_weight, cond, ctx.dilation, need
+            grad_h_out, grad_skip, h, gates, conv_weight, conv_bias, res_weight, skip_weight, cond, ctx.dilation, need
         )
         return tuple(g if n else None for g, n in zip(grads, need)) + (None,)
 
     return backward
 
 
-def _register(forward_name: str, backward_name: str):
+def _register(forward_name: str, backward_name: str, saves_gates: bool):
     forward_op = getattr(torch.ops.fastgen, forward_name).default
     backward_op = getattr(torch.ops.fastgen, backward_name).default
-    torch.library.register_fake(f"fastgen::{forward_name}")(_fake_forward)
+    torch.library.register_fake(f"fastgen::{forward_name}")(_fake_forward(saves_gates))
     torch.library.register_fake(f"fastgen::{backward_name}")(_fake_backward)
     torch.library.register_autograd(f"fastgen::{forward_name}", _forward_grads(backward_op), setup_context=_setup_forward)
     return forward_op
@@ -251,11 +266,11 @@ _STEP_BACKENDS = backends.OpBackends(
     STEP_OP,
     {"ref": backends.ref_support(), "cpp": backends.cpp_support(STEP_OP), "triton": backends.triton_support()},
 )
-_FAST_OPS = {"triton": _register("gated_residual_block_triton", "gated_residual_block_triton_backward")}
+_FAST_OPS = {"triton": _register("gated_residual_block_triton", "gated_residual_block_triton_backward", False)}
 torch.library.register_fake("fastgen::gated_residual_block_step_triton")(_fake_step)
 _FAST_STEP_OPS = {"triton": torch.ops.fastgen.gated_residual_block_step_triton.default}
 if _BACKENDS.supports["cpp"].unavailable is None:
-    _FAST_OPS["cpp"] = _register("gated_residual_block", "gated_residual_block_backward")
+    _FAST_OPS["cpp"] = _register("gated_residual_block", "gated_residual_block_backward", True)
 if _STEP_BACKENDS.supports["cpp"].unavailable is None:
     torch.library.register_fake("fastgen::gated_residual_block_step")(_fake_step)
     _FAST_STEP_OPS["cpp"] = torch.ops.fastgen.gated_residual_block_step.default
@@ -347,7 +362,10 @@ def gated_residual_block(
         return gated_residual_block_ref(
             h, conv_weight, conv_bias, res_weight, res_bias, skip_weight, skip_bias, dilation=dilation, cond=cond
         )
-    return _FAST_OPS[name](h, conv_weight, conv_bias, res_weight, res_bias, skip_weight, skip_bias, cond, dilation)
+    h_out, skip, _ = _FAST_OPS[name](
+        h, conv_weight, conv_bias, res_weight, res_bias, skip_weight, skip_bias, cond, dilation
+    )
+    return h_out, skip
 
 
 def gated_residual_block_step(

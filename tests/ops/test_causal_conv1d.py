@@ -77,6 +77,10 @@ GRID = [
     (2, 5, 5, 12, 3, 2, 5, False),  # depthwise
     (1, 3, 6, 8, 2, 3, 3, True),  # depthwise with 2 outputs per channel
     (1, 4, 4, 37, 2, 3, 4, True),  # depthwise, long enough for the CPU kernels' vector lanes
+    # K = 2 with dilation >= 32: the CPU's two-tap Winograd path (float64 from dilation 16)
+    (2, 5, 7, 150, 2, 32, 1, True),  # dilation = its lane count; a partial last block; 7 outputs
+    (1, 6, 9, 130, 2, 40, 1, False),  # runs of first-half times shorter than the lanes
+    (2, 3, 5, 70, 2, 48, 1, True),  # dilation > T / 2: most pairs lack their second time
 ]
 
 

@@ -82,6 +82,9 @@ GRID = [
     (2, 7, 5, 9, 600, 3, 64, "local", True, True),  # several CPU time tiles
     (2, 7, 5, 9, 300, 2, 257, "global", False, True),  # shift crosses a tile boundary
     (2, 5, 3, 4, 40, 2, 17, "local", False, True),  # several Triton time blocks (16 interpreted)
+    # K = 2 with dilation >= 32: the CPU's two-tap Winograd conv, tiles of whole 2d blocks
+    (2, 6, 5, 7, 500, 2, 40, None, True, True),
+    (1, 4, 6, 3, 200, 2, 33, "local", True, False),  # the conv accumulates onto cond
 ]
 
 
@@ -227,9 +230,10 @@ def test_opcheck(backend):
     args_g, cond_g = make_inputs(2, 3, 2, 4, 7, 3, cond="global")
     torch.library.opcheck(forward, (*args_g, cond_g, 3))
     h, cw, cb, rw, rb, sw, sb = detached
+    gates = forward(*detached, cond.detach(), 2)[2]
     gh, gs = torch.randn(2, 3, 7, dtype=torch.float64), torch.randn(2, 4, 7, dtype=torch.float64)
     for mask in ([True] * 8, [True, False, True, False, True, False, True, False]):
-        torch.library.opcheck(backward, (gh, gs, h, cw, cb, rw, sw, cond.detach(), 2, mask))
+        torch.library.opcheck(backward, (gh, gs, h, gates, cw, cb, rw, sw, cond.detach(), 2, mask))
     state = torch.randn(2, 3, 2, dtype=torch.float64)
     torch.library.opcheck(step, (h[:, :, 0], state, cw, cb, rw, rb, sw, sb, None, 2, None))
     position = torch.tensor([3, 0])
@@ -347,8 +351,11 @@ def test_cpp_ops_called_directly_check_their_arguments():
         ops.gated_residual_block(h, cw, cb, rw, rb, sw, sb, torch.zeros(2, 4, 3, dtype=h.dtype), 1)
     with pytest.raises(ValueError, match="dilation"):
         ops.gated_residual_block(h, cw, cb, rw, rb, sw, sb, None, 0)
+    gates = ops.gated_residual_block(h, cw, cb, rw, rb, sw, sb, None, 1)[2]
     with pytest.raises(ValueError, match="grad_skip"):
-        ops.gated_residual_block_backward(h, h, h, cw, cb, rw, sw, None, 1, [True] * 8)
+        ops.gated_residual_block_backward(h, h, h, gates, cw, cb, rw, sw, None, 1, [True] * 8)
+    with pytest.raises(ValueError, match="gates"):
+        ops.gated_residual_block_backward(h, torch.zeros(2, 4, 5, dtype=h.dtype), h, h, cw, cb, rw, sw, None, 1, [True] * 8)
     with pytest.raises(ValueError, match="state"):
         ops.gated_residual_block_step(h[:, :, 0], torch.zeros(2, 3, 5, dtype=h.dtype), cw, cb, rw, rb, sw, sb, None, 1, None)
     with pytest.raises(ValueError, match="position"):
