@@ -142,16 +142,20 @@ def _allowed(c_out, c_in, H, W, colour, *, strictly_above):
 JACOBIAN_BACKENDS = ["ref"] + [b for b in fast_backends(OP, "cpu", torch.float64) if b != "triton"]
 
 
+@pytest.mark.parametrize("kernel", [3, 7])
 @pytest.mark.parametrize("colour", [1, 3])
 @pytest.mark.parametrize("backend", JACOBIAN_BACKENDS)
-def test_causality_jacobian(backend, colour):
+def test_causality_jacobian(backend, colour, kernel):
     """A first layer and then a later layer on an image: v_out depends only on rows above,
     h_out only on earlier pixels and, at the pixel itself, on earlier colour groups; and
-    on all of the pixels just before (so the test cannot pass vacuously)."""
+    on all of the pixels just before (so the test cannot pass vacuously). Exactly: kernel 7
+    also checks that the CPU's Winograd rows leave no rounding-level trace of later rows."""
     torch.manual_seed(0)
     H, W, c_img, p = 4, 5, 3, 3
-    first = GatedPixelCNNLayer(p, 3, first_layer=True, in_channels=c_img, color_channels=colour, backend=backend).double()
-    later = GatedPixelCNNLayer(p, 3, color_channels=colour, backend=backend).double()
+    first = GatedPixelCNNLayer(
+        p, kernel, first_layer=True, in_channels=c_img, color_channels=colour, backend=backend
+    ).double()
+    later = GatedPixelCNNLayer(p, kernel, color_channels=colour, backend=backend).double()
     x = torch.randn(1, c_img, H, W, dtype=torch.float64)
     for layers in ([first], [first, later]):
         def run(x, which):
