@@ -27,7 +27,7 @@ void pack_times(const T* x, int64_t x_stride, int64_t T_len, int64_t c_in, int64
   }
 }
 
-// Rows [0, rows) and lanes [0, n) of a tile (row stride ld) to or from memory (row stride ldy).
+// Copies rows [0, rows) and lanes [0, n) from src (row stride ld_src) to dst (row stride ld_dst).
 template <typename T>
 void copy_tile(const T* src, int64_t ld_src, T* dst, int64_t ld_dst, int64_t rows, int64_t n) {
   for (int64_t j = 0; j < rows; ++j) std::memcpy(dst + j * ld_dst, src + j * ld_src, n * sizeof(T));
@@ -63,18 +63,18 @@ void pairs(const T* x, int64_t x_stride, int64_t T_len, const TwoTapWeights& w, 
       const T* wq = W + q * c_in * 3 * NR;
       const T* bq = bias ? padded_bias.data() + q * NR : nullptr;
       T* y0 = y + q * NR * y_stride + (p - y_t0);
-      T* y1 = y0 + d;
+      T* y1 = n1 > 0 ? y0 + d : nullptr;  // the pair's second time, when it is inside the range
       if (rows == NR && n0 == MR && (n1 == MR || n1 == 0)) {
-        gemm.pair(c_in, block.data(), wq, bq, y0, n1 ? y1 : nullptr, y_stride, accumulate);
+        gemm.pair(c_in, block.data(), wq, bq, y0, y1, y_stride, accumulate);
         continue;
       }
       if (accumulate) {
         copy_tile(y0, y_stride, tile.data(), 2 * MR, rows, n0);
-        copy_tile(y1, y_stride, tile.data() + MR, 2 * MR, rows, n1);
+        if (y1) copy_tile(y1, y_stride, tile.data() + MR, 2 * MR, rows, n1);
       }
       gemm.pair(c_in, block.data(), wq, bq, tile.data(), tile.data() + MR, 2 * MR, accumulate);
       copy_tile(tile.data(), 2 * MR, y0, y_stride, rows, n0);
-      copy_tile(tile.data() + MR, 2 * MR, y1, y_stride, rows, n1);
+      if (y1) copy_tile(tile.data() + MR, 2 * MR, y1, y_stride, rows, n1);
     }
   }
 }
