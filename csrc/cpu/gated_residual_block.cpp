@@ -7,7 +7,7 @@
 // residual and skip 1x1 convs accumulating straight into h_out and skip. The gated tile,
 // tanh(z[:G]) | sigmoid(z[G:]), is the op's third output, saved for the backward: the
 // block is compute-bound here, and the conv costs far more to redo than its output costs
-// to keep (the eager autograd keeps z, both activations and g). The backward recomputes
+// to keep (the eager autograd keeps both activations and g). The backward recomputes
 // only g = tanh * sigmoid per tile; each batch element is owned by one thread, so grad_h
 // (which receives dz at t + s_k at time t, across tile boundaries) and the per-batch
 // weight-gradient partials are written without races and summed in a fixed order

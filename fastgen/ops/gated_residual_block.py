@@ -15,8 +15,8 @@ The ``cpp`` fast path does, per (batch, time tile), the conv (for K = 2 by Winog
 along time, 25% fewer products; else as GEMMs on time-shifted views of ``h``, no padded
 copy), the gate in place while the tile is in cache, and the residual and skip 1x1 convs
 straight into their outputs. The CPU is compute-bound here, so it saves the gate
-activations ``tanh(z[:G])``, ``sigmoid(z[G:])`` (``(B, 2G, T)``, where eager autograd keeps
-about three times as much) rather than recompute the conv in the backward. The ``triton``
+activations ``tanh(z[:G])``, ``sigmoid(z[G:])`` (``(B, 2G, T)``; eager autograd keeps those
+and ``g``) rather than recompute the conv in the backward. The ``triton``
 fast path fuses the same way per (sequence, time block) in registers (see
 ``fastgen/ops/triton/gated_residual_block.py``); a GPU is memory-bound here, so its backward
 recomputes ``z`` and ``g`` and its saved gates are empty. Double backward is not supported
