@@ -1,8 +1,10 @@
 // Gated PixelCNN layer on the CPU: forward and the gradients of every input. The two
 // shifted convolutions (vertical (c+1) x k over rows above, horizontal 1 x (c+1) up to the
 // current pixel) run on the sparse-tap engine of tap_conv.cpp, which skips taps leaving the
-// image instead of reading padded rows; the link, residual and skip 1x1s are batched GEMMs
-// on (B, C, H*W) views; the gates are vectorized ATen element-wise ops.
+// image instead of reading padded rows; the vertical one (k <= 7) by Winograd F(2, c+1)
+// along rows around it (row_winograd.h: 5/8 of the FLOPs for k = 7, causal by
+// construction). The link, residual and skip 1x1s are batched GEMMs on (B, C, H*W) views;
+// the gates are vectorized ATen element-wise ops.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
