@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import backends
+from . import _conv_autograd
 from ._checks import check_int, check_same_device, check_tensor
 
 __all__ = ["causal_conv1d", "causal_conv1d_ref", "causal_conv1d_step", "causal_conv1d_step_ref"]
@@ -191,72 +192,9 @@ def _fake_step(x_t, state, weight, bias, dilation, groups, position):
     return x_t.new_empty((x_t.shape[0], weight.shape[0]))
 
 
-def _setup_forward(ctx, inputs, output):
-    x, weight, bias, dilation, groups = inputs
-    ctx.save_for_backward(x, weight)
-    ctx.args = (dilation, groups)
-    ctx.has_bias = bias is not None
-
-
-def _setup_backward(ctx, inputs, output):
-    grad_out, x, weight, dilation, groups, output_mask = inputs
-    ctx.save_for_backward(grad_out, x, weight)
-    ctx.args = (dilation, groups)
-    ctx.output_mask = output_mask
-
-
-def _forward_grads(backward_op):
-    """Autograd of the forward op: its backward op, for the inputs that need a gradient."""
-
-    def backward(ctx, grad_out):
-        x, weight = ctx.saved_tensors
-        need = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2] and ctx.has_bias]
-        grads = backward_op(grad_out, x, weight, *ctx.args, need)
-        return tuple(g if n else None for g, n in zip(grads, need)) + (None, None)
-
-    return backward
-
-
-def _backward_grads(forward_op, backward_op):
-    """Autograd of the backward op (double backward), again from the two ops. The layer is
-    bilinear: grad_x = conv_T(grad_out; W), grad_W = corr(grad_out, x), grad_b = sum(grad_out),
-    so the gradients of <gg_x, grad_x> + <gg_W, grad_W> + <gg_b, grad_b> are
-    d/d grad_out = conv(gg_x; W) + conv(x; gg_W) + gg_b, d/dx = conv_T(grad_out; gg_W),
-    d/dW = corr(grad_out, gg_x)."""
-
-    def backward(ctx, gg_x, gg_w, gg_b):
-        grad_out, x, weight = ctx.saved_tensors
-        computed = ctx.output_mask
-        gg_x = gg_x if computed[0] else None
-        gg_w = gg_w if computed[1] else None
-        gg_b = gg_b if computed[2] else None
-        d_grad_out = d_x = d_w = None
-        if ctx.needs_input_grad[0]:
-            terms = [forward_op(gg_x, weight, None, *ctx.args)] if gg_x is not None else []
-            terms += [forward_op(x, gg_w, None, *ctx.args)] if gg_w is not None else []
-            terms += [gg_b[None, :, None].expand_as(grad_out)] if gg_b is not None else []
-            d_grad_out = sum(terms[1:], terms[0]) if terms else None
-        if ctx.needs_input_grad[1] and gg_w is not None:
-            d_x = backward_op(grad_out, x, gg_w, *ctx.args, [True, False, False])[0]
-        if ctx.needs_input_grad[2] and gg_x is not None:
-            d_w = backward_op(grad_out, gg_x, weight, *ctx.args, [False, True, False])[1]
-        return d_grad_out, d_x, d_w, None, None, None
-
-    return backward
-
-
 def _register(forward_name: str, backward_name: str, step_name: str):
-    forward_op = getattr(torch.ops.fastgen, forward_name).default
-    backward_op = getattr(torch.ops.fastgen, backward_name).default
-    torch.library.register_fake(f"fastgen::{forward_name}")(_fake_forward)
-    torch.library.register_fake(f"fastgen::{backward_name}")(_fake_backward)
     torch.library.register_fake(f"fastgen::{step_name}")(_fake_step)
-    torch.library.register_autograd(
-        f"fastgen::{forward_name}", _forward_grads(backward_op), setup_context=_setup_forward
-    )
-    torch.library.register_autograd(
-        f"fastgen::{backward_name}", _backward_grads(forward_op, backward_op), setup_context=_setup_backward
-    )
+    forward_op = _conv_autograd.register(forward_name, backward_name, _fake_forward, _fake_backward)
     return forward_op, getattr(torch.ops.fastgen, step_name).default
 
 
