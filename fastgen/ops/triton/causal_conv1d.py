@@ -33,6 +33,20 @@ __all__ = ["causal_conv1d_backward", "causal_conv1d_forward", "causal_conv1d_ste
 
 
 @triton.jit
+def _tap_source(offs_t, t_ok, k, T, K, DILATION, TRANSPOSED: tl.constexpr):
+    """The input times tap k reads for outputs offs_t, and which of them lie in [0, T): t - s_k
+    (forward), or t + s_k (TRANSPOSED: the input gradient reads grad_out ahead)."""
+    shift = (K - 1 - k) * DILATION
+    if TRANSPOSED:
+        src_t = offs_t + shift
+        ok = t_ok & (src_t < T)
+    else:
+        src_t = offs_t - shift
+        ok = t_ok & (src_t >= 0)
+    return src_t, ok
+
+
+@triton.jit
 def _causal_conv1d_kernel(
     x_ptr,  # (B, C_IN, T): x, or grad_out when TRANSPOSED
     w_ptr,  # (K, C_in / groups, C_out): the weight, packed
@@ -65,13 +79,7 @@ def _causal_conv1d_kernel(
 
     acc = tl.zeros((BLOCK_T, BLOCK_CO), dtype=ACC_DTYPE)
     for k in range(K):
-        shift = (K - 1 - k) * DILATION
-        if TRANSPOSED:
-            src_t = offs_t + shift
-            src_ok = t_ok & (src_t < T)
-        else:
-            src_t = offs_t - shift
-            src_ok = t_ok & (src_t >= 0)
+        src_t, src_ok = _tap_source(offs_t, t_ok, k, T, K, DILATION, TRANSPOSED)
         for r0 in range(0, RED_PER_GROUP, BLOCK_CI):
             r = r0 + offs_r
             r_ok = r < RED_PER_GROUP
@@ -124,13 +132,7 @@ def _causal_conv1d_depthwise_kernel(
     src_row = x_ptr + b * stride_xb + (c // PROD_PER_IN) * stride_xc
     acc = tl.zeros((BLOCK_T,), dtype=ACC_DTYPE)
     for k in range(K):
-        shift = (K - 1 - k) * DILATION
-        if TRANSPOSED:
-            src_t = offs_t + shift
-            ok = t_ok & (src_t < T)
-        else:
-            src_t = offs_t - shift
-            ok = t_ok & (src_t >= 0)
+        src_t, ok = _tap_source(offs_t, t_ok, k, T, K, DILATION, TRANSPOSED)
         w = tl.load(w_ptr + c * stride_wo + k * stride_wk).to(ACC_DTYPE)
         acc += w * tl.load(src_row + src_t.to(tl.int64) * stride_xt, mask=ok, other=0.0).to(ACC_DTYPE)
     if HAS_BIAS:

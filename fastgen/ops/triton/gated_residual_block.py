@@ -57,6 +57,22 @@ def _z_chunk(h_ptr, w_ptr, cond_ptr, cb_ptr, b, offs_t, t_ok, g_idx, g_ok, half_
 
 
 @triton.jit
+def _gates(h_ptr, w_ptr, cond_ptr, cb_ptr, b, offs_t, t_ok, g_idx, g_ok, R, G, T, DILATION,
+           stride_hb, stride_hr, stride_ht, stride_wo, stride_wr, stride_wk, stride_cb, stride_cc, stride_ct,
+           K: tl.constexpr, HAS_COND: tl.constexpr, COND_FULL: tl.constexpr, HAS_BIAS: tl.constexpr,
+           ACC: tl.constexpr, PREC: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_T: tl.constexpr,
+           BLOCK_R: tl.constexpr):
+    """(tanh(z[g_idx]), sigmoid(z[G + g_idx])), each (BLOCK_G, BLOCK_T), at times offs_t."""
+    za = _z_chunk(h_ptr, w_ptr, cond_ptr, cb_ptr, b, offs_t, t_ok, g_idx, g_ok, 0, R, T, DILATION,
+                  stride_hb, stride_hr, stride_ht, stride_wo, stride_wr, stride_wk, stride_cb, stride_cc,
+                  stride_ct, K, HAS_COND, COND_FULL, HAS_BIAS, ACC, PREC, BLOCK_G, BLOCK_T, BLOCK_R)
+    zb = _z_chunk(h_ptr, w_ptr, cond_ptr, cb_ptr, b, offs_t, t_ok, g_idx, g_ok, G, R, T, DILATION,
+                  stride_hb, stride_hr, stride_ht, stride_wo, stride_wr, stride_wk, stride_cb, stride_cc,
+                  stride_ct, K, HAS_COND, COND_FULL, HAS_BIAS, ACC, PREC, BLOCK_G, BLOCK_T, BLOCK_R)
+    return 2.0 * tl.sigmoid(2.0 * za) - 1.0, tl.sigmoid(zb)  # tanh(a) = 2 sigmoid(2a) - 1
+
+
+@triton.jit
 def _block_kernel(
     h_ptr, w_ptr, cb_ptr, cond_ptr, rw_ptr, sw_ptr, rb_ptr, sb_ptr,
     out_h_ptr, out_s_ptr,  # forward: h_out, skip; backward: dh_out, skip grads (inputs)
@@ -79,14 +95,9 @@ def _block_kernel(
     if BACKWARD:
         g_idx = tl.program_id(2) * BLOCK_G + tl.arange(0, BLOCK_G)
         g_ok = g_idx < G
-        za = _z_chunk(h_ptr, w_ptr, cond_ptr, cb_ptr, b, offs_t, t_ok, g_idx, g_ok, 0, R, T, DILATION,
-                      stride_hb, stride_hr, stride_ht, stride_wo, stride_wr, stride_wk, stride_cb, stride_cc,
-                      stride_ct, K, HAS_COND, COND_FULL, HAS_BIAS, ACC, PREC, BLOCK_G, BLOCK_T, BLOCK_R)
-        zb = _z_chunk(h_ptr, w_ptr, cond_ptr, cb_ptr, b, offs_t, t_ok, g_idx, g_ok, G, R, T, DILATION,
-                      stride_hb, stride_hr, stride_ht, stride_wo, stride_wr, stride_wk, stride_cb, stride_cc,
-                      stride_ct, K, HAS_COND, COND_FULL, HAS_BIAS, ACC, PREC, BLOCK_G, BLOCK_T, BLOCK_R)
-        ta = 2.0 * tl.sigmoid(2.0 * za) - 1.0  # tanh
-        sb = tl.sigmoid(zb)
+        ta, sb = _gates(h_ptr, w_ptr, cond_ptr, cb_ptr, b, offs_t, t_ok, g_idx, g_ok, R, G, T, DILATION,
+                        stride_hb, stride_hr, stride_ht, stride_wo, stride_wr, stride_wk, stride_cb, stride_cc,
+                        stride_ct, K, HAS_COND, COND_FULL, HAS_BIAS, ACC, PREC, BLOCK_G, BLOCK_T, BLOCK_R)
         dg = tl.zeros((BLOCK_G, BLOCK_T), dtype=ACC)
         for o0 in range(0, R + S, BLOCK_O):
             offs_o = o0 + tl.arange(0, BLOCK_O)
@@ -114,13 +125,10 @@ def _block_kernel(
         for g0 in range(0, G, BLOCK_G):
             g_idx = g0 + tl.arange(0, BLOCK_G)
             g_ok = g_idx < G
-            za = _z_chunk(h_ptr, w_ptr, cond_ptr, cb_ptr, b, offs_t, t_ok, g_idx, g_ok, 0, R, T, DILATION,
-                          stride_hb, stride_hr, stride_ht, stride_wo, stride_wr, stride_wk, stride_cb, stride_cc,
-                          stride_ct, K, HAS_COND, COND_FULL, HAS_BIAS, ACC, PREC, BLOCK_G, BLOCK_T, BLOCK_R)
-            zb = _z_chunk(h_ptr, w_ptr, cond_ptr, cb_ptr, b, offs_t, t_ok, g_idx, g_ok, G, R, T, DILATION,
-                          stride_hb, stride_hr, stride_ht, stride_wo, stride_wr, stride_wk, stride_cb, stride_cc,
-                          stride_ct, K, HAS_COND, COND_FULL, HAS_BIAS, ACC, PREC, BLOCK_G, BLOCK_T, BLOCK_R)
-            g = (2.0 * tl.sigmoid(2.0 * za) - 1.0) * tl.sigmoid(zb)
+            ta, sb = _gates(h_ptr, w_ptr, cond_ptr, cb_ptr, b, offs_t, t_ok, g_idx, g_ok, R, G, T, DILATION,
+                            stride_hb, stride_hr, stride_ht, stride_wo, stride_wr, stride_wk, stride_cb, stride_cc,
+                            stride_ct, K, HAS_COND, COND_FULL, HAS_BIAS, ACC, PREC, BLOCK_G, BLOCK_T, BLOCK_R)
+            g = ta * sb
             w1 = tl.load(rw_ptr + offs_o[:, None] * stride_rwo + g_idx[None, :] * stride_rwg,
                          mask=is_r[:, None] & g_ok[None, :], other=0.0).to(ACC)
             w1 += tl.load(sw_ptr + (offs_o - R)[:, None] * stride_swo + g_idx[None, :] * stride_swg,
