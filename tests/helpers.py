@@ -4,7 +4,7 @@ import torch
 
 import fastgen
 
-__all__ = ["DEVICES", "fast_backends", "tolerances"]
+__all__ = ["DEVICES", "fast_backends", "logdet_by_jacobian", "tolerances"]
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -23,3 +23,14 @@ def fast_backends(op: str, device: str, dtype: torch.dtype = torch.float32) -> l
     """The non-reference backends of ``op`` that can run on (device, dtype) here."""
     supports = fastgen.backends.REGISTRY[op].supports
     return [name for name, s in supports.items() if name != "ref" and s.reason(device, dtype) is None]
+
+
+def logdet_by_jacobian(fn, x: torch.Tensor) -> torch.Tensor:
+    """log|det J| per example of ``fn`` (a map of one example's tensor to one of the same
+    size, applied to a batch of one), by ``torch.autograd.functional.jacobian`` and
+    ``slogdet``: the oracle for a flow's log-determinant. ``x``: ``(B, ...)``; returns ``(B,)``."""
+    out = []
+    for example in x:
+        jac = torch.autograd.functional.jacobian(lambda e: fn(e[None])[0], example)
+        out.append(torch.linalg.slogdet(jac.reshape(example.numel(), example.numel()))[1])
+    return torch.stack(out)

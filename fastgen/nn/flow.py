@@ -1,0 +1,206 @@
+r"""Flow plumbing: the transform contract, :class:`FlowSequential`, :class:`Squeeze` and
+Glow's invertible 1x1 convolution :class:`InvConv1x1` (Kingma & Dhariwal 2018).
+
+Every flow layer of :mod:`fastgen.nn` is an ``nn.Module`` with
+
+- ``forward(x, cond=None) -> (y, logdet)``: ``logdet`` is :math:`\log|\det \partial y/\partial x|`
+  per example, shape ``(B,)``;
+- ``inverse(y, cond=None) -> (x, logdet)``: ``logdet`` is that of the inverse map, so a
+  round trip's two log-determinants sum to zero.
+
+Inputs are vectors ``(B, D)`` or images ``(B, C, H, W)`` where the layer makes sense for them.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..ops._checks import check_int
+
+__all__ = ["FlowSequential", "InvConv1x1", "Squeeze"]
+
+
+def _zero_logdet(x: torch.Tensor) -> torch.Tensor:
+    return x.new_zeros(x.shape[0])
+
+
+def _check_input(layer: nn.Module, name: str, x: object, dims: tuple[int, ...]) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{type(layer).__name__}: {name} must be a Tensor, got {type(x).__name__}")
+    if x.dim() not in dims:
+        shapes = " or ".join({2: "(B, D)", 4: "(B, C, H, W)"}[d] for d in dims)
+        raise ValueError(f"{type(layer).__name__}: {name} must be {shapes}, got shape {tuple(x.shape)}")
+    return x
+
+
+class FlowSequential(nn.Sequential):
+    r"""A composition of flow layers: ``forward`` runs them in order and ``inverse`` in
+    reverse order, each summing the layers' log-determinants (the chain rule:
+    :math:`\log|\det J_{f_n \circ \dots \circ f_1}| = \sum_i \log|\det J_{f_i}|`).
+
+    ``cond`` is passed to every layer.
+
+    Example:
+        >>> flow = FlowSequential(Squeeze(), InvConv1x1(12))
+        >>> y, logdet = flow(torch.randn(8, 3, 4, 4))     # y: (8, 12, 2, 2), logdet: (8,)
+        >>> x, inv_logdet = flow.inverse(y)               # inv_logdet == -logdet
+    """
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        logdet = _zero_logdet(x)
+        for layer in self:
+            x, ld = layer(x, cond)
+            logdet = logdet + ld
+        return x, logdet
+
+    def inverse(self, y: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        logdet = _zero_logdet(y)
+        for layer in reversed(self):
+            y, ld = layer.inverse(y, cond)
+            logdet = logdet + ld
+        return y, logdet
+
+
+class Squeeze(nn.Module):
+    r"""Space-to-depth (RealNVP's squeeze): ``(B, C, H, W) -> (B, C f^2, H/f, W/f)``, each
+    ``f x f`` block of a channel becoming ``f^2`` channels (channel ``c f^2 + i f + j`` holds
+    pixel ``(f h + i, f w + j)`` of channel ``c``, the order of ``F.pixel_unshuffle``). A
+    permutation: its log-determinant is zero.
+
+    Args:
+        factor: ``f >= 1``; H and W must be multiples of it.
+    """
+
+    def __init__(self, factor: int = 2):
+        super().__init__()
+        check_int(type(self).__name__, "factor", factor, minimum=1)
+        self.factor = factor
+
+    def extra_repr(self) -> str:
+        return f"factor={self.factor}"
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        _check_input(self, "x", x, (4,))
+        if x.shape[2] % self.factor or x.shape[3] % self.factor:
+            raise ValueError(
+                f"Squeeze: x's height and width must be multiples of factor={self.factor}, got {tuple(x.shape[2:])}"
+            )
+        return F.pixel_unshuffle(x, self.factor), _zero_logdet(x)
+
+    def inverse(self, y: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        _check_input(self, "y", y, (4,))
+        if y.shape[1] % (self.factor * self.factor):
+            raise ValueError(
+                f"Squeeze.inverse: y's channels must be a multiple of factor**2={self.factor**2}, got {y.shape[1]}"
+            )
+        return F.pixel_shuffle(y, self.factor), _zero_logdet(y)
+
+
+class InvConv1x1(nn.Module):
+    r"""Glow's invertible 1x1 convolution: a learned ``C x C`` channel mixing applied at every
+    pixel, :math:`y_{b,:,h,w} = W x_{b,:,h,w}`, with
+    :math:`\log|\det J| = HW \log|\det W|` per example (``H = W = 1`` for vectors).
+
+    With ``lu=True`` (Glow's LU parametrization) :math:`W = P L (U + \mathrm{diag}(s\, e^{\ell}))`:
+    ``P`` a fixed permutation, ``L`` unit lower-triangular, ``U`` strictly upper-triangular,
+    ``s`` fixed signs and ``\ell`` learned log-magnitudes, so that
+    :math:`\log|\det W| = \sum_c \ell_c` costs O(C) and ``W`` stays invertible whatever the
+    optimizer does. With ``lu=False`` ``W`` is learned directly and its log-determinant
+    is a ``slogdet`` (in float64).
+
+    The inverse uses :math:`W^{-1}`, computed in float64 and rounded once. Without autograd
+    (sampling, evaluation) it is cached and recomputed only when a parameter changes (an
+    optimizer step, ``load_state_dict``, a move to another device); with autograd it is
+    recomputed so that gradients flow through it.
+
+    Initialization: a random rotation (Q of a Gaussian matrix's QR), as in Glow.
+
+    Args:
+        channels: ``C``.
+        lu: use the LU parametrization.
+        generator: for the random initialization.
+
+    Shape:
+        ``(B, C, H, W)`` or ``(B, C)`` to the same shape; logdet ``(B,)``.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        lu: bool = True,
+        *,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ):
+        super().__init__()
+        check_int(type(self).__name__, "channels", channels, minimum=1)
+        self.channels, self.lu = channels, bool(lu)
+        factory = dict(device=device, dtype=dtype if dtype is not None else torch.get_default_dtype())
+        rotation = torch.linalg.qr(torch.randn(channels, channels, generator=generator, dtype=torch.float64))[0]
+        if self.lu:
+            permutation, lower, upper = torch.linalg.lu(rotation)
+            diagonal = upper.diagonal()
+            self.register_buffer("permutation", permutation.to(**factory))
+            self.register_buffer("sign", diagonal.sign().to(**factory))
+            self.lower = nn.Parameter(lower.tril(-1).to(**factory))
+            self.upper = nn.Parameter(upper.triu(1).to(**factory))
+            self.log_scale = nn.Parameter(diagonal.abs().log().to(**factory))
+        else:
+            self.weight_matrix = nn.Parameter(rotation.to(**factory))
+        self._inverse_cache: tuple[tuple, torch.Tensor] | None = None
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, lu={self.lu}"
+
+    def weight(self) -> torch.Tensor:
+        """``W``, ``(C, C)`` (differentiable)."""
+        if not self.lu:
+            return self.weight_matrix
+        eye = torch.eye(self.channels, dtype=self.lower.dtype, device=self.lower.device)
+        # tril/triu here, not at init only: entries outside the triangles never count, even
+        # if an optimizer (weight decay) moves them.
+        upper = self.upper.triu(1) + torch.diag(self.sign * self.log_scale.exp())
+        return self.permutation @ (self.lower.tril(-1) + eye) @ upper
+
+    def log_abs_det(self) -> torch.Tensor:
+        r""":math:`\log|\det W|`, a scalar (differentiable)."""
+        if self.lu:
+            return self.log_scale.sum()
+        return torch.linalg.slogdet(self.weight_matrix.double())[1].to(self.weight_matrix.dtype)
+
+    def inverse_weight(self) -> torch.Tensor:
+        """:math:`W^{-1}`, ``(C, C)``: computed in float64; cached while autograd is off."""
+        params = list(self.parameters())
+        if torch.is_grad_enabled() and any(p.requires_grad for p in params):
+            return torch.linalg.inv(self.weight().double()).to(params[0].dtype)
+        key = tuple((p._version, p.data_ptr(), p.dtype, p.device) for p in (*params, *self.buffers()))
+        if self._inverse_cache is None or self._inverse_cache[0] != key:
+            with torch.no_grad():
+                inverse = torch.linalg.inv(self.weight().double()).to(params[0].dtype)
+            self._inverse_cache = (key, inverse)
+        return self._inverse_cache[1]
+
+    def _apply_matrix(self, x: torch.Tensor, matrix: torch.Tensor, name: str) -> torch.Tensor:
+        _check_input(self, name, x, (2, 4))
+        if x.shape[1] != self.channels:
+            raise ValueError(f"InvConv1x1: {name} must have {self.channels} channels, got shape {tuple(x.shape)}")
+        if x.dtype != matrix.dtype or x.device != matrix.device:
+            raise TypeError(
+                f"InvConv1x1: {name} is {x.dtype} on {x.device} but the layer is {matrix.dtype} on {matrix.device}"
+            )
+        if x.dim() == 2:
+            return x @ matrix.t()
+        return F.conv2d(x, matrix[:, :, None, None])
+
+    def _logdet(self, x: torch.Tensor, sign: float) -> torch.Tensor:
+        pixels = x.shape[2] * x.shape[3] if x.dim() == 4 else 1
+        return (sign * pixels * self.log_abs_det()).repeat(x.shape[0])
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._apply_matrix(x, self.weight(), "x"), self._logdet(x, 1.0)
+
+    def inverse(self, y: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._apply_matrix(y, self.inverse_weight(), "y"), self._logdet(y, -1.0)

@@ -1,0 +1,128 @@
+"""FlowSequential, Squeeze and InvConv1x1: round trips, log-determinants against the
+autograd Jacobian, the cached inverse, and bad inputs."""
+
+import pytest
+import torch
+
+from fastgen.nn import FlowSequential, InvConv1x1, Squeeze
+
+from ..helpers import logdet_by_jacobian
+
+SHAPES = [pytest.param((3, 6), id="vector"), pytest.param((2, 2, 4, 4), id="image")]
+
+
+def layer_for(shape, lu):
+    g = torch.Generator().manual_seed(0)
+    layer = InvConv1x1(shape[1], lu=lu, generator=g, dtype=torch.float64)
+    with torch.no_grad():  # away from the rotation it starts at: |det W| != 1
+        for p in layer.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=g, dtype=torch.float64))
+    return layer
+
+
+@pytest.mark.parametrize("lu", [True, False], ids=["lu", "full"])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_inv_conv_round_trip_and_logdet(shape, lu):
+    layer = layer_for(shape, lu)
+    x = torch.randn(shape, dtype=torch.float64)
+    y, logdet = layer(x)
+    back, inv_logdet = layer.inverse(y)
+    torch.testing.assert_close(back, x, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(logdet + inv_logdet, torch.zeros(shape[0], dtype=torch.float64), atol=1e-12, rtol=0)
+    assert abs(logdet[0].item()) > 0.1  # the check below means something
+    torch.testing.assert_close(logdet, logdet_by_jacobian(lambda e: layer(e)[0], x), atol=1e-10, rtol=1e-10)
+    pixels = shape[2] * shape[3] if len(shape) == 4 else 1
+    want = pixels * torch.linalg.slogdet(layer.weight())[1]
+    torch.testing.assert_close(logdet, want.expand(shape[0]), atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(y, torch.einsum("oc,bc...->bo...", layer.weight(), x), atol=1e-12, rtol=1e-12)
+
+
+def test_inv_conv_float32_matches_float64():
+    layer = layer_for((2, 5, 3, 3), True)
+    x = torch.randn(2, 5, 3, 3, dtype=torch.float64)
+    want, _ = layer(x)
+    layer32 = layer.float()
+    got, _ = layer32(x.float())
+    torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        back, _ = layer32.inverse(got)
+    torch.testing.assert_close(back.double(), x, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("lu", [True, False], ids=["lu", "full"])
+def test_inv_conv_inverse_cache_follows_the_weights(lu):
+    layer = layer_for((2, 4), lu)
+    with torch.no_grad():
+        first = layer.inverse_weight()
+        assert layer.inverse_weight() is first  # cached while nothing changes
+    x = torch.randn(8, 4, dtype=torch.float64)
+    opt = torch.optim.AdamW(layer.parameters(), lr=0.1)
+    layer(x)[0].square().sum().backward()
+    opt.step()
+    with torch.no_grad():
+        refreshed = layer.inverse_weight()
+        assert refreshed is not first
+        torch.testing.assert_close(refreshed, torch.linalg.inv(layer.weight()), atol=1e-12, rtol=1e-12)
+        y, _ = layer(x)
+        torch.testing.assert_close(layer.inverse(y)[0], x, atol=1e-12, rtol=1e-12)
+    layer.load_state_dict(layer_for((2, 4), lu).state_dict())  # in place: a new version too
+    with torch.no_grad():
+        torch.testing.assert_close(layer.inverse_weight(), torch.linalg.inv(layer.weight()), atol=1e-12, rtol=1e-12)
+
+
+def test_inv_conv_inverse_is_differentiable():
+    layer = layer_for((2, 3), True)
+    y = torch.randn(4, 3, dtype=torch.float64)
+    x, logdet = layer.inverse(y)
+    got = torch.autograd.grad(x.square().sum() + logdet.sum(), list(layer.parameters()))
+    want_x = torch.linalg.solve(layer.weight(), y.t()).t()
+    want = torch.autograd.grad(want_x.square().sum() - 4 * layer.log_scale.sum(), list(layer.parameters()))
+    for a, b in zip(got, want):
+        assert b.abs().sum() > 0
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+
+
+def test_squeeze_round_trip_and_layout():
+    x = torch.arange(2 * 3 * 4 * 6, dtype=torch.float64).view(2, 3, 4, 6)
+    y, logdet = Squeeze(2)(x)
+    assert y.shape == (2, 12, 2, 3)
+    assert y[1, 2 * 4 + 1 * 2 + 0, 1, 2] == x[1, 2, 2 * 1 + 1, 2 * 2 + 0]  # channel c f^2 + i f + j
+    torch.testing.assert_close(logdet, torch.zeros(2, dtype=torch.float64))
+    back, inv_logdet = Squeeze(2).inverse(y)
+    assert torch.equal(back, x) and torch.equal(inv_logdet, torch.zeros(2, dtype=torch.float64))
+
+
+def test_flow_sequential_logdet_and_round_trip():
+    g = torch.Generator().manual_seed(1)
+    flow = FlowSequential(
+        layer_for((2, 2, 4, 4), True), Squeeze(2), InvConv1x1(8, lu=False, generator=g, dtype=torch.float64)
+    )
+    with torch.no_grad():
+        flow[2].weight_matrix.add_(0.2 * torch.randn(8, 8, generator=g, dtype=torch.float64))
+    x = torch.randn(2, 2, 4, 4, dtype=torch.float64)
+    y, logdet = flow(x)
+    torch.testing.assert_close(logdet, logdet_by_jacobian(lambda e: flow(e)[0], x), atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(logdet, flow[0](x)[1] + flow[2](flow[1](flow[0](x)[0])[0])[1], atol=1e-12, rtol=0)
+    back, inv_logdet = flow.inverse(y)
+    torch.testing.assert_close(back, x, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(inv_logdet, -logdet, atol=1e-12, rtol=1e-12)
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="multiples of factor=2"):
+        Squeeze(2)(torch.randn(1, 1, 3, 4))
+    with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
+        Squeeze(2)(torch.randn(2, 4))
+    with pytest.raises(ValueError, match="factor"):
+        Squeeze(0)
+    with pytest.raises(ValueError, match="channels"):
+        InvConv1x1(0)
+    layer = InvConv1x1(3)
+    with pytest.raises(ValueError, match="3 channels"):
+        layer(torch.randn(2, 4))
+    with pytest.raises(ValueError, match=r"\(B, D\) or \(B, C, H, W\)"):
+        layer(torch.randn(2, 3, 4))
+    with pytest.raises(TypeError, match="float64"):
+        layer(torch.randn(2, 3, dtype=torch.float64))
+    with pytest.raises(TypeError, match="must be a Tensor"):
+        layer.inverse([1.0, 2.0, 3.0])
