@@ -81,24 +81,33 @@ const Transforms& transforms(int64_t R) {
 
 int64_t groups(int64_t H) { return (H + kRows - 1) / kRows; }
 
-// U (alpha, B, C, H2, W): U[a][b, c, j] = sum_l BT[a, l] in[b, c, m j + dh0 + l], zero rows outside.
-template <typename T>
-void input_transform(const T* in, int64_t BC, int64_t H, int64_t W, const Transforms& t, int64_t dh0, T* U) {
-  const int64_t H2 = groups(H), a = t.alpha;
+// dst[p][bc, j] (a row of W) = the sum of c * src over the (c, src) rows that
+// terms(bc, j, p, add) passes to add: the input transform and the transposed output transform.
+template <typename T, typename Terms>
+void combine_rows(int64_t BC, int64_t H2, int64_t a, int64_t W, T* dst, const Terms& terms) {
   at::parallel_for(0, BC, 1, [&](int64_t begin, int64_t end) {
     for (int64_t bc = begin; bc < end; ++bc)
       for (int64_t j = 0; j < H2; ++j)
         for (int64_t p = 0; p < a; ++p) {
-          T* u = U + ((p * BC + bc) * H2 + j) * W;
-          std::fill(u, u + W, T(0));
-          for (int64_t l = 0; l < a; ++l) {
-            const T c = static_cast<T>(t.BT[p * a + l]);
-            const int64_t row = t.m * j + dh0 + l;
-            if (c == T(0) || row < 0 || row >= H) continue;
-            const T* x = in + (bc * H + row) * W;
-            for (int64_t w = 0; w < W; ++w) u[w] += c * x[w];
-          }
+          T* d = dst + ((p * BC + bc) * H2 + j) * W;
+          std::fill(d, d + W, T(0));
+          terms(bc, j, p, [&](T c, const T* src) {
+            for (int64_t w = 0; w < W; ++w) d[w] += c * src[w];
+          });
         }
+  });
+}
+
+// U (alpha, B, C, H2, W): U[a][b, c, j] = sum_l BT[a, l] in[b, c, m j + dh0 + l], zero rows outside.
+template <typename T>
+void input_transform(const T* in, int64_t BC, int64_t H, int64_t W, const Transforms& t, int64_t dh0, T* U) {
+  const int64_t a = t.alpha;
+  combine_rows<T>(BC, groups(H), a, W, U, [&](int64_t bc, int64_t j, int64_t p, const auto& add) {
+    for (int64_t l = 0; l < a; ++l) {
+      const T c = static_cast<T>(t.BT[p * a + l]);
+      const int64_t row = t.m * j + dh0 + l;
+      if (c != T(0) && row >= 0 && row < H) add(c, in + (bc * H + row) * W);
+    }
   });
 }
 
@@ -149,20 +158,12 @@ void output_transform(const T* M, int64_t B, int64_t C, int64_t H, int64_t W, co
 // The transpose of output_transform: dM[a][b, o, j] = sum_e AT[e, a] grad_out[b, o, m j + e].
 template <typename T>
 void output_transform_backward(const T* grad_out, int64_t BC, int64_t H, int64_t W, const Transforms& t, T* dM) {
-  const int64_t H2 = groups(H), a = t.alpha;
-  at::parallel_for(0, BC, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t bc = begin; bc < end; ++bc)
-      for (int64_t j = 0; j < H2; ++j)
-        for (int64_t p = 0; p < a; ++p) {
-          T* mp = dM + ((p * BC + bc) * H2 + j) * W;
-          std::fill(mp, mp + W, T(0));
-          for (int64_t e = 0; e < t.m && t.m * j + e < H; ++e) {
-            const T c = static_cast<T>(t.AT[e * a + p]);
-            if (c == T(0)) continue;
-            const T* g = grad_out + (bc * H + t.m * j + e) * W;
-            for (int64_t w = 0; w < W; ++w) mp[w] += c * g[w];
-          }
-        }
+  const int64_t a = t.alpha;
+  combine_rows<T>(BC, groups(H), a, W, dM, [&](int64_t bc, int64_t j, int64_t p, const auto& add) {
+    for (int64_t e = 0; e < t.m && t.m * j + e < H; ++e) {
+      const T c = static_cast<T>(t.AT[e * a + p]);
+      if (c != T(0)) add(c, grad_out + (bc * H + t.m * j + e) * W);
+    }
   });
 }
 
