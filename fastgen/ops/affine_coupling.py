@@ -88,12 +88,14 @@ def affine_coupling_ref(
             # Pass-through positions never use their log-scale, so that whatever it holds
             # there (even inf or NaN) cannot reach y, logdet or a gradient.
             log_scale = torch.where(keep, 0, log_scale)
-        if scale == "exp":
-            s, log_s = torch.exp(log_scale), log_scale
+        log_s = log_scale if scale == "exp" else F.logsigmoid(log_scale + 2)
+        if inverse:
+            # 1 / s as exp(-log s): its gradient stays finite where s**2 would underflow.
+            y = (x - shift) * torch.exp(-log_s)
+            log_s = -log_s
         else:
-            s, log_s = torch.sigmoid(log_scale + 2), F.logsigmoid(log_scale + 2)
-        y = (x - shift) / s if inverse else x * s + shift
-        log_s = -log_s if inverse else log_s
+            s = torch.exp(log_scale) if scale == "exp" else torch.sigmoid(log_scale + 2)
+            y = x * s + shift
         if keep is not None:
             log_s = torch.where(keep, 0, log_s)
         logdet = log_s.flatten(1).sum(1)

@@ -40,7 +40,8 @@ def uniform_dequantize(
             the values on the host, is skipped.
         bins: the number of values of the data (256 for 8-bit images), an int >= 1.
         generator: the random generator of the noise (``x``'s device), or None for the
-            default one.
+            default one. (``torch.compile`` does not trace a generator argument: compiled
+            code passes None and draws from the compiler's random stream.)
 
     Returns:
         ``(y, logdet)``: ``y`` of ``x``'s shape in ``[0, 1]`` (``x``'s dtype if floating,
@@ -60,14 +61,14 @@ def uniform_dequantize(
     if x.dtype == torch.bool or x.is_complex():
         raise TypeError(f"{OP}: x must be an integer or floating-point tensor, got {x.dtype}")
     check_int(OP, "bins", bins, minimum=1)
-    if not torch.compiler.is_compiling():
-        bad = (x < 0) | (x >= bins)
-        if x.is_floating_point():
-            bad |= x != torch.floor(x)  # also catches NaN
-        if bool(bad.any()):
+    if not torch.compiler.is_compiling() and x.numel() > 0:
+        # Compared as Python numbers: bins may not fit x's dtype (256 in uint8).
+        lo, hi = (v.item() for v in torch.aminmax(x))
+        fractional = x.is_floating_point() and bool((x != torch.floor(x)).any())  # NaN included
+        if fractional or lo < 0 or hi >= bins:
             raise ValueError(
-                f"{OP}: x must hold integers in [0, bins) = [0, {bins}), got values in "
-                f"[{x.min().item()}, {x.max().item()}]" + (" (or non-integers)" if x.is_floating_point() else "")
+                f"{OP}: x must hold integers in [0, bins) = [0, {bins}), got values in [{lo}, {hi}]"
+                + (" and non-integers" if fractional else "")
             )
     dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()
     u = torch.rand(x.shape, generator=generator, dtype=dtype, device=x.device)

@@ -33,8 +33,8 @@ _ADDITIVE = 2
 
 @triton.jit
 def _sigmoid_parts(z):
-    """(sigmoid(z), sigmoid(-z), log(1 + exp(-|z|)), 1 / sigmoid(z)); log sigmoid(z) is
-    min(z, 0) minus the third."""
+    """(sigmoid(z), sigmoid(-z), log(1 + exp(-|z|))); log sigmoid(z) is min(z, 0) minus the
+    third."""
     e = tl.exp(-tl.abs(z))
     d = 1.0 + e
     inv = 1.0 / d
@@ -43,7 +43,7 @@ def _sigmoid_parts(z):
     s_neg = tl.where(nonneg, e * inv, inv)
     # log1p(e) = log(d) + (e - (d - 1)) / d: the second term restores what rounding 1 + e lost.
     log1p_e = tl.log(d) + (e - (d - 1.0)) * inv
-    return s, s_neg, log1p_e, tl.where(nonneg, d, d / e)
+    return s, s_neg, log1p_e
 
 
 def _rows(t: torch.Tensor) -> torch.Tensor:
@@ -95,10 +95,10 @@ def _coupling_forward_kernel(
                 term = log_scale
         else:  # sigmoid(log_scale + 2)
             z = log_scale + 2.0
-            s, s_neg, log1p_e, inv_s = _sigmoid_parts(z)
+            s, s_neg, log1p_e = _sigmoid_parts(z)
             log_s = tl.minimum(z, 0.0) - log1p_e
             if INVERSE:
-                y = (x - t) * inv_s
+                y = (x - t) * (1.0 + tl.exp(-z))  # 1 / s
                 term = -log_s
             else:
                 y = x * s + t
@@ -141,7 +141,9 @@ def _coupling_backward_kernel(
                 gx = gy * r
                 gl = -(gy * ((x - t) * r) + gld)
             else:
-                s, s_neg, log1p_e, r = _sigmoid_parts(log_scale + 2.0)
+                z = log_scale + 2.0
+                s, s_neg, log1p_e = _sigmoid_parts(z)
+                r = 1.0 + tl.exp(-z)  # 1 / s
                 gx = gy * r
                 gl = -s_neg * (gy * ((x - t) * r) + gld)
             gt = -gx
@@ -150,7 +152,7 @@ def _coupling_backward_kernel(
                 s = tl.exp(log_scale)
                 gl = gy * x * s + gld
             else:
-                s, s_neg, log1p_e, r = _sigmoid_parts(log_scale + 2.0)
+                s, s_neg, log1p_e = _sigmoid_parts(log_scale + 2.0)
                 gl = s_neg * (gy * x * s + gld)
             gx = gy * s
             gt = gy
@@ -314,7 +316,7 @@ def _logit_kernel(
     a = tl.load(alpha_ptr)
     scale = 1.0 - 2.0 * a
     if INVERSE:
-        s, s_neg, log1p_e, inv_s = _sigmoid_parts(x)
+        s, s_neg, log1p_e = _sigmoid_parts(x)
     else:
         p = a + scale * x
         q = a + scale * (1.0 - x)  # 1 - p without its cancellation
