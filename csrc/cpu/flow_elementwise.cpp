@@ -253,6 +253,12 @@ int64_t task_grain(int64_t elements_per_task) {
   return std::max<int64_t>(1, GRAIN / std::max<int64_t>(elements_per_task, 1));
 }
 
+// f.template operator()<INVERSE>(): loops specialized on the direction.
+template <class F>
+void dispatch_inverse(bool inverse, const F& f) {
+  return inverse ? f.template operator()<true>() : f.template operator()<false>();
+}
+
 // ---------------------------------------------------------------------------------- checks
 
 void check_input(const char* op, const char* name, const at::Tensor& t) {
@@ -293,62 +299,60 @@ Scale parse_scale(const char* op, std::string_view scale, bool has_log_scale) {
   return scale == "exp" ? Scale::exp : Scale::sigmoid;
 }
 
-// An element's output and its term of the example's log-determinant. (Results by value, not
-// through references: an addressed local in an omp simd loop becomes a per-lane array,
-// which GCC does not always vectorize.)
-template <typename T>
-struct ValueTerm {
-  T y, logdet_term;
-};
-
-template <typename T>
-struct CouplingGrads {
-  T x, t, l;
-};
-
-// One transformed element. Forward: y = x * s + t with s = exp(l) or sigmoid(l + 2), and
-// log s added to the example's log-determinant; inverse: y = (x - t) / s, -log s.
+// One transformed element: y = x * s + t (forward) or (x - t) / s (inverse), s = exp(l) or
+// sigmoid(l + 2), and its term +-log s of the example's log-determinant. Each result is
+// its own scalar function: in an omp simd loop, a local that is a struct (or has its
+// address taken, as an output reference does) becomes a per-lane array that GCC does not
+// vectorize. The functions recompute s from l; GCC merges the identical computations.
 template <typename T, Scale S, bool INVERSE>
 struct Coupling {
   using scalar_t = T;
 
-  static FASTGEN_INLINE ValueTerm<T> forward(T x, T t, T l) {
-    if constexpr (S == Scale::additive) {
-      return {INVERSE ? x - t : x + t, T(0)};
-    } else if constexpr (S == Scale::exp) {
-      return INVERSE ? ValueTerm<T>{(x - t) * exp_(-l), -l} : ValueTerm<T>{x * exp_(l) + t, l};
+  // What the map multiplies by: s forward, 1 / s inverse.
+  static FASTGEN_INLINE T multiplier(T l) {
+    if constexpr (S == Scale::exp) {
+      return exp_(INVERSE ? -l : l);
     } else {
-      const T z = l + T(2);
-      const Sigmoid<T> p = sigmoid_parts(z);
-      return INVERSE ? ValueTerm<T>{(x - t) * p.inv_s, -p.log_s(z)} : ValueTerm<T>{x * p.s + t, p.log_s(z)};
+      const Sigmoid<T> p = sigmoid_parts(l + T(2));
+      return INVERSE ? p.inv_s : p.s;
     }
   }
 
-  // Gradients of (x, t, l) from gy (of y) and gld (of the example's logdet).
-  //   forward, exp:     gx = gy s,  gt = gy,  gl = gy x s + gld
-  //   forward, sigmoid: gx = gy s,  gt = gy,  gl = (1 - s)(gy x s + gld)
-  //   inverse, exp:     gx = gy / s, gt = -gx, gl = -(gy y + gld)
-  //   inverse, sigmoid: gx = gy / s, gt = -gx, gl = -(1 - s)(gy y + gld)
-  static FASTGEN_INLINE CouplingGrads<T> backward(T gy, T gld, T x, T t, T l) {
-    if constexpr (S == Scale::additive) {
-      return {gy, INVERSE ? -gy : gy, T(0)};
-    } else if constexpr (S == Scale::exp) {
-      if constexpr (INVERSE) {
-        const T r = exp_(-l);
-        return {gy * r, -(gy * r), -(gy * ((x - t) * r) + gld)};
-      } else {
-        const T s = exp_(l);
-        return {gy * s, gy, gy * x * s + gld};
-      }
-    } else {
-      const Sigmoid<T> p = sigmoid_parts(l + T(2));
-      if constexpr (INVERSE) {
-        const T r = p.inv_s;
-        return {gy * r, -(gy * r), -p.s_neg * (gy * ((x - t) * r) + gld)};
-      } else {
-        return {gy * p.s, gy, p.s_neg * (gy * x * p.s + gld)};
-      }
-    }
+  // log s and its derivative in l (1 for exp, 1 - s for the sigmoid).
+  static FASTGEN_INLINE T log_s(T l) {
+    if constexpr (S == Scale::exp) return l;
+    else return sigmoid_parts(l + T(2)).log_s(l + T(2));
+  }
+  static FASTGEN_INLINE T dlog_s(T l) {
+    if constexpr (S == Scale::exp) return T(1);
+    else return sigmoid_parts(l + T(2)).s_neg;
+  }
+
+  static FASTGEN_INLINE T y(T x, T t, T l) {
+    if constexpr (S == Scale::additive) return INVERSE ? x - t : x + t;
+    else return INVERSE ? (x - t) * multiplier(l) : x * multiplier(l) + t;
+  }
+
+  static FASTGEN_INLINE T logdet_term(T l) {
+    if constexpr (S == Scale::additive) return T(0);
+    else return INVERSE ? -log_s(l) : log_s(l);
+  }
+
+  // Gradients from gy (of y) and gld (of the example's logdet), m = multiplier(l):
+  //   forward: gx = gy m, gt = gy,  gl = dlog_s (gy x m + gld)
+  //   inverse: gx = gy m, gt = -gx, gl = -dlog_s (gy (x - t) m + gld)
+  static FASTGEN_INLINE T grad_x(T gy, T l) {
+    if constexpr (S == Scale::additive) return gy;
+    else return gy * multiplier(l);
+  }
+  static FASTGEN_INLINE T grad_t(T gy, T l) {
+    if constexpr (S == Scale::additive) return INVERSE ? -gy : gy;
+    else return INVERSE ? -(gy * multiplier(l)) : gy;
+  }
+  static FASTGEN_INLINE T grad_l(T gy, T gld, T x, T t, T l) {
+    if constexpr (S == Scale::additive) return T(0);
+    else if constexpr (INVERSE) return -dlog_s(l) * (gy * ((x - t) * multiplier(l)) + gld);
+    else return dlog_s(l) * (gy * x * multiplier(l) + gld);
   }
 };
 
@@ -420,9 +424,8 @@ FASTGEN_INLINE T coupling_forward_chunk(const Segment* seg, const Segment* seg_e
     } else if (seg->kind == Run::dense) {
 #pragma omp simd reduction(+ : acc)
       for (int64_t i = lo; i < hi; ++i) {
-        const ValueTerm<T> r = C::forward(x[i], t[i], l[i]);
-        y[i] = r.y;
-        acc += r.logdet_term;
+        y[i] = C::y(x[i], t[i], l[i]);
+        acc += C::logdet_term(l[i]);
       }
     } else {
       // Every operand is loaded (vector loads of interleaved pairs) and the transformed
@@ -431,11 +434,11 @@ FASTGEN_INLINE T coupling_forward_chunk(const Segment* seg, const Segment* seg_e
       for (int64_t k = lo / 2; k < hi / 2; ++k) {
         const bool sec = second[k] != T(0);
         const T xa = x[2 * k], xb = x[2 * k + 1], ta = t[2 * k], tb = t[2 * k + 1], la = l[2 * k], lb = l[2 * k + 1];
-        const ValueTerm<T> r = C::forward(blend(sec, xb, xa), blend(sec, tb, ta), blend(sec, lb, la));
-        const T y0 = blend(sec, xa, r.y), y1 = blend(sec, r.y, xb);
+        const T lt = blend(sec, lb, la), yt = C::y(blend(sec, xb, xa), blend(sec, tb, ta), lt);
+        const T y0 = blend(sec, xa, yt), y1 = blend(sec, yt, xb);
         y[2 * k] = y0;
         y[2 * k + 1] = y1;
-        acc += r.logdet_term;
+        acc += C::logdet_term(lt);
       }
     }
     logdet += acc;
@@ -460,10 +463,9 @@ FASTGEN_INLINE void coupling_backward_chunk(const Segment* seg, const Segment* s
     } else if (seg->kind == Run::dense) {
 #pragma omp simd
       for (int64_t i = lo; i < hi; ++i) {
-        const CouplingGrads<T> g = C::backward(gy[i], gld, x[i], t[i], l[i]);
-        gx[i] = g.x;
-        gt[i] = g.t;
-        gl[i] = g.l;
+        gx[i] = C::grad_x(gy[i], l[i]);
+        gt[i] = C::grad_t(gy[i], l[i]);
+        gl[i] = C::grad_l(gy[i], gld, x[i], t[i], l[i]);
       }
     } else {
 #pragma omp simd
@@ -471,12 +473,13 @@ FASTGEN_INLINE void coupling_backward_chunk(const Segment* seg, const Segment* s
         const bool sec = second[k] != T(0);
         const T ga = gy[2 * k], gb = gy[2 * k + 1], xa = x[2 * k], xb = x[2 * k + 1];
         const T ta = t[2 * k], tb = t[2 * k + 1], la = l[2 * k], lb = l[2 * k + 1];
-        const CouplingGrads<T> g =
-            C::backward(blend(sec, gb, ga), gld, blend(sec, xb, xa), blend(sec, tb, ta), blend(sec, lb, la));
+        const T g = blend(sec, gb, ga), l_t = blend(sec, lb, la);
+        const T g_x = C::grad_x(g, l_t), g_t = C::grad_t(g, l_t);
+        const T g_l = C::grad_l(g, gld, blend(sec, xb, xa), blend(sec, tb, ta), l_t);
         // The pass-through element: gx = gy, no gradient to its shift and log-scale.
-        const T gx0 = blend(sec, ga, g.x), gx1 = blend(sec, g.x, gb);
-        const T gt0 = blend(sec, T(0), g.t), gt1 = blend(sec, g.t, T(0));
-        const T gl0 = blend(sec, T(0), g.l), gl1 = blend(sec, g.l, T(0));
+        const T gx0 = blend(sec, ga, g_x), gx1 = blend(sec, g_x, gb);
+        const T gt0 = blend(sec, T(0), g_t), gt1 = blend(sec, g_t, T(0));
+        const T gl0 = blend(sec, T(0), g_l), gl1 = blend(sec, g_l, T(0));
         gx[2 * k] = gx0;
         gx[2 * k + 1] = gx1;
         gt[2 * k] = gt0;
@@ -653,10 +656,11 @@ ActNormArgs actnorm_args(const char* op, const at::Tensor& x, const at::Tensor& 
   return {rows(x), x.size(0), C, c10::multiply_integers(x.sizes().slice(2))};
 }
 
-// Per channel: the multiplier s (exp(l) forward, exp(-l) inverse) and loc.
+// Per channel: the multiplier s (exp(l) forward, exp(-l) inverse) and loc; and sum(l).
 template <typename T>
 struct ChannelAffine {
   std::vector<T> s, loc;
+  T sum_log_scale = 0;
   ChannelAffine(const at::Tensor& loc_t, const at::Tensor& log_scale, bool inverse) {
     const at::Tensor lc = loc_t.contiguous(), ls = log_scale.contiguous();
     const T* lp = lc.data_ptr<T>();
@@ -664,6 +668,7 @@ struct ChannelAffine {
     for (int64_t c = 0; c < lc.numel(); ++c) {
       s.push_back(std::exp(inverse ? -sp[c] : sp[c]));
       loc.push_back(lp[c]);
+      sum_log_scale += sp[c];
     }
   }
 };
@@ -674,23 +679,25 @@ void actnorm_kernel(const ActNormArgs& a, const ChannelAffine<T>& ch, bool inver
   const int64_t C = a.C, N = a.N;
   // Tasks are (example, channel) planes of N, or whole examples when N = 1 (vectors).
   const int64_t per_row = N == 1 ? 1 : C;
-  at::parallel_for(0, a.B * per_row, task_grain(N == 1 ? C : N), [&](int64_t begin, int64_t end) {
-    with_isa([&]() FASTGEN_INLINE_LAMBDA {
-      for (int64_t task = begin; task < end; ++task) {
-        const int64_t b = task / per_row, c = task % per_row;
-        const T* __restrict xr = xp + b * a.x.stride + c * N;
-        T* __restrict yr = y + (b * C + c) * N;
-        if (N == 1) {
-          const T* __restrict s = ch.s.data();
-          const T* __restrict m = ch.loc.data();
+  dispatch_inverse(inverse, [&]<bool INVERSE>() {
+    at::parallel_for(0, a.B * per_row, task_grain(N == 1 ? C : N), [&](int64_t begin, int64_t end) {
+      with_isa([&]() FASTGEN_INLINE_LAMBDA {
+        const T* __restrict s = ch.s.data();
+        const T* __restrict m = ch.loc.data();
+        for (int64_t task = begin; task < end; ++task) {
+          const int64_t b = task / per_row, c = task % per_row;
+          const T* __restrict xr = xp + b * a.x.stride + c * N;
+          T* __restrict yr = y + (b * C + c) * N;
+          if (N == 1) {
 #pragma omp simd
-          for (int64_t i = 0; i < C; ++i) yr[i] = inverse ? xr[i] * s[i] - m[i] : (xr[i] + m[i]) * s[i];
-        } else {
-          const T s = ch.s[c], m = ch.loc[c];
+            for (int64_t i = 0; i < C; ++i) yr[i] = INVERSE ? xr[i] * s[i] - m[i] : (xr[i] + m[i]) * s[i];
+          } else {
+            const T sc = s[c], mc = m[c];
 #pragma omp simd
-          for (int64_t i = 0; i < N; ++i) yr[i] = inverse ? xr[i] * s - m : (xr[i] + m) * s;
+            for (int64_t i = 0; i < N; ++i) yr[i] = INVERSE ? xr[i] * sc - mc : (xr[i] + mc) * sc;
+          }
         }
-      }
+      });
     });
   });
 }
@@ -699,10 +706,12 @@ std::tuple<at::Tensor, at::Tensor> actnorm_cpu(const at::Tensor& x, const at::Te
                                                bool inverse) {
   const ActNormArgs a = actnorm_args("actnorm", x, loc, log_scale);
   at::Tensor y = at::empty(x.sizes(), x.options());
-  // The same for every example: N * sum(l), in the reference's order.
-  at::Tensor logdet = (log_scale.sum() * (inverse ? -a.N : a.N)).expand({a.B}).contiguous();
+  at::Tensor logdet = at::empty({a.B}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "actnorm", [&] {
-    actnorm_kernel<scalar_t>(a, ChannelAffine<scalar_t>(loc, log_scale, inverse), inverse, y.data_ptr<scalar_t>());
+    const ChannelAffine<scalar_t> ch(loc, log_scale, inverse);
+    actnorm_kernel<scalar_t>(a, ch, inverse, y.data_ptr<scalar_t>());
+    // The same for every example: +-N sum(l).
+    std::fill_n(logdet.data_ptr<scalar_t>(), a.B, scalar_t(inverse ? -a.N : a.N) * ch.sum_log_scale);
   });
   return {y, logdet};
 }
@@ -721,42 +730,44 @@ void actnorm_backward_kernel(const ActNormArgs& a, const ChannelAffine<T>& ch, b
   const int64_t B = a.B, C = a.C, N = a.N, n_blocks = (B + block - 1) / block;
   // Tasks: (block, channel) planes, or whole blocks of examples when N = 1.
   const int64_t per_block = N == 1 ? 1 : C;
-  at::parallel_for(0, n_blocks * per_block, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> scratch(gx ? 0 : (N == 1 ? C : N));
-    with_isa([&]() FASTGEN_INLINE_LAMBDA {
-      for (int64_t task = begin; task < end; ++task) {
-        const int64_t blk = task / per_block, c = task % per_block;
-        T* __restrict sum_g = partial + blk * 2 * C;
-        T* __restrict sum_gx = sum_g + C;
-        for (int64_t b = blk * block; b < std::min(B, (blk + 1) * block); ++b) {
-          const T* __restrict xr = xp + b * a.x.stride + c * N;
-          const T* __restrict gr = gp + b * gy.stride + c * N;
-          T* __restrict out = gx ? gx + (b * C + c) * N : scratch.data();
-          if (N == 1) {
-            const T* __restrict s = ch.s.data();
-            const T* __restrict m = ch.loc.data();
+  dispatch_inverse(inverse, [&]<bool INVERSE>() {
+    at::parallel_for(0, n_blocks * per_block, 1, [&](int64_t begin, int64_t end) {
+      std::vector<T> scratch(gx ? 0 : (N == 1 ? C : N));
+      with_isa([&]() FASTGEN_INLINE_LAMBDA {
+        const T* __restrict s = ch.s.data();
+        const T* __restrict m = ch.loc.data();
+        for (int64_t task = begin; task < end; ++task) {
+          const int64_t blk = task / per_block, c = task % per_block;
+          T* __restrict sum_g = partial + blk * 2 * C;
+          T* __restrict sum_gx = sum_g + C;
+          for (int64_t b = blk * block; b < std::min(B, (blk + 1) * block); ++b) {
+            const T* __restrict xr = xp + b * a.x.stride + c * N;
+            const T* __restrict gr = gp + b * gy.stride + c * N;
+            T* __restrict out = gx ? gx + (b * C + c) * N : scratch.data();
+            if (N == 1) {
 #pragma omp simd
-            for (int64_t i = 0; i < C; ++i) {
-              const T g = gr[i];
-              out[i] = g * s[i];
-              sum_g[i] += g;
-              sum_gx[i] += g * (inverse ? xr[i] : xr[i] + m[i]);
-            }
-          } else {
-            const T s = ch.s[c], m = ch.loc[c];
-            T acc_g = 0, acc_gx = 0;
+              for (int64_t i = 0; i < C; ++i) {
+                const T g = gr[i];
+                out[i] = g * s[i];
+                sum_g[i] += g;
+                sum_gx[i] += g * (INVERSE ? xr[i] : xr[i] + m[i]);
+              }
+            } else {
+              const T sc = s[c], mc = m[c];
+              T acc_g = 0, acc_gx = 0;
 #pragma omp simd reduction(+ : acc_g, acc_gx)
-            for (int64_t i = 0; i < N; ++i) {
-              const T g = gr[i];
-              out[i] = g * s;
-              acc_g += g;
-              acc_gx += g * (inverse ? xr[i] : xr[i] + m);
+              for (int64_t i = 0; i < N; ++i) {
+                const T g = gr[i];
+                out[i] = g * sc;
+                acc_g += g;
+                acc_gx += g * (INVERSE ? xr[i] : xr[i] + mc);
+              }
+              sum_g[c] += acc_g;
+              sum_gx[c] += acc_gx;
             }
-            sum_g[c] += acc_g;
-            sum_gx[c] += acc_gx;
           }
         }
-      }
+      });
     });
   });
 }
@@ -772,22 +783,34 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> actnorm_backward_cpu(const at::Te
   const auto opt = x.options();
   const auto none = [&] { return at::empty({0}, opt); };
   at::Tensor gx = output_mask[0] ? at::empty(x.sizes(), opt) : none();
-  at::Tensor g_loc = none(), g_ls = none();
+  at::Tensor g_loc = output_mask[1] ? at::empty({a.C}, opt) : none();
+  at::Tensor g_ls = output_mask[2] ? at::empty({a.C}, opt) : none();
   if (!output_mask[0] && !output_mask[1] && !output_mask[2]) return {gx, g_loc, g_ls};
-  const int64_t block = std::max<int64_t>(1, ROWS_ELEMENTS / std::max<int64_t>(a.N, 1));
-  at::Tensor partial = at::zeros({(a.B + block - 1) / block, 2, a.C}, opt);
+  const int64_t C = a.C, block = std::max<int64_t>(1, ROWS_ELEMENTS / std::max<int64_t>(a.N, 1));
+  const int64_t n_blocks = (a.B + block - 1) / block;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "actnorm_backward", [&] {
-    actnorm_backward_kernel<scalar_t>(a, ChannelAffine<scalar_t>(loc, log_scale, inverse), inverse, rows(grad_y),
-                                      output_mask[0] ? gx.data_ptr<scalar_t>() : nullptr, block,
-                                      partial.data_ptr<scalar_t>());
+    using T = scalar_t;
+    const ChannelAffine<T> ch(loc, log_scale, inverse);
+    std::vector<T> partial(n_blocks * 2 * C, T(0));
+    actnorm_backward_kernel<T>(a, ch, inverse, rows(grad_y), output_mask[0] ? gx.data_ptr<T>() : nullptr, block,
+                               partial.data());
+    const at::Tensor gld = grad_logdet.contiguous();
+    T n_gld = 0;  // N sum(gld)
+    for (int64_t b = 0; b < a.B; ++b) n_gld += gld.data_ptr<T>()[b];
+    n_gld *= T(a.N);
+    for (int64_t c = 0; c < C; ++c) {
+      T sum_g = 0, sum_gx = 0;  // blocks added in order
+      for (int64_t blk = 0; blk < n_blocks; ++blk) {
+        sum_g += partial[blk * 2 * C + c];
+        sum_gx += partial[blk * 2 * C + C + c];
+      }
+      // forward: d loc = s sum(g), d l = s sum(g (x + loc)) + N sum(gld)      (s = exp(l))
+      // inverse: d loc = -sum(g),  d l = -s sum(g x) - N sum(gld)             (s = exp(-l))
+      const T s = ch.s[c];
+      if (output_mask[1]) g_loc.data_ptr<T>()[c] = inverse ? -sum_g : s * sum_g;
+      if (output_mask[2]) g_ls.data_ptr<T>()[c] = inverse ? -(s * sum_gx) - n_gld : s * sum_gx + n_gld;
+    }
   });
-  // forward: d loc = s sum(g), d l = s sum(g (x + loc)) + N sum(gld)        (s = exp(l))
-  // inverse: d loc = -sum(g),  d l = -s sum(g x) - N sum(gld)               (s = exp(-l))
-  const at::Tensor sums = partial.sum(0);  // (2, C)
-  const at::Tensor s = at::exp(inverse ? -log_scale : log_scale);
-  const at::Tensor n_gld = grad_logdet.sum() * a.N;
-  if (output_mask[1]) g_loc = inverse ? -sums[0] : s * sums[0];
-  if (output_mask[2]) g_ls = inverse ? -(s * sums[1]) - n_gld : s * sums[1] + n_gld;
   return {gx, g_loc, g_ls};
 }
 
@@ -796,31 +819,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> actnorm_backward_cpu(const at::Te
 // y = log p - log q, logdet = sum(log(1 - 2a) - log p - log q). Inverse: sigma = sigmoid(x),
 // y = (sigma - a) / (1 - 2a), logdet = sum(log sigma + log(1 - sigma) - log(1 - 2a)).
 
+// One element, a = alpha, c = 1 - 2 alpha (scalar functions, as Coupling's).
 template <typename T, bool INVERSE>
 struct Logit {
-  T a, scale;  // alpha, 1 - 2 alpha
-
-  // y and the element's log-derivative without its constant +-log(1 - 2a).
-  FASTGEN_INLINE ValueTerm<T> forward(T x) const {
-    if constexpr (INVERSE) {
-      const Sigmoid<T> p = sigmoid_parts(x);
-      return {(p.s - a) / scale, -std::abs(x) - T(2) * p.log1p_e};  // log sigma + log(1 - sigma)
-    } else {
-      const T p = a + scale * x, q = a + scale * (T(1) - x);
-      const T lp = log_(p), lq = log_(q);
-      return {lp - lq, -(lp + lq)};
-    }
+  // y, and the element's log-derivative without its constant +-log(1 - 2a).
+  static FASTGEN_INLINE T y(T x, T a, T c) {
+    if constexpr (INVERSE) return (sigmoid_parts(x).s - a) / c;
+    else return log_(a + c * x) - log_(a + c * (T(1) - x));
+  }
+  static FASTGEN_INLINE T logdet_term(T x, T a, T c) {
+    if constexpr (INVERSE) return -std::abs(x) - T(2) * sigmoid_parts(x).log1p_e;  // log sigma + log(1 - sigma)
+    else return -(log_(a + c * x) + log_(a + c * (T(1) - x)));
   }
 
-  // forward: gx = (1 - 2a) / (p q) * (gy - gld (q - p))
-  // inverse: gx = gy sigma (1 - sigma) / (1 - 2a) + gld (1 - 2 sigma)
-  FASTGEN_INLINE T backward(T gy, T gld, T x) const {
+  // forward: gx = c / (p q) * (gy - gld (q - p))
+  // inverse: gx = gy sigma (1 - sigma) / c + gld (1 - 2 sigma)
+  static FASTGEN_INLINE T grad(T gy, T gld, T x, T a, T c) {
     if constexpr (INVERSE) {
       const Sigmoid<T> p = sigmoid_parts(x);
-      return gy * (p.s * p.s_neg) / scale + gld * (p.s_neg - p.s);
+      return gy * (p.s * p.s_neg) / c + gld * (p.s_neg - p.s);
     } else {
-      const T p = a + scale * x, q = a + scale * (T(1) - x);
-      return scale / (p * q) * (gy - gld * (q - p));
+      const T p = a + c * x, q = a + c * (T(1) - x);
+      return c / (p * q) * (gy - gld * (q - p));
     }
   }
 };
@@ -829,20 +849,16 @@ void check_alpha(const char* op, double alpha) {
   TORCH_CHECK_VALUE(alpha >= 0 && alpha < 0.5, op, ": alpha must be in [0, 0.5), got ", alpha);
 }
 
-template <typename T, class F>
-void dispatch_logit(double alpha, bool inverse, const F& f) {
-  const T a = T(alpha), scale = T(1 - 2 * alpha);
-  return inverse ? f(Logit<T, true>{a, scale}) : f(Logit<T, false>{a, scale});
-}
-
 template <typename T>
 void logit_transform_kernel(const Rows& x, int64_t B, int64_t D, double alpha, bool inverse, T* y, T* logdet) {
   const int64_t n_chunks = (D + CHUNK - 1) / CHUNK;
   std::vector<T> partial(B * n_chunks);
   const T* xp = x.t.data_ptr<T>();
-  dispatch_logit<T>(alpha, inverse, [&](const auto f) {
+  dispatch_inverse(inverse, [&]<bool INVERSE>() {
     at::parallel_for(0, B * n_chunks, task_grain(std::min(D, CHUNK)), [&](int64_t begin, int64_t end) {
       with_isa([&]() FASTGEN_INLINE_LAMBDA {
+        // Locals, not captures: loads through the closure would stay in the loop.
+        const T a = T(alpha), c = T(1 - 2 * alpha);
         for (int64_t task = begin; task < end; ++task) {
           const int64_t b = task / n_chunks, c0 = (task % n_chunks) * CHUNK, n = std::min(CHUNK, D - c0);
           const T* __restrict in = xp + b * x.stride + c0;
@@ -850,9 +866,8 @@ void logit_transform_kernel(const Rows& x, int64_t B, int64_t D, double alpha, b
           T acc = 0;
 #pragma omp simd reduction(+ : acc)
           for (int64_t i = 0; i < n; ++i) {
-            const ValueTerm<T> r = f.forward(in[i]);
-            out[i] = r.y;
-            acc += r.logdet_term;
+            out[i] = Logit<T, INVERSE>::y(in[i], a, c);
+            acc += Logit<T, INVERSE>::logdet_term(in[i], a, c);
           }
           partial[task] = acc;
         }
@@ -883,9 +898,10 @@ void logit_transform_backward_kernel(const Rows& x, const Rows& gy, const T* gld
   const int64_t n_chunks = (D + CHUNK - 1) / CHUNK;
   const T* xp = x.t.data_ptr<T>();
   const T* gp = gy.t.data_ptr<T>();
-  dispatch_logit<T>(alpha, inverse, [&](const auto f) {
+  dispatch_inverse(inverse, [&]<bool INVERSE>() {
     at::parallel_for(0, B * n_chunks, task_grain(std::min(D, CHUNK)), [&](int64_t begin, int64_t end) {
       with_isa([&]() FASTGEN_INLINE_LAMBDA {
+        const T a = T(alpha), c = T(1 - 2 * alpha);
         for (int64_t task = begin; task < end; ++task) {
           const int64_t b = task / n_chunks, c0 = (task % n_chunks) * CHUNK, n = std::min(CHUNK, D - c0);
           const T* __restrict in = xp + b * x.stride + c0;
@@ -893,7 +909,7 @@ void logit_transform_backward_kernel(const Rows& x, const Rows& gy, const T* gld
           T* __restrict out = gx + b * D + c0;
           const T gl = gld[b];
 #pragma omp simd
-          for (int64_t i = 0; i < n; ++i) out[i] = f.backward(g[i], gl, in[i]);
+          for (int64_t i = 0; i < n; ++i) out[i] = Logit<T, INVERSE>::grad(g[i], gl, in[i], a, c);
         }
       });
     });
