@@ -300,61 +300,90 @@ Scale parse_scale(const char* op, std::string_view scale, bool has_log_scale) {
 }
 
 // One transformed element: y = x * s + t (forward) or (x - t) / s (inverse), s = exp(l) or
-// sigmoid(l + 2), and its term +-log s of the example's log-determinant. Each result is
-// its own scalar function: in an omp simd loop, a local that is a struct (or has its
-// address taken, as an output reference does) becomes a per-lane array that GCC does not
-// vectorize. The functions recompute s from l; GCC merges the identical computations.
+// sigmoid(l + 2), and its term +-log s of the example's log-determinant.
+//
+// The element functions write their outputs through pointers and return the logdet term:
+// a local of the loop body that is a struct, or whose address is taken, becomes a
+// per-lane array under omp simd, which GCC does not vectorize; locals of these (inlined)
+// functions are fine. One function per pass also computes s once (GCC does not reliably
+// merge the same exp/log computed in two calls).
 template <typename T, Scale S, bool INVERSE>
 struct Coupling {
   using scalar_t = T;
 
-  // What the map multiplies by: s forward, 1 / s inverse.
-  static FASTGEN_INLINE T multiplier(T l) {
-    if constexpr (S == Scale::exp) {
-      return exp_(INVERSE ? -l : l);
+  static FASTGEN_INLINE T forward(T x, T t, T l, T* y) {
+    if constexpr (S == Scale::additive) {
+      *y = INVERSE ? x - t : x + t;
+      return T(0);
+    } else if constexpr (S == Scale::exp) {
+      const T m = exp_(INVERSE ? -l : l);
+      *y = INVERSE ? (x - t) * m : x * m + t;
+      return INVERSE ? -l : l;
     } else {
-      const Sigmoid<T> p = sigmoid_parts(l + T(2));
-      return INVERSE ? p.inv_s : p.s;
+      const T z = l + T(2);
+      const Sigmoid<T> p = sigmoid_parts(z);
+      *y = INVERSE ? (x - t) * p.inv_s : x * p.s + t;
+      return INVERSE ? -p.log_s(z) : p.log_s(z);
     }
   }
 
-  // log s and its derivative in l (1 for exp, 1 - s for the sigmoid).
-  static FASTGEN_INLINE T log_s(T l) {
-    if constexpr (S == Scale::exp) return l;
-    else return sigmoid_parts(l + T(2)).log_s(l + T(2));
-  }
-  static FASTGEN_INLINE T dlog_s(T l) {
-    if constexpr (S == Scale::exp) return T(1);
-    else return sigmoid_parts(l + T(2)).s_neg;
-  }
-
-  static FASTGEN_INLINE T y(T x, T t, T l) {
-    if constexpr (S == Scale::additive) return INVERSE ? x - t : x + t;
-    else return INVERSE ? (x - t) * multiplier(l) : x * multiplier(l) + t;
-  }
-
-  static FASTGEN_INLINE T logdet_term(T l) {
-    if constexpr (S == Scale::additive) return T(0);
-    else return INVERSE ? -log_s(l) : log_s(l);
-  }
-
-  // Gradients from gy (of y) and gld (of the example's logdet), m = multiplier(l):
-  //   forward: gx = gy m, gt = gy,  gl = dlog_s (gy x m + gld)
-  //   inverse: gx = gy m, gt = -gx, gl = -dlog_s (gy (x - t) m + gld)
-  static FASTGEN_INLINE T grad_x(T gy, T l) {
-    if constexpr (S == Scale::additive) return gy;
-    else return gy * multiplier(l);
-  }
-  static FASTGEN_INLINE T grad_t(T gy, T l) {
-    if constexpr (S == Scale::additive) return INVERSE ? -gy : gy;
-    else return INVERSE ? -(gy * multiplier(l)) : gy;
-  }
-  static FASTGEN_INLINE T grad_l(T gy, T gld, T x, T t, T l) {
-    if constexpr (S == Scale::additive) return T(0);
-    else if constexpr (INVERSE) return -dlog_s(l) * (gy * ((x - t) * multiplier(l)) + gld);
-    else return dlog_s(l) * (gy * x * multiplier(l) + gld);
+  // Gradients from gy (of y) and gld (of the example's logdet), with m = s forward, 1 / s
+  // inverse, and d = d log s / dl (1 for exp, 1 - s for the sigmoid):
+  //   forward: gx = gy m, gt = gy,  gl = d (gy x m + gld)
+  //   inverse: gx = gy m, gt = -gx, gl = -d (gy (x - t) m + gld)
+  static FASTGEN_INLINE void backward(T gy, T gld, T x, T t, T l, T* gx, T* gt, T* gl) {
+    if constexpr (S == Scale::additive) {
+      *gx = gy;
+      *gt = INVERSE ? -gy : gy;
+      *gl = T(0);
+    } else {
+      T m, d;
+      if constexpr (S == Scale::exp) {
+        m = exp_(INVERSE ? -l : l);
+        d = T(1);
+      } else {
+        const Sigmoid<T> p = sigmoid_parts(l + T(2));
+        m = INVERSE ? p.inv_s : p.s;
+        d = p.s_neg;
+      }
+      *gx = gy * m;
+      *gt = INVERSE ? -(gy * m) : gy;
+      *gl = INVERSE ? -d * (gy * ((x - t) * m) + gld) : d * (gy * x * m + gld);
+    }
   }
 };
+
+// An aligned pair of a paired run, at x[0], x[1] (and the same offsets of the other
+// arrays): the element picked by sec is transformed, the other passes through. Every
+// operand is loaded (vector loads of interleaved pairs) and picked by blends; the stores
+// are unconditional, so GCC vectorizes.
+template <class C, typename T>
+FASTGEN_INLINE T pair_forward(bool sec, const T* x, const T* t, const T* l, T* y) {
+  T yt;
+  const T term = C::forward(blend(sec, x[1], x[0]), blend(sec, t[1], t[0]), blend(sec, l[1], l[0]), &yt);
+  const T y0 = blend(sec, x[0], yt), y1 = blend(sec, yt, x[1]);
+  y[0] = y0;
+  y[1] = y1;
+  return term;
+}
+
+// The pass-through element of the pair: gx = gy, no gradient to its shift and log-scale.
+template <class C, typename T>
+FASTGEN_INLINE void pair_backward(bool sec, const T* gy, T gld, const T* x, const T* t, const T* l, T* gx, T* gt,
+                                  T* gl) {
+  T a, b, c;
+  C::backward(blend(sec, gy[1], gy[0]), gld, blend(sec, x[1], x[0]), blend(sec, t[1], t[0]), blend(sec, l[1], l[0]),
+              &a, &b, &c);
+  const T gx0 = blend(sec, gy[0], a), gx1 = blend(sec, a, gy[1]);
+  const T gt0 = blend(sec, T(0), b), gt1 = blend(sec, b, T(0));
+  const T gl0 = blend(sec, T(0), c), gl1 = blend(sec, c, T(0));
+  gx[0] = gx0;
+  gx[1] = gx1;
+  gt[0] = gt0;
+  gt[1] = gt1;
+  gl[0] = gl0;
+  gl[1] = gl1;
+}
 
 enum class Run : uint8_t { pass, dense, paired };
 
@@ -423,23 +452,11 @@ FASTGEN_INLINE T coupling_forward_chunk(const Segment* seg, const Segment* seg_e
       std::memcpy(y + lo, x + lo, sizeof(T) * (hi - lo));
     } else if (seg->kind == Run::dense) {
 #pragma omp simd reduction(+ : acc)
-      for (int64_t i = lo; i < hi; ++i) {
-        y[i] = C::y(x[i], t[i], l[i]);
-        acc += C::logdet_term(l[i]);
-      }
+      for (int64_t i = lo; i < hi; ++i) acc += C::forward(x[i], t[i], l[i], y + i);
     } else {
-      // Every operand is loaded (vector loads of interleaved pairs) and the transformed
-      // element picked by a blend; the stores are unconditional, so GCC vectorizes.
 #pragma omp simd reduction(+ : acc)
-      for (int64_t k = lo / 2; k < hi / 2; ++k) {
-        const bool sec = second[k] != T(0);
-        const T xa = x[2 * k], xb = x[2 * k + 1], ta = t[2 * k], tb = t[2 * k + 1], la = l[2 * k], lb = l[2 * k + 1];
-        const T lt = blend(sec, lb, la), yt = C::y(blend(sec, xb, xa), blend(sec, tb, ta), lt);
-        const T y0 = blend(sec, xa, yt), y1 = blend(sec, yt, xb);
-        y[2 * k] = y0;
-        y[2 * k + 1] = y1;
-        acc += C::logdet_term(lt);
-      }
+      for (int64_t k = lo / 2; k < hi / 2; ++k)
+        acc += pair_forward<C>(second[k] != T(0), x + 2 * k, t + 2 * k, l + 2 * k, y + 2 * k);
     }
     logdet += acc;
   }
@@ -462,30 +479,12 @@ FASTGEN_INLINE void coupling_backward_chunk(const Segment* seg, const Segment* s
       std::fill(gl + lo, gl + hi, T(0));
     } else if (seg->kind == Run::dense) {
 #pragma omp simd
-      for (int64_t i = lo; i < hi; ++i) {
-        gx[i] = C::grad_x(gy[i], l[i]);
-        gt[i] = C::grad_t(gy[i], l[i]);
-        gl[i] = C::grad_l(gy[i], gld, x[i], t[i], l[i]);
-      }
+      for (int64_t i = lo; i < hi; ++i) C::backward(gy[i], gld, x[i], t[i], l[i], gx + i, gt + i, gl + i);
     } else {
 #pragma omp simd
       for (int64_t k = lo / 2; k < hi / 2; ++k) {
-        const bool sec = second[k] != T(0);
-        const T ga = gy[2 * k], gb = gy[2 * k + 1], xa = x[2 * k], xb = x[2 * k + 1];
-        const T ta = t[2 * k], tb = t[2 * k + 1], la = l[2 * k], lb = l[2 * k + 1];
-        const T g = blend(sec, gb, ga), l_t = blend(sec, lb, la);
-        const T g_x = C::grad_x(g, l_t), g_t = C::grad_t(g, l_t);
-        const T g_l = C::grad_l(g, gld, blend(sec, xb, xa), blend(sec, tb, ta), l_t);
-        // The pass-through element: gx = gy, no gradient to its shift and log-scale.
-        const T gx0 = blend(sec, ga, g_x), gx1 = blend(sec, g_x, gb);
-        const T gt0 = blend(sec, T(0), g_t), gt1 = blend(sec, g_t, T(0));
-        const T gl0 = blend(sec, T(0), g_l), gl1 = blend(sec, g_l, T(0));
-        gx[2 * k] = gx0;
-        gx[2 * k + 1] = gx1;
-        gt[2 * k] = gt0;
-        gt[2 * k + 1] = gt1;
-        gl[2 * k] = gl0;
-        gl[2 * k + 1] = gl1;
+        const int64_t i = 2 * k;
+        pair_backward<C>(second[k] != T(0), gy + i, gld, x + i, t + i, l + i, gx + i, gt + i, gl + i);
       }
     }
   }
@@ -819,17 +818,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> actnorm_backward_cpu(const at::Te
 // y = log p - log q, logdet = sum(log(1 - 2a) - log p - log q). Inverse: sigma = sigmoid(x),
 // y = (sigma - a) / (1 - 2a), logdet = sum(log sigma + log(1 - sigma) - log(1 - 2a)).
 
-// One element, a = alpha, c = 1 - 2 alpha (scalar functions, as Coupling's).
+// One element, a = alpha, c = 1 - 2 alpha (outputs through pointers, as Coupling's).
 template <typename T, bool INVERSE>
 struct Logit {
-  // y, and the element's log-derivative without its constant +-log(1 - 2a).
-  static FASTGEN_INLINE T y(T x, T a, T c) {
-    if constexpr (INVERSE) return (sigmoid_parts(x).s - a) / c;
-    else return log_(a + c * x) - log_(a + c * (T(1) - x));
-  }
-  static FASTGEN_INLINE T logdet_term(T x, T a, T c) {
-    if constexpr (INVERSE) return -std::abs(x) - T(2) * sigmoid_parts(x).log1p_e;  // log sigma + log(1 - sigma)
-    else return -(log_(a + c * x) + log_(a + c * (T(1) - x)));
+  // y into *y; returns the element's log-derivative without its constant +-log(1 - 2a).
+  static FASTGEN_INLINE T forward(T x, T a, T c, T* y) {
+    if constexpr (INVERSE) {
+      const Sigmoid<T> p = sigmoid_parts(x);
+      *y = (p.s - a) / c;
+      return -std::abs(x) - T(2) * p.log1p_e;  // log sigma + log(1 - sigma)
+    } else {
+      const T log_p = log_(a + c * x), log_q = log_(a + c * (T(1) - x));
+      *y = log_p - log_q;
+      return -(log_p + log_q);
+    }
   }
 
   // forward: gx = c / (p q) * (gy - gld (q - p))
@@ -865,10 +867,7 @@ void logit_transform_kernel(const Rows& x, int64_t B, int64_t D, double alpha, b
           T* __restrict out = y + b * D + c0;
           T acc = 0;
 #pragma omp simd reduction(+ : acc)
-          for (int64_t i = 0; i < n; ++i) {
-            out[i] = Logit<T, INVERSE>::y(in[i], a, c);
-            acc += Logit<T, INVERSE>::logdet_term(in[i], a, c);
-          }
+          for (int64_t i = 0; i < n; ++i) acc += Logit<T, INVERSE>::forward(in[i], a, c, out + i);
           partial[task] = acc;
         }
       });
