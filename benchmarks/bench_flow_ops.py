@@ -84,7 +84,8 @@ def _coupling_case(mask: bool, scale: str, backward: bool, device: str) -> Case:
         return op_providers("affine_coupling", affine_coupling_ref, affine_coupling, timed, device=device, dtype=DTYPE)
 
     shape = "x".join(map(str, COUPLING_SHAPE))
-    name = f"affine_coupling {'checkerboard' if mask else 'mask=None'} {scale} {shape} {'fwd+bwd' if backward else 'fwd'}"
+    kind = "checkerboard" if mask else "mask=None"
+    name = f"affine_coupling {kind} {scale} {shape} {'fwd+bwd' if backward else 'fwd'}"
     return Case(name, None, setup)
 
 

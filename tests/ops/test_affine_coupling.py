@@ -147,7 +147,9 @@ def test_round_trip(backend, scale, mask):
 
 @pytest.mark.parametrize("inverse", [False, True], ids=["fwd", "inv"])
 @pytest.mark.parametrize("scale", ["exp", "sigmoid"])
-@pytest.mark.parametrize("shape,mask", [((2, 6), "checker"), ((2, 6), "none"), ((2, 2, 4, 4), "checker1"), ((2, 2, 4, 4), "channel")])
+@pytest.mark.parametrize(
+    "shape,mask", [((2, 6), "checker"), ((2, 6), "none"), ((2, 2, 4, 4), "checker1"), ((2, 2, 4, 4), "channel")]
+)
 @pytest.mark.parametrize("backend", ["ref"] + fast_backends(OP, "cpu", torch.float64))
 def test_logdet_matches_jacobian(backend, shape, mask, scale, inverse):
     x, shift, ls = (a.detach() for a in make_inputs(shape))

@@ -204,7 +204,8 @@ def affine_coupling_backward(grad_y, grad_logdet, x, shift, log_scale, mask, sca
         BLOCK = _block(D)
         l = log_scale if log_scale is not None else shift  # noqa: E741
         _coupling_backward_kernel[(B, triton.cdiv(D, BLOCK))](
-            grad_y, grad_logdet, x, shift, l, keep if keep is not None else x, *(g if n else x for g, n in zip(grads, need)),
+            grad_y, grad_logdet, x, shift, l, keep if keep is not None else x,
+            *(g if n else x for g, n in zip(grads, need)),
             D, grad_y.stride(0), x.stride(0), shift.stride(0), l.stride(0),
             SCALE=_SCALES[scale] if log_scale is not None else _ADDITIVE, INVERSE=inverse,
             HAS_MASK=keep is not None, NEED_X=need[0], NEED_T=need[1], NEED_L=need[2], ACC=acc, BLOCK=BLOCK,
