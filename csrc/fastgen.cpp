@@ -57,6 +57,31 @@ TORCH_LIBRARY(fastgen, m) {
       "gated_pixelcnn_layer_backward(Tensor grad_v_out, Tensor grad_h_out, Tensor? grad_skip, Tensor v, Tensor h, "
       "Tensor v_pre, Tensor h_pre, Tensor v_weight, Tensor h_weight, Tensor link_weight, Tensor res_weight, "
       "Tensor? skip_weight, bool first_layer, int color_channels, bool[13] output_mask) -> Tensor[]");
+
+  // Element-wise flow layers (fastgen/ops/affine_coupling.py, actnorm.py, logit_transform.py).
+  // Each forward returns (y, logdet): y of x's shape and logdet (B,), log|det dy/dx| per
+  // example (of the inverse map when inverse is true). Each backward takes the gradients of
+  // (y, logdet) and the forward's inputs.
+  // Affine coupling: log_scale None is additive coupling (scale is then ignored); mask
+  // broadcasts to x.shape[1:], nonzero = pass through.
+  m.def(
+      "affine_coupling(Tensor x, Tensor shift, Tensor? log_scale, Tensor? mask, str scale, bool inverse) "
+      "-> (Tensor, Tensor)");
+  // Returns (grad_x, grad_shift, grad_log_scale); an entry whose output_mask is False (and
+  // grad_log_scale without log_scale) is an empty tensor.
+  m.def(
+      "affine_coupling_backward(Tensor grad_y, Tensor grad_logdet, Tensor x, Tensor shift, Tensor? log_scale, "
+      "Tensor? mask, str scale, bool inverse, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+  // ActNorm: loc and log_scale (C,) over dim 1 of x.
+  m.def("actnorm(Tensor x, Tensor loc, Tensor log_scale, bool inverse) -> (Tensor, Tensor)");
+  // Returns (grad_x, grad_loc, grad_log_scale); an entry whose output_mask is False is an empty tensor.
+  m.def(
+      "actnorm_backward(Tensor grad_y, Tensor grad_logdet, Tensor x, Tensor loc, Tensor log_scale, bool inverse, "
+      "bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+  m.def("logit_transform(Tensor x, float alpha, bool inverse) -> (Tensor, Tensor)");
+  // Returns grad_x.
+  m.def(
+      "logit_transform_backward(Tensor grad_y, Tensor grad_logdet, Tensor x, float alpha, bool inverse) -> Tensor");
 }
 
 namespace {

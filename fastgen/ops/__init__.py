@@ -4,7 +4,10 @@ Every op takes ``backend=`` (see :mod:`fastgen.backends`) and checks its argumen
 before any kernel runs.
 """
 
+from .actnorm import actnorm, actnorm_ref
+from .affine_coupling import affine_coupling, affine_coupling_ref
 from .causal_conv1d import causal_conv1d, causal_conv1d_ref, causal_conv1d_step, causal_conv1d_step_ref
+from .dequantize import uniform_dequantize
 from .gated_pixelcnn import gated_pixelcnn_layer, gated_pixelcnn_layer_ref, gated_pixelcnn_masks
 from .gated_residual_block import (
     gated_residual_block,
@@ -12,9 +15,14 @@ from .gated_residual_block import (
     gated_residual_block_step,
     gated_residual_block_step_ref,
 )
+from .logit_transform import logit_transform, logit_transform_ref
 from .masked_conv2d import masked_conv2d, masked_conv2d_mask, masked_conv2d_ref
 
 __all__ = [
+    "actnorm",
+    "actnorm_ref",
+    "affine_coupling",
+    "affine_coupling_ref",
     "causal_conv1d",
     "causal_conv1d_ref",
     "causal_conv1d_step",
@@ -26,7 +34,10 @@ __all__ = [
     "gated_residual_block_ref",
     "gated_residual_block_step",
     "gated_residual_block_step_ref",
+    "logit_transform",
+    "logit_transform_ref",
     "masked_conv2d",
     "masked_conv2d_mask",
     "masked_conv2d_ref",
+    "uniform_dequantize",
 ]

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["check_choice", "check_int", "check_same_device", "check_tensor"]
+__all__ = ["check_batched", "check_choice", "check_int", "check_like", "check_same_device", "check_tensor"]
 
 
 def _shape(t: torch.Tensor) -> str:
@@ -23,6 +23,33 @@ def check_tensor(op: str, name: str, value: object, dims: Sequence[str], *, floa
     if floating and not value.is_floating_point():
         raise TypeError(f"{op}: {name} must have a floating-point dtype, got {value.dtype}")
     return value
+
+
+def check_batched(op: str, name: str, value: object) -> torch.Tensor:
+    """``value`` must be a floating-point tensor ``(B, ...)`` with at least one dimension after the batch."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(value).__name__}")
+    if value.dim() < 2:
+        raise ValueError(
+            f"{op}: {name} must have shape (B, ...) with at least 2 dimensions (a batch of vectors, images, ...), "
+            f"got shape {_shape(value)}"
+        )
+    if not value.is_floating_point():
+        raise TypeError(f"{op}: {name} must have a floating-point dtype, got {value.dtype}")
+    return value
+
+
+def check_like(op: str, ref_name: str, ref: torch.Tensor, **others: object) -> None:
+    """Every non-None value in ``others`` is a tensor with ``ref``'s shape (else ValueError),
+    dtype (else TypeError) and device (else ValueError)."""
+    for name, t in others.items():
+        if t is None:
+            continue
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.shape != ref.shape:
+            raise ValueError(f"{op}: {name} must have {ref_name}'s shape {_shape(ref)}, got shape {_shape(t)}")
+        check_same_device(op, ref_name, ref, **{name: t})
 
 
 def check_same_device(op: str, ref_name: str, ref: torch.Tensor, **others: torch.Tensor | None) -> None:

@@ -1,0 +1,130 @@
+"""Benchmarks of the element-wise flow ops: :func:`fastgen.ops.affine_coupling`,
+:func:`fastgen.ops.actnorm` and :func:`fastgen.ops.logit_transform`.
+
+Cases (float32, the shapes of a RealNVP/Glow layer on CIFAR-sized activations):
+
+- affine_coupling, checkerboard mask, ``scale="exp"``, x (64, 6, 32, 32): forward plus
+  backward to x, shift and log_scale through both y and logdet ("fwd+bwd", the issue's
+  target), and the forward alone; the channel-split form (mask None) fwd+bwd; the Glow
+  form (``scale="sigmoid"``, mask None) fwd+bwd.
+- actnorm, x (64, 12, 16, 16), fwd+bwd to x, loc and log_scale.
+- logit_transform, alpha = 0.05, x (64, 3, 32, 32) in [0, 1], fwd+bwd to x.
+
+The backward gets a random gradient for y and one for logdet, as a loss that uses both
+(the negative log-likelihood) gives it. No FLOP counts: these ops are memory-bound.
+
+``python benchmarks/harness.py --filter affine_coupling`` (or ``actnorm``,
+``logit_transform``), or ``pytest benchmarks/bench_flow_ops.py --benchmark-only``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from fastgen.ops import (
+    actnorm,
+    actnorm_ref,
+    affine_coupling,
+    affine_coupling_ref,
+    logit_transform,
+    logit_transform_ref,
+)
+from harness import Case, Provider, benchmark_with_pytest, op_providers
+
+__all__ = ["cases", "test_flow_ops"]
+
+DTYPE = torch.float32
+COUPLING_SHAPE = (64, 6, 32, 32)
+ACTNORM_SHAPE = (64, 12, 16, 16)
+LOGIT_SHAPE = (64, 3, 32, 32)
+
+
+def _checkerboard(h: int, w: int, device: str) -> torch.Tensor:
+    return ((torch.arange(h)[:, None] + torch.arange(w)) % 2).to(device=device, dtype=DTYPE)[None]  # (1, H, W)
+
+
+def _timed(inputs: list[torch.Tensor], grads: tuple[torch.Tensor, torch.Tensor], call: Callable[[Any], Any],
+           backward: bool) -> Callable[[Callable[..., Any]], Provider]:
+    """The harness's ``timed``: forward, or forward and backward with ``grads`` for (y, logdet)."""
+
+    def timed(impl: Callable[..., Any]) -> Provider:
+        def forward() -> Any:
+            return call(impl)
+
+        def forward_backward() -> None:
+            for t in inputs:
+                t.grad = None  # else backward adds into them
+            torch.autograd.backward(forward(), grads)
+
+        return forward_backward if backward else forward
+
+    return timed
+
+
+def _randn(generator: torch.Generator, shape: tuple[int, ...], device: str, scale: float = 1.0) -> torch.Tensor:
+    return (torch.randn(shape, generator=generator, dtype=DTYPE) * scale).to(device)
+
+
+def _coupling_case(mask: bool, scale: str, backward: bool, device: str) -> Case:
+    def setup() -> dict[str, Provider]:
+        g = torch.Generator().manual_seed(0)
+        # x and the coupling net's outputs require grad in the forward case too: a training step.
+        x, shift = (_randn(g, COUPLING_SHAPE, device).requires_grad_() for _ in range(2))
+        log_scale = _randn(g, COUPLING_SHAPE, device, 0.5).requires_grad_()
+        m = _checkerboard(*COUPLING_SHAPE[2:], device) if mask else None
+        grads = (_randn(g, COUPLING_SHAPE, device), _randn(g, COUPLING_SHAPE[:1], device))
+
+        def call(impl: Callable[..., Any]) -> Any:
+            return impl(x, shift, log_scale, mask=m, scale=scale)
+
+        timed = _timed([x, shift, log_scale], grads, call, backward)
+        return op_providers("affine_coupling", affine_coupling_ref, affine_coupling, timed, device=device, dtype=DTYPE)
+
+    shape = "x".join(map(str, COUPLING_SHAPE))
+    kind = "checkerboard" if mask else "mask=None"
+    name = f"affine_coupling {kind} {scale} {shape} {'fwd+bwd' if backward else 'fwd'}"
+    return Case(name, None, setup)
+
+
+def _actnorm_case(device: str) -> Case:
+    def setup() -> dict[str, Provider]:
+        g = torch.Generator().manual_seed(0)
+        C = ACTNORM_SHAPE[1]
+        x = _randn(g, ACTNORM_SHAPE, device).requires_grad_()
+        loc, log_scale = (_randn(g, (C,), device, 0.1).requires_grad_() for _ in range(2))
+        grads = (_randn(g, ACTNORM_SHAPE, device), _randn(g, ACTNORM_SHAPE[:1], device))
+        timed = _timed([x, loc, log_scale], grads, lambda impl: impl(x, loc, log_scale), True)
+        return op_providers("actnorm", actnorm_ref, actnorm, timed, device=device, dtype=DTYPE)
+
+    return Case(f"actnorm {'x'.join(map(str, ACTNORM_SHAPE))} fwd+bwd", None, setup)
+
+
+def _logit_case(device: str) -> Case:
+    def setup() -> dict[str, Provider]:
+        g = torch.Generator().manual_seed(0)
+        x = torch.rand(LOGIT_SHAPE, generator=g, dtype=DTYPE).to(device).requires_grad_()
+        grads = (_randn(g, LOGIT_SHAPE, device), _randn(g, LOGIT_SHAPE[:1], device))
+        timed = _timed([x], grads, lambda impl: impl(x, alpha=0.05), True)
+        return op_providers("logit_transform", logit_transform_ref, logit_transform, timed, device=device, dtype=DTYPE)
+
+    return Case(f"logit_transform alpha=0.05 {'x'.join(map(str, LOGIT_SHAPE))} fwd+bwd", None, setup)
+
+
+def cases(device: str, quick: bool) -> list[Case]:
+    """The coupling (checkerboard fwd+bwd and fwd, channel-split, Glow's sigmoid), ActNorm
+    and logit cases; ``quick`` keeps them all (the harness takes fewer runs)."""
+    coupling = [
+        _coupling_case(True, "exp", True, device),
+        _coupling_case(True, "exp", False, device),
+        _coupling_case(False, "exp", True, device),
+        _coupling_case(False, "sigmoid", True, device),
+    ]
+    return coupling + [_actnorm_case(device), _logit_case(device)]
+
+
+def test_flow_ops(benchmark: Any, bench_device: str, case: Case, provider: str) -> None:
+    """pytest-benchmark entry; ``conftest.py`` parametrizes ``(case, provider)`` from :func:`cases`."""
+    benchmark_with_pytest(benchmark, case, provider, bench_device)

@@ -1,0 +1,77 @@
+r"""Uniform dequantization (Theis et al. 2016; RealNVP, Glow): integer data with ``bins``
+values to continuous data in :math:`[0, 1]`.
+
+.. math::
+
+    y = \frac{x + u}{\text{bins}}, \quad u \sim U[0, 1)^D, \qquad
+    \log|\det \partial y / \partial (x + u)|_b = -D \log(\text{bins})
+
+with :math:`D` the number of elements per example. A flow's density :math:`p(y)` of the
+dequantized data then lower-bounds the discrete log-likelihood:
+:math:`\log P(x) \ge \mathbb{E}_u[\log p(y)] + \text{logdet}`.
+
+This op has no kernel, on purpose: it is one element-wise add and scale on the output of
+``torch.rand``, which PyTorch fuses and vectorizes already, and a kernel would have to
+reproduce torch's random stream to keep ``generator`` meaningful. It is its own reference.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ._checks import check_int
+
+__all__ = ["uniform_dequantize"]
+
+OP = "uniform_dequantize"
+
+
+def uniform_dequantize(
+    x: torch.Tensor, *, bins: int, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dequantizes integer data uniformly within each bin.
+
+    Args:
+        x: ``(B, ...)``, an integer tensor (e.g. uint8 images) or a floating-point one
+            holding integers, every value in ``[0, bins)``. Checked (a ValueError naming
+            ``x`` otherwise) in eager mode; under ``torch.compile`` the check, which needs
+            the values on the host, is skipped.
+        bins: the number of values of the data (256 for 8-bit images), an int >= 1.
+        generator: the random generator of the noise (``x``'s device), or None for the
+            default one. (``torch.compile`` does not trace a generator argument: compiled
+            code passes None and draws from the compiler's random stream.)
+
+    Returns:
+        ``(y, logdet)``: ``y`` of ``x``'s shape in ``[0, 1]`` (``x``'s dtype if floating,
+        else the default dtype; float rounding can reach 1 in the top bin), and ``logdet``
+        ``(B,)``, ``-D log(bins)`` for every example.
+
+    Example:
+        >>> images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+        >>> y, logdet = uniform_dequantize(images, bins=256)
+        >>> bool((y * 256).floor().eq(images).all()), torch.allclose(logdet, torch.tensor(-3 * 32 * 32 * math.log(256)))
+        (True, True)
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{OP}: x must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() < 2:
+        raise ValueError(f"{OP}: x must have shape (B, ...) with at least 2 dimensions, got shape {tuple(x.shape)}")
+    if x.dtype == torch.bool or x.is_complex():
+        raise TypeError(f"{OP}: x must be an integer or floating-point tensor, got {x.dtype}")
+    check_int(OP, "bins", bins, minimum=1)
+    if not torch.compiler.is_compiling() and x.numel() > 0:
+        # Compared as Python numbers: bins may not fit x's dtype (256 in uint8).
+        lo, hi = (v.item() for v in torch.aminmax(x))
+        fractional = x.is_floating_point() and bool((x != torch.floor(x)).any())  # NaN included
+        if fractional or lo < 0 or hi >= bins:
+            raise ValueError(
+                f"{OP}: x must hold integers in [0, bins) = [0, {bins}), got values in [{lo}, {hi}]"
+                + (" and non-integers" if fractional else "")
+            )
+    dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()
+    u = torch.rand(x.shape, generator=generator, dtype=dtype, device=x.device)
+    y = (x.to(dtype) + u) / bins
+    logdet = torch.full((x.shape[0],), -math.prod(x.shape[1:]) * math.log(bins), dtype=dtype, device=x.device)
+    return y, logdet
