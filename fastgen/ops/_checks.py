@@ -7,21 +7,37 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["check_choice", "check_int", "check_same_device", "check_tensor"]
+__all__ = ["check_choice", "check_floating", "check_int", "check_same_device", "check_tensor"]
 
 
 def _shape(t: torch.Tensor) -> str:
     return "(" + ", ".join(map(str, t.shape)) + ")"
 
 
-def check_tensor(op: str, name: str, value: object, dims: Sequence[str], *, floating: bool = True) -> torch.Tensor:
-    """``value`` must be a tensor with ``len(dims)`` dimensions (named ``dims`` in messages)."""
+def _check_is_tensor(op: str, name: str, value: object) -> None:
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(value).__name__}")
+
+
+def _check_floating_dtype(op: str, name: str, value: torch.Tensor) -> None:
+    if not value.is_floating_point():
+        raise TypeError(f"{op}: {name} must have a floating-point dtype, got {value.dtype}")
+
+
+def check_tensor(op: str, name: str, value: object, dims: Sequence[str], *, floating: bool = True) -> torch.Tensor:
+    """``value`` must be a tensor with ``len(dims)`` dimensions (named ``dims`` in messages)."""
+    _check_is_tensor(op, name, value)
     if value.dim() != len(dims):
         raise ValueError(f"{op}: {name} must have shape ({', '.join(dims)}), got shape {_shape(value)}")
-    if floating and not value.is_floating_point():
-        raise TypeError(f"{op}: {name} must have a floating-point dtype, got {value.dtype}")
+    if floating:
+        _check_floating_dtype(op, name, value)
+    return value
+
+
+def check_floating(op: str, name: str, value: object) -> torch.Tensor:
+    """``value`` must be a floating-point tensor, of any shape."""
+    _check_is_tensor(op, name, value)
+    _check_floating_dtype(op, name, value)
     return value
 
 

@@ -1,0 +1,825 @@
+// Mixture CDF ops on the CPU: mixture_cdf (u and log_pdf) and its backward, mixture_icdf
+// (bisection with a fixed iteration count) and its implicit-function backward. The math is
+// in fastgen/ops/mixture_cdf.py.
+//
+// Layout. Elements are processed in blocks of BLOCK = B * W: B SIMD vectors of W lanes (16
+// float32 or 8 float64 with AVX-512), one element per lane, so that B independent dependency
+// chains hide the latency of the long exp -> divide chain of each bisection step. A block's
+// K parameters are transposed once into [K][BLOCK] scratch, after which every loop over the
+// components is a vertical vector operation. mixture_icdf computes the softmax weights and
+// each component's affine map once per element and then runs all its iterations on that
+// scratch (L1) and on registers.
+//
+// Math functions are written once with GCC vector extensions (exp2 by rounding and a
+// polynomial, log by the exponent split and an atanh series, the normal CDF by an erfc fit)
+// and compiled per instruction set: the generic kernels are always_inline and each one is
+// inlined into a target-attributed wrapper (AVX-512, AVX2, baseline), picked at run time
+// with the instruction set of fastgen's other CPU kernels (tap_gemm_set(), so
+// FASTGEN_CPU_ISA selects here too).
+//
+// Polynomial coefficients are Chebyshev-node least-squares fits (mpmath.chebyfit, 50 digits)
+// rounded to the working precision; each table states its function, interval and error.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <array>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "tap_gemm.h"
+
+// The generic kernels pass 64-byte vectors by value between always_inline functions that
+// are only ever inlined into the target-attributed wrappers: no call crosses an ABI.
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+#define FASTGEN_INLINE inline __attribute__((always_inline))
+
+namespace fastgen::cpu {
+namespace {
+
+enum class Kind { Logistic, Gaussian };
+
+template <typename T>
+struct Simd;
+
+template <>
+struct Simd<float> {
+  typedef float V __attribute__((vector_size(64)));
+  typedef int32_t I __attribute__((vector_size(64)));
+  static constexpr int W = 16;
+  static constexpr int kMantissaBits = 23;
+  static constexpr float kRoundMagic = 0x1.8p23f;  // t + magic rounds t to an integer held in the low bits
+  static constexpr int32_t kOneBits = 0x3f800000;
+  static constexpr int32_t kSqrtHalfBits = 0x3f3504f3;  // sqrt(1/2), rounded
+  static constexpr int32_t kMantissaMask = 0x007fffff;
+  static constexpr float kExp2Limit = 126;  // 2^t stays normal
+  // Erfc's argument is clamped here: its square stays finite and erfc is 0 long before.
+  static constexpr float kErfcArgLimit = 1e18f;
+  // 2^r on [-1/2, 1/2], degree 5: relative error 7.9e-8.
+  static constexpr float kExp2[] = {0.0013390863314270973f, 0.009676031768321991f, 0.055503569543361664f,
+                                    0.2402210682630539f, 0.6931471824645996f, 1.0000001192092896f};
+  // P(z) with log((1 + s) / (1 - s)) = 2s + s z P(z), z = s^2 in [0, ((sqrt 2 - 1) / (sqrt 2 + 1))^2],
+  // degree 2: relative error of the log below 3e-9.
+  static constexpr float kLog[] = {0.29579949378967285f, 0.3998878002166748f, 0.6666668653488159f};
+  // G(y) with erfc(a) = (1 + y) / 2 exp(-a^2 + G(y)), y = (2 - a) / (2 + a) in [-1, 1] for a >= 0
+  // (Numerical Recipes' form), degree 11: absolute error 1.4e-8, i.e. relative in erfc.
+  static constexpr float kErfc[] = {-9.246457921108231e-05f, 8.508316568622831e-06f, 0.0005880717071704566f,
+                                    -0.00022919225739315152f, -0.002303143497556448f, 0.001795201445929706f,
+                                    0.008815157227218151f, -0.009880431927740574f, -0.04689478129148483f,
+                                    0.047343939542770386f, 0.6726431846618652f, -0.6717941164970398f};
+  // Newton steps after the 4.5e-4 start of the normal quantile: the error squares each step.
+  static constexpr int kQuantileNewtonSteps = 2;
+};
+
+template <>
+struct Simd<double> {
+  typedef double V __attribute__((vector_size(64)));
+  typedef int64_t I __attribute__((vector_size(64)));
+  static constexpr int W = 8;
+  static constexpr int kMantissaBits = 52;
+  static constexpr double kRoundMagic = 0x1.8p52;
+  static constexpr int64_t kOneBits = 0x3ff0000000000000;
+  static constexpr int64_t kSqrtHalfBits = 0x3fe6a09e667f3bcd;
+  static constexpr int64_t kMantissaMask = 0x000fffffffffffff;
+  static constexpr double kExp2Limit = 1022;
+  static constexpr double kErfcArgLimit = 1e150;
+  // 2^r on [-1/2, 1/2], degree 11: relative error 3.2e-18.
+  static constexpr double kExp2[] = {4.4558179083360645e-10, 7.074194297288521e-09, 1.0178057087733941e-07,
+                                     1.3215432535912375e-06, 1.5252733841556773e-05, 0.00015403530463724353,
+                                     0.001333355814640647,   0.009618129107587256,   0.055504108664821625,
+                                     0.24022650695910158,    0.6931471805599453,     1.0};
+  // As for float, degree 6: relative error of the log below 5e-18.
+  static constexpr double kLog[] = {0.14616449685043406, 0.15331721600556042, 0.18182889125261723,
+                                    0.2222221113479508,  0.28571428625975487, 0.39999999999899505,
+                                    0.666666666666667};
+  // As for float, degree 25: absolute error 1.7e-16.
+  static constexpr double kErfc[] = {
+      -1.1141466421901909e-09, -1.2776506237493277e-08, 3.675878538183882e-08,   7.746001345360312e-08,
+      -3.086559820402206e-07,  -4.1484920834124593e-08, 1.3137199073509803e-06,  -1.4094127307024207e-06,
+      -2.994294118363313e-06,  8.662494482986981e-06,   1.6080205095439494e-07,  -3.023780825572967e-05,
+      3.1737328155349395e-05,  7.141808767204543e-05,   -0.00017430116360991256, -9.373894209180262e-05,
+      0.0006736785371369921,   -0.00014624628859718252, -0.0023458124784660516,  0.0017589335075480397,
+      0.00882493855611383,     -0.00987268936410846,    -0.046895610231160824,   0.047343306841863754,
+      0.6726432239776567,      -0.6717940840566922};
+  static constexpr int kQuantileNewtonSteps = 3;
+};
+
+template <typename T>
+using Vec = typename Simd<T>::V;
+
+constexpr int kVectorsPerBlock = 4;
+template <typename T>
+constexpr int kBlock = kVectorsPerBlock * Simd<T>::W;
+
+constexpr double kLog2e = 1.4426950408889634;
+constexpr double kLn2 = 0.6931471805599453;
+constexpr double kSqrtHalf = 0.7071067811865476;
+constexpr double kSqrt2Pi = 2.5066282746310002;
+constexpr double kHalfLog2Pi = 0.9189385332046728;
+
+// ------------------------------------------------------------------------- vector helpers
+
+template <typename T>
+FASTGEN_INLINE Vec<T> splat(T v) {
+  return Vec<T>{} + v;
+}
+
+template <typename T>
+FASTGEN_INLINE Vec<T> load(const T* p) {
+  Vec<T> v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+template <typename T>
+FASTGEN_INLINE void store(T* p, Vec<T> v) {
+  std::memcpy(p, &v, sizeof v);
+}
+
+template <typename T>
+FASTGEN_INLINE Vec<T> vmax(Vec<T> a, Vec<T> b) {
+  return a > b ? a : b;
+}
+
+template <typename T>
+FASTGEN_INLINE Vec<T> vabs(Vec<T> a) {
+  return a < 0 ? -a : a;
+}
+
+template <typename T>
+FASTGEN_INLINE Vec<T> vmin(Vec<T> a, Vec<T> b) {
+  return a < b ? a : b;
+}
+
+// NaN stays NaN (a comparison with NaN is false). Selects are nested rather than made on
+// combined masks (a < lo | a > hi), which GCC scalarizes.
+template <typename T>
+FASTGEN_INLINE Vec<T> clamp(Vec<T> a, T lo, T hi) {
+  a = a < lo ? splat<T>(lo) : a;
+  return a > hi ? splat<T>(hi) : a;
+}
+
+template <typename T, size_t N>
+FASTGEN_INLINE Vec<T> horner(Vec<T> x, const T (&c)[N]) {
+  Vec<T> p = splat<T>(c[0]);
+  for (size_t i = 1; i < N; ++i) p = p * x + c[i];
+  return p;
+}
+
+// 2^t, saturating at 2^(+-limit) (the normal range) instead of overflowing or flushing to 0:
+// for callers that only add the result to 1 or to larger terms. NaN stays NaN.
+template <typename T>
+FASTGEN_INLINE Vec<T> exp2_saturating(Vec<T> t) {
+  using S = Simd<T>;
+  using I = typename S::I;
+  t = clamp<T>(t, -S::kExp2Limit, S::kExp2Limit);
+  const Vec<T> shifted = t + S::kRoundMagic;
+  const Vec<T> r = t - (shifted - S::kRoundMagic);  // t - round(t), in [-1/2, 1/2]
+  const I scale = ((I)shifted << S::kMantissaBits) + S::kOneBits;  // the bits of 2^round(t)
+  return horner<T>(r, S::kExp2) * (Vec<T>)scale;
+}
+
+// exp(x); 0 below the normal range (exp(-inf) = 0), saturating above it.
+template <typename T>
+FASTGEN_INLINE Vec<T> vexp(Vec<T> x) {
+  const Vec<T> t = x * T(kLog2e);
+  return t < -Simd<T>::kExp2Limit ? Vec<T>{} : exp2_saturating<T>(t);
+}
+
+// log x for positive normal x (or NaN -> garbage): x = m 2^e with m in [sqrt(1/2), sqrt(2)),
+// log m = log((1 + s) / (1 - s)) with s = (m - 1) / (m + 1).
+template <typename T>
+FASTGEN_INLINE Vec<T> log_positive(Vec<T> x) {
+  using S = Simd<T>;
+  using I = typename S::I;
+  // Offsetting the bits by those of sqrt(1/2) moves the exponent's boundary there.
+  const I offset = (I)x - S::kSqrtHalfBits;
+  const I e = offset >> S::kMantissaBits;  // arithmetic shift: the signed exponent
+  const Vec<T> m = (Vec<T>)((offset & S::kMantissaMask) + S::kSqrtHalfBits);
+  const Vec<T> s = (m - 1) / (m + 1);
+  const Vec<T> z = s * s;
+  return __builtin_convertvector(e, Vec<T>) * T(kLn2) + s * (2 + z * horner<T>(z, S::kLog));
+}
+
+// log x: -inf at 0, NaN below 0 and for NaN, inf at inf; x must not be subnormal.
+template <typename T>
+FASTGEN_INLINE Vec<T> vlog(Vec<T> x) {
+  constexpr T inf = std::numeric_limits<T>::infinity();
+  const Vec<T> not_positive = x == 0 ? splat<T>(-inf) : splat<T>(std::numeric_limits<T>::quiet_NaN());
+  return x > 0 ? (x < inf ? log_positive<T>(x) : x) : not_positive;
+}
+
+// erfc(c) = t exp(g - c^2) for c = |a|, with t = (1 + y) / 2 = 2 / (2 + c) and g = G(y): the
+// pieces, so that callers can also take its log or its ratio to exp(-c^2) without under- or
+// overflow. c is clamped: huge arguments give erfc = 0 either way, and c^2 and y stay finite.
+template <typename T>
+FASTGEN_INLINE void erfc_parts(Vec<T> a, Vec<T>& t, Vec<T>& g, Vec<T>& c2) {
+  const Vec<T> c = clamp<T>(vabs<T>(a), 0, Simd<T>::kErfcArgLimit);
+  const Vec<T> inv = 1 / (2 + c);
+  t = 2 * inv;
+  g = horner<T>((2 - c) * inv, Simd<T>::kErfc);
+  c2 = c * c;
+}
+
+// The standard normal CDF Phi at z, given a = -z / sqrt(2): Phi = erfc(a) / 2, with the upper
+// half as 1 - erfc(|a|) / 2 so that the lower tail keeps its relative accuracy.
+template <typename T>
+FASTGEN_INLINE Vec<T> normal_cdf_of_scaled(Vec<T> a) {
+  Vec<T> t, g, c2;
+  erfc_parts<T>(a, t, g, c2);
+  const Vec<T> half_erfc = T(0.5) * t * vexp<T>(g - c2);
+  return a >= 0 ? half_erfc : 1 - half_erfc;
+}
+
+// ---------------------------------------------------------------------------- components
+
+// One standard component at z: its CDF F, log-density log f and score d log f / dz.
+template <typename T, Kind kind>
+struct Component;
+
+template <typename T>
+struct Component<T, Kind::Logistic> {
+  // F = sigmoid(z), log f = -|z| - 2 log(1 + e), score = -tanh(z / 2), with e = exp(-|z|) <= 1.
+  // log(1 + e) is computed as written: its absolute error (what log f needs) stays ~1 ulp.
+  static FASTGEN_INLINE void eval(Vec<T> z, Vec<T>& F, Vec<T>& log_f, Vec<T>& score) {
+    const Vec<T> abs_z = vabs<T>(z);
+    const Vec<T> e = vexp<T>(-abs_z);
+    const Vec<T> r = 1 / (1 + e);
+    F = z >= 0 ? r : e * r;
+    log_f = -abs_z - 2 * log_positive<T>(1 + e);
+    const Vec<T> tanh_half = (1 - e) * r;
+    score = z >= 0 ? -tanh_half : tanh_half;
+  }
+  // The bisection's CDF at mid from the affine map t = mid * A + B = -z log2(e).
+  static FASTGEN_INLINE void affine(Vec<T> loc, Vec<T> inv_scale, Vec<T>& A, Vec<T>& B) {
+    A = inv_scale * T(-kLog2e);
+    B = loc * inv_scale * T(kLog2e);
+  }
+  // exp2 saturates for |z| > 87 (float) where sigmoid is 1 or below 1e-38: negligible in F.
+  static FASTGEN_INLINE Vec<T> cdf_of_affine(Vec<T> t) { return 1 / (1 + exp2_saturating<T>(t)); }
+};
+
+template <typename T>
+struct Component<T, Kind::Gaussian> {
+  // F = Phi(z), log f = -z^2 / 2 - log(2 pi) / 2, score = -z.
+  static FASTGEN_INLINE void eval(Vec<T> z, Vec<T>& F, Vec<T>& log_f, Vec<T>& score) {
+    F = normal_cdf_of_scaled<T>(z * T(-kSqrtHalf));
+    log_f = T(-0.5) * z * z - T(kHalfLog2Pi);
+    score = -z;
+  }
+  // a = -z / sqrt(2) = mid * A + B.
+  static FASTGEN_INLINE void affine(Vec<T> loc, Vec<T> inv_scale, Vec<T>& A, Vec<T>& B) {
+    A = inv_scale * T(-kSqrtHalf);
+    B = loc * inv_scale * T(kSqrtHalf);
+  }
+  static FASTGEN_INLINE Vec<T> cdf_of_affine(Vec<T> a) { return normal_cdf_of_scaled<T>(a); }
+};
+
+// The standard component's quantile at u in [tiny, 1 - eps/2].
+template <typename T, Kind kind>
+FASTGEN_INLINE Vec<T> component_quantile(Vec<T> u) {
+  if constexpr (kind == Kind::Logistic) {
+    return vlog<T>(u / (1 - u));
+  } else {
+    // Phi^-1(u) = -Phi^-1(1 - u): work on p = min(u, 1 - u) <= 1/2 (1 - u is exact for u >= 1/2)
+    // from Abramowitz & Stegun 26.2.23 (|error| < 4.5e-4), refined by Newton steps on
+    // h(q) = log Phi(q) - log p, h' = phi / Phi, with log Phi and Phi / phi from erfc's pieces
+    // (finite deep in the tail, where Phi and phi themselves underflow).
+    const Vec<T> one_minus = 1 - u;
+    const Vec<T> p = u < one_minus ? u : one_minus;
+    const Vec<T> log_p = vlog<T>(p);
+    const Vec<T> s = vexp<T>(T(0.5) * vlog<T>(T(-2) * log_p));  // sqrt(-2 log p)
+    const Vec<T> num = T(2.515517) + s * (T(0.802853) + s * T(0.010328));
+    const Vec<T> den = 1 + s * (T(1.432788) + s * (T(0.189269) + s * T(0.001308)));
+    Vec<T> q = num / den - s;
+    for (int step = 0; step < Simd<T>::kQuantileNewtonSteps; ++step) {
+      const Vec<T> a = q * T(-kSqrtHalf);
+      Vec<T> t, g, c2;
+      erfc_parts<T>(a, t, g, c2);
+      // q <= 0 (a >= 0): Phi = t exp(g - c2) / 2 and phi = exp(-c2) / sqrt(2 pi). A start just
+      // above 0 (p near 1/2) takes the direct form, where nothing underflows.
+      const Vec<T> lower_log_phi = vlog<T>(T(0.5) * t) + g - c2;
+      const Vec<T> lower_ratio = T(0.5 * kSqrt2Pi) * t * vexp<T>(g);
+      const Vec<T> upper_phi = 1 - T(0.5) * t * vexp<T>(g - c2);
+      const Vec<T> upper_ratio = upper_phi * T(kSqrt2Pi) * vexp<T>(c2);
+      const Vec<T> log_phi = a >= 0 ? lower_log_phi : vlog<T>(upper_phi);
+      const Vec<T> ratio = a >= 0 ? lower_ratio : upper_ratio;
+      q -= (log_phi - log_p) * ratio;
+    }
+    return u < one_minus ? q : -q;
+  }
+}
+
+// ------------------------------------------------------------------------------- blocks
+
+// dst[k * kBlock + l] = src[l * K + k] for l < n, pad for n <= l < kBlock.
+template <typename T>
+void gather_block(const T* src, int64_t K, int64_t n, T pad, T* dst) {
+  constexpr int BL = kBlock<T>;
+  for (int64_t l = 0; l < n; ++l)
+    for (int64_t k = 0; k < K; ++k) dst[k * BL + l] = src[l * K + k];
+  for (int64_t l = n; l < BL; ++l)
+    for (int64_t k = 0; k < K; ++k) dst[k * BL + l] = pad;
+}
+
+// dst[l * K + k] = src[k * kBlock + l] for l < n.
+template <typename T>
+void scatter_block(const T* src, int64_t K, int64_t n, T* dst) {
+  constexpr int BL = kBlock<T>;
+  for (int64_t l = 0; l < n; ++l)
+    for (int64_t k = 0; k < K; ++k) dst[l * K + k] = src[k * BL + l];
+}
+
+// The mixture's parameters, (N, K) contiguous.
+template <typename T>
+struct Mixture {
+  const T* logits;
+  const T* loc;
+  const T* log_scale;
+  int64_t N, K;
+};
+
+// Scratch of one thread: `arrays` [K][kBlock] arrays, the block's parameters among them.
+template <typename T>
+struct Scratch {
+  Scratch(int64_t K, int arrays) : K(K), data(static_cast<size_t>(K) * kBlock<T> * arrays) {}
+  T* array(int i) { return data.data() + static_cast<size_t>(i) * K * kBlock<T>; }
+  int64_t K;
+  std::vector<T> data;
+};
+
+// Loads block [e0, e0 + n) into scratch arrays 0, 1, 2 (logits, loc, log_scale); padding
+// lanes get a harmless standard component.
+template <typename T>
+void load_mixture(const Mixture<T>& m, int64_t e0, int64_t n, Scratch<T>& s) {
+  gather_block(m.logits + e0 * m.K, m.K, n, T(0), s.array(0));
+  gather_block(m.loc + e0 * m.K, m.K, n, T(0), s.array(1));
+  gather_block(m.log_scale + e0 * m.K, m.K, n, T(0), s.array(2));
+}
+
+// Per vector of lanes: the logits' max, and exp(logit - max) into `weights` (unnormalized);
+// returns their sum.
+template <typename T>
+FASTGEN_INLINE Vec<T> softmax_parts(const T* logits, int64_t K, T* weights, Vec<T>& max) {
+  constexpr int BL = kBlock<T>;
+  max = load(logits);
+  for (int64_t k = 1; k < K; ++k) max = vmax<T>(max, load(logits + k * BL));
+  Vec<T> sum{};
+  for (int64_t k = 0; k < K; ++k) {
+    const Vec<T> e = vexp<T>(load(logits + k * BL) - max);
+    store(weights + k * BL, e);
+    sum += e;
+  }
+  return sum;
+}
+
+// log sum_k exp(terms_k) given their max (an all -inf set gives -inf, not NaN).
+template <typename T>
+FASTGEN_INLINE Vec<T> log_sum_exp(const T* terms, int64_t K, Vec<T> max) {
+  constexpr int BL = kBlock<T>;
+  max = max == -std::numeric_limits<T>::infinity() ? Vec<T>{} : max;
+  Vec<T> sum{};
+  for (int64_t k = 0; k < K; ++k) sum += vexp<T>(load(terms + k * BL) - max);
+  return max + vlog<T>(sum);
+}
+
+// Per vector of lanes at x: sum_k w_k F_k and the log-density terms a_k = log w_k + log f(z_k) -
+// log_scale_k (into `terms`, which holds the unnormalized weights on entry; their max into
+// `max`), F_k into `cdfs` when given. Arrays: 0 logits, 1 loc, 2 log_scale.
+template <typename T, Kind kind>
+FASTGEN_INLINE Vec<T> mixture_terms(T* const* arr, int64_t K, Vec<T> x, Vec<T> logit_max, Vec<T> sum_w, T* terms,
+                                    T* cdfs, Vec<T>& max) {
+  constexpr int BL = kBlock<T>;
+  const Vec<T> log_norm = logit_max + vlog<T>(sum_w);
+  Vec<T> u{};
+  max = splat<T>(-std::numeric_limits<T>::infinity());
+  for (int64_t k = 0; k < K; ++k) {
+    const int64_t o = k * BL;
+    const Vec<T> log_scale = load(arr[2] + o);
+    const Vec<T> z = (x - load(arr[1] + o)) * vexp<T>(-log_scale);
+    Vec<T> F, log_f, score;
+    Component<T, kind>::eval(z, F, log_f, score);
+    u += load(terms + o) * F;
+    const Vec<T> a = load(arr[0] + o) - log_norm + log_f - log_scale;
+    store(terms + o, a);
+    if (cdfs != nullptr) store(cdfs + o, F);
+    max = vmax<T>(max, a);
+  }
+  return u / sum_w;
+}
+
+// ------------------------------------------------------------------------------ kernels
+// Each kernel runs blocks [b0, b1) of kBlock elements; `run` is inlined into one wrapper per
+// instruction set.
+
+template <typename T, Kind kind>
+struct CdfForward {
+  const Mixture<T>& m;
+  const T* x;
+  T* u;
+  T* log_pdf;
+
+  FASTGEN_INLINE void run(int64_t b0, int64_t b1) const {
+    constexpr int BL = kBlock<T>, W = Simd<T>::W;
+    Scratch<T> s(m.K, 4);
+    T* arr[3] = {s.array(0), s.array(1), s.array(2)};
+    T* terms = s.array(3);
+    T xb[BL], ub[BL], lb[BL];
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t e0 = b * BL, n = std::min<int64_t>(BL, m.N - e0);
+      load_mixture(m, e0, n, s);
+      gather_block(x + e0, 1, n, T(0), xb);
+      for (int j = 0; j < BL; j += W) {
+        Vec<T> logit_max, max;
+        const Vec<T> sum_w = softmax_parts<T>(arr[0] + j, m.K, terms + j, logit_max);
+        T* const lane_arr[3] = {arr[0] + j, arr[1] + j, arr[2] + j};
+        store(ub + j, mixture_terms<T, kind>(lane_arr, m.K, load(xb + j), logit_max, sum_w, terms + j, nullptr, max));
+        store(lb + j, log_sum_exp<T>(terms + j, m.K, max));
+      }
+      scatter_block(ub, 1, n, u + e0);
+      scatter_block(lb, 1, n, log_pdf + e0);
+    }
+  }
+};
+
+// Gradients of (x, logits, loc, log_scale) from those of u and log_pdf (either may be absent):
+// with responsibilities r_k = w_k f_k / (s_k p) = exp(a_k - log_pdf), p = exp(log_pdf),
+//   du/dx = p,               dlog_pdf/dx = sum_k r_k score_k / s_k
+//   du/dloc_k = -p r_k,      dlog_pdf/dloc_k = -r_k score_k / s_k
+//   du/dlog_s_k = -p r_k (x - loc_k),   dlog_pdf/dlog_s_k = -r_k (score_k z_k + 1)
+//   du/dlogit_k = w_k (F_k - u),        dlog_pdf/dlogit_k = r_k - w_k
+template <typename T, Kind kind>
+struct CdfBackward {
+  const Mixture<T>& m;
+  const T *grad_u, *grad_log_pdf, *x, *u, *log_pdf;
+  T *grad_x, *grad_logits, *grad_loc, *grad_log_scale;  // null when not requested
+
+  FASTGEN_INLINE void run(int64_t b0, int64_t b1) const {
+    constexpr int BL = kBlock<T>, W = Simd<T>::W;
+    Scratch<T> s(m.K, 4);
+    T* arr[3] = {s.array(0), s.array(1), s.array(2)};
+    T* weights = s.array(3);
+    T gub[BL], glb[BL], xb[BL], ub[BL], lb[BL], gxb[BL];
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t e0 = b * BL, n = std::min<int64_t>(BL, m.N - e0);
+      load_mixture(m, e0, n, s);
+      gather_block(x + e0, 1, n, T(0), xb);
+      gather_block(u + e0, 1, n, T(0), ub);
+      gather_block(log_pdf + e0, 1, n, T(0), lb);
+      if (grad_u != nullptr) gather_block(grad_u + e0, 1, n, T(0), gub);
+      if (grad_log_pdf != nullptr) gather_block(grad_log_pdf + e0, 1, n, T(0), glb);
+      for (int j = 0; j < BL; j += W) {
+        Vec<T> logit_max;
+        const Vec<T> sum_w = softmax_parts<T>(arr[0] + j, m.K, weights + j, logit_max);
+        const Vec<T> inv_sum_w = 1 / sum_w, log_norm = logit_max + vlog<T>(sum_w);
+        const Vec<T> xv = load(xb + j), uv = load(ub + j), L = load(lb + j);
+        const Vec<T> gu = grad_u != nullptr ? load(gub + j) : Vec<T>{};
+        const Vec<T> gl = grad_log_pdf != nullptr ? load(glb + j) : Vec<T>{};
+        const Vec<T> gu_p = gu * vexp<T>(L);
+        Vec<T> gx = gu_p;
+        for (int64_t k = 0; k < m.K; ++k) {
+          const int64_t o = k * BL + j;
+          const Vec<T> logit = load(arr[0] + o), log_scale = load(arr[2] + o);
+          const Vec<T> w = load(weights + o) * inv_sum_w;
+          const Vec<T> inv_scale = vexp<T>(-log_scale);
+          const Vec<T> d = xv - load(arr[1] + o), z = d * inv_scale;
+          Vec<T> F, log_f, score;
+          Component<T, kind>::eval(z, F, log_f, score);
+          const Vec<T> r = vexp<T>(logit - log_norm + log_f - log_scale - L);
+          const Vec<T> gl_score = gl * score;
+          gx += r * gl_score * inv_scale;
+          store(arr[0] + o, gu * w * (F - uv) + gl * (r - w));
+          store(arr[1] + o, -r * (gu_p + gl_score * inv_scale));
+          store(arr[2] + o, -r * (gu_p * d + gl + gl_score * z));
+        }
+        store(gxb + j, gx);
+      }
+      if (grad_x != nullptr) scatter_block(gxb, 1, n, grad_x + e0);
+      if (grad_logits != nullptr) scatter_block(arr[0], m.K, n, grad_logits + e0 * m.K);
+      if (grad_loc != nullptr) scatter_block(arr[1], m.K, n, grad_loc + e0 * m.K);
+      if (grad_log_scale != nullptr) scatter_block(arr[2], m.K, n, grad_log_scale + e0 * m.K);
+    }
+  }
+};
+
+// Bisection: per element, u clamped to [tiny, 1 - eps/2], the bracket [min_k, max_k] of the
+// component quantiles loc_k + s_k Q(u), then `iters` halvings; x is the final bracket's middle.
+template <typename T, Kind kind>
+struct Icdf {
+  const Mixture<T>& m;
+  const T* u;
+  int64_t iters;
+  T* x;
+
+  FASTGEN_INLINE void run(int64_t b0, int64_t b1) const {
+    constexpr int B = kVectorsPerBlock, BL = kBlock<T>, W = Simd<T>::W;
+    constexpr T tiny = std::numeric_limits<T>::min(), below_one = 1 - std::numeric_limits<T>::epsilon() / 2;
+    Scratch<T> s(m.K, 4);
+    T* arr[3] = {s.array(0), s.array(1), s.array(2)};
+    T* weights = s.array(3);
+    T* A = arr[1];  // the affine maps overwrite loc and log_scale
+    T* Bc = arr[2];
+    T ub[BL], xb[BL];
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t e0 = b * BL, n = std::min<int64_t>(BL, m.N - e0);
+      load_mixture(m, e0, n, s);
+      gather_block(u + e0, 1, n, T(0.5), ub);
+      Vec<T> target[B], lo[B], hi[B];
+      for (int v = 0; v < B; ++v) {
+        const int j = v * W;
+        Vec<T> logit_max;
+        const Vec<T> inv_sum_w = 1 / softmax_parts<T>(arr[0] + j, m.K, weights + j, logit_max);
+        target[v] = clamp<T>(load(ub + j), tiny, below_one);
+        const Vec<T> q = component_quantile<T, kind>(target[v]);
+        lo[v] = splat<T>(std::numeric_limits<T>::infinity());
+        hi[v] = -lo[v];
+        for (int64_t k = 0; k < m.K; ++k) {
+          const int64_t o = k * BL + j;
+          const Vec<T> loc = load(arr[1] + o), log_scale = load(arr[2] + o);
+          const Vec<T> quantile = loc + vexp<T>(log_scale) * q;
+          lo[v] = vmin<T>(lo[v], quantile);
+          hi[v] = vmax<T>(hi[v], quantile);
+          Vec<T> a, c;
+          Component<T, kind>::affine(loc, vexp<T>(-log_scale), a, c);
+          store(A + o, a);
+          store(Bc + o, c);
+          store(weights + o, load(weights + o) * inv_sum_w);
+        }
+      }
+      Vec<T> cdf[B] = {};
+      for (int64_t it = 0; it < iters; ++it) {
+        Vec<T> mid[B];
+        for (int v = 0; v < B; ++v) {
+          mid[v] = T(0.5) * (lo[v] + hi[v]);
+          cdf[v] = Vec<T>{};
+        }
+        for (int64_t k = 0; k < m.K; ++k) {
+          const int64_t o = k * BL;
+          for (int v = 0; v < B; ++v) {
+            const int64_t ov = o + v * W;
+            const Vec<T> t = mid[v] * load(A + ov) + load(Bc + ov);
+            cdf[v] += load(weights + ov) * Component<T, kind>::cdf_of_affine(t);
+          }
+        }
+        for (int v = 0; v < B; ++v) {
+          const auto below = cdf[v] < target[v];
+          lo[v] = below ? mid[v] : lo[v];
+          hi[v] = below ? hi[v] : mid[v];
+        }
+      }
+      // NaN in u makes every quantile and so the bracket NaN. NaN in a parameter makes the
+      // CDF NaN (its comparisons false): 0 * cdf carries it into x, like torch.amin would.
+      for (int v = 0; v < B; ++v) store(xb + v * W, T(0.5) * (lo[v] + hi[v]) + 0 * cdf[v]);
+      scatter_block(xb, 1, n, x + e0);
+    }
+  }
+};
+
+// Implicit-function gradients of x = F^-1(u) at the computed x: with p = pdf(x) (clamped to the
+// smallest normal, so that an underflowed density gives a huge gradient rather than NaN) and
+// r_k the responsibilities at x,
+//   dx/du = 1 / p,   dx/dlogit_k = -w_k (F_k - F(x)) / p,   dx/dloc_k = r_k,
+//   dx/dlog_s_k = r_k (x - loc_k).
+template <typename T, Kind kind>
+struct IcdfBackward {
+  const Mixture<T>& m;
+  const T *grad_x, *x;
+  T *grad_u, *grad_logits, *grad_loc, *grad_log_scale;  // null when not requested
+
+  FASTGEN_INLINE void run(int64_t b0, int64_t b1) const {
+    constexpr int BL = kBlock<T>, W = Simd<T>::W;
+    constexpr T tiny = std::numeric_limits<T>::min();
+    Scratch<T> s(m.K, 5);
+    T* arr[3] = {s.array(0), s.array(1), s.array(2)};
+    T* terms = s.array(3);
+    T* cdfs = s.array(4);
+    T gb[BL], xb[BL], gub[BL];
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t e0 = b * BL, n = std::min<int64_t>(BL, m.N - e0);
+      load_mixture(m, e0, n, s);
+      gather_block(x + e0, 1, n, T(0), xb);
+      gather_block(grad_x + e0, 1, n, T(0), gb);
+      for (int j = 0; j < BL; j += W) {
+        Vec<T> logit_max, max;
+        const Vec<T> sum_w = softmax_parts<T>(arr[0] + j, m.K, terms + j, logit_max);
+        const Vec<T> log_norm = logit_max + vlog<T>(sum_w);
+        const Vec<T> xv = load(xb + j), g = load(gb + j);
+        T* const lane_arr[3] = {arr[0] + j, arr[1] + j, arr[2] + j};
+        const Vec<T> F = mixture_terms<T, kind>(lane_arr, m.K, xv, logit_max, sum_w, terms + j, cdfs + j, max);
+        const Vec<T> L = log_sum_exp<T>(terms + j, m.K, max);
+        const Vec<T> p = vexp<T>(L);
+        const Vec<T> g_over_p = g / (p > tiny ? p : splat<T>(tiny));
+        store(gub + j, g_over_p);
+        for (int64_t k = 0; k < m.K; ++k) {
+          const int64_t o = k * BL + j;
+          const Vec<T> w = vexp<T>(load(arr[0] + o) - log_norm);
+          const Vec<T> gr = g * vexp<T>(load(terms + o) - L);
+          store(arr[0] + o, -g_over_p * w * (load(cdfs + o) - F));
+          store(arr[2] + o, gr * (xv - load(arr[1] + o)));
+          store(arr[1] + o, gr);
+        }
+      }
+      if (grad_u != nullptr) scatter_block(gub, 1, n, grad_u + e0);
+      if (grad_logits != nullptr) scatter_block(arr[0], m.K, n, grad_logits + e0 * m.K);
+      if (grad_loc != nullptr) scatter_block(arr[1], m.K, n, grad_loc + e0 * m.K);
+      if (grad_log_scale != nullptr) scatter_block(arr[2], m.K, n, grad_log_scale + e0 * m.K);
+    }
+  }
+};
+
+// ----------------------------------------------------------------------------- dispatch
+
+template <class Kernel>
+__attribute__((target("avx512f,avx512dq,avx512vl,avx2,fma"))) void run_avx512(const Kernel& k, int64_t b0,
+                                                                              int64_t b1) {
+  k.run(b0, b1);
+}
+
+template <class Kernel>
+__attribute__((target("avx2,fma"))) void run_avx2(const Kernel& k, int64_t b0, int64_t b1) {
+  k.run(b0, b1);
+}
+
+template <class Kernel>
+void run_base(const Kernel& k, int64_t b0, int64_t b1) {
+  k.run(b0, b1);
+}
+
+// Runs `kernel` over every block, in parallel, on the instruction set of fastgen's CPU kernels.
+template <class Kernel>
+void run_blocks(const Kernel& kernel, int64_t N, int64_t block, int64_t grain) {
+  const std::string isa = tap_gemm_set().isa;
+  auto* fn = isa == "avx512" ? &run_avx512<Kernel> : isa == "avx2" ? &run_avx2<Kernel> : &run_base<Kernel>;
+  at::parallel_for(0, (N + block - 1) / block, grain, [&](int64_t b0, int64_t b1) { fn(kernel, b0, b1); });
+}
+
+// Blocks per parallel task: enough work per task (about 1e5 component evaluations) to
+// amortize a thread's scratch and scheduling.
+int64_t grain(int64_t block, int64_t K, int64_t passes) {
+  return std::max<int64_t>(1, 100000 / std::max<int64_t>(1, block * K * passes));
+}
+
+// ------------------------------------------------------------------------------- checks
+
+Kind parse_kind(const char* op, c10::string_view kind) {
+  TORCH_CHECK_VALUE(kind == "logistic" || kind == "gaussian", op, ": kind must be 'logistic' or 'gaussian', got '",
+                    std::string(kind), "'");
+  return kind == "logistic" ? Kind::Logistic : Kind::Gaussian;
+}
+
+// x (...) and the parameters (..., K), K >= 1, on the CPU, float32/float64 alike. Everything a
+// kernel's indexing relies on, since the ops can be called directly through torch.ops.
+void check_mixture(const char* op, const char* x_name, const at::Tensor& x, const at::Tensor& logits,
+                   const at::Tensor& loc, const at::Tensor& log_scale) {
+  TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, op, " (cpu): ", x_name,
+                   " must be float32 or float64, got ", x.scalar_type());
+  TORCH_CHECK_VALUE(x.device().is_cpu(), op, " (cpu): ", x_name, " must be on the CPU");
+  const auto check_param = [&](const char* name, const at::Tensor& t) {
+    TORCH_CHECK_VALUE(t.dim() == x.dim() + 1 && t.sizes().slice(0, x.dim()) == x.sizes() && t.size(-1) >= 1, op,
+                      ": ", name, " must have shape ", x_name, ".shape + (K,) with K >= 1, got ", t.sizes(),
+                      " for ", x_name, " of shape ", x.sizes());
+    TORCH_CHECK_VALUE(t.size(-1) == logits.size(-1), op, ": ", name, " has K = ", t.size(-1),
+                      " components but logits has ", logits.size(-1));
+    TORCH_CHECK_TYPE(t.scalar_type() == x.scalar_type(), op, ": ", name, " must have dtype ", x.scalar_type(),
+                     ", got ", t.scalar_type());
+    TORCH_CHECK_VALUE(t.device().is_cpu(), op, " (cpu): ", name, " must be on the CPU");
+  };
+  check_param("logits", logits);
+  check_param("loc", loc);
+  check_param("log_scale", log_scale);
+}
+
+void check_like(const char* op, const char* name, const at::Tensor& t, const at::Tensor& x) {
+  TORCH_CHECK_VALUE(t.sizes() == x.sizes(), op, ": ", name, " must have shape ", x.sizes(), ", got ", t.sizes());
+  TORCH_CHECK_TYPE(t.scalar_type() == x.scalar_type(), op, ": ", name, " must have dtype ", x.scalar_type(),
+                   ", got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.device().is_cpu(), op, " (cpu): ", name, " must be on the CPU");
+}
+
+template <typename T>
+Mixture<T> mixture(const at::Tensor& logits, const at::Tensor& loc, const at::Tensor& log_scale) {
+  return {logits.data_ptr<T>(), loc.data_ptr<T>(), log_scale.data_ptr<T>(), logits.numel() / logits.size(-1),
+          logits.size(-1)};
+}
+
+template <typename T>
+const T* data_or_null(const at::Tensor& t) {
+  return t.defined() ? t.data_ptr<T>() : nullptr;
+}
+
+template <typename T>
+T* data_or_null(at::Tensor& t) {
+  return t.defined() ? t.data_ptr<T>() : nullptr;
+}
+
+template <template <typename, Kind> class Kernel, typename T, typename... Args>
+void run_kind(Kind kind, int64_t N, int64_t grain_blocks, Args&&... args) {
+  if (kind == Kind::Logistic)
+    run_blocks(Kernel<T, Kind::Logistic>{args...}, N, kBlock<T>, grain_blocks);
+  else
+    run_blocks(Kernel<T, Kind::Gaussian>{args...}, N, kBlock<T>, grain_blocks);
+}
+
+// ---------------------------------------------------------------------------------- ops
+
+std::tuple<at::Tensor, at::Tensor> mixture_cdf_cpu(const at::Tensor& x_in, const at::Tensor& logits_in,
+                                                   const at::Tensor& loc_in, const at::Tensor& log_scale_in,
+                                                   c10::string_view kind_name) {
+  check_mixture("mixture_cdf", "x", x_in, logits_in, loc_in, log_scale_in);
+  const Kind kind = parse_kind("mixture_cdf", kind_name);
+  const at::Tensor x = x_in.contiguous(), logits = logits_in.contiguous(), loc = loc_in.contiguous();
+  const at::Tensor log_scale = log_scale_in.contiguous();
+  at::Tensor u = at::empty_like(x), log_pdf = at::empty_like(x);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "mixture_cdf", [&] {
+    const Mixture<scalar_t> m = mixture<scalar_t>(logits, loc, log_scale);
+    run_kind<CdfForward, scalar_t>(kind, m.N, grain(kBlock<scalar_t>, m.K, 4), m, x.data_ptr<scalar_t>(),
+                                   u.data_ptr<scalar_t>(), log_pdf.data_ptr<scalar_t>());
+  });
+  return {u, log_pdf};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mixture_cdf_backward_cpu(
+    const c10::optional<at::Tensor>& grad_u_in, const c10::optional<at::Tensor>& grad_log_pdf_in,
+    const at::Tensor& x_in, const at::Tensor& logits_in, const at::Tensor& loc_in, const at::Tensor& log_scale_in,
+    const at::Tensor& u_in, const at::Tensor& log_pdf_in, c10::string_view kind_name, std::array<bool, 4> mask) {
+  const char* op = "mixture_cdf_backward";
+  check_mixture(op, "x", x_in, logits_in, loc_in, log_scale_in);
+  const Kind kind = parse_kind(op, kind_name);
+  check_like(op, "u", u_in, x_in);
+  check_like(op, "log_pdf", log_pdf_in, x_in);
+  if (grad_u_in.has_value()) check_like(op, "grad_u", *grad_u_in, x_in);
+  if (grad_log_pdf_in.has_value()) check_like(op, "grad_log_pdf", *grad_log_pdf_in, x_in);
+  const at::Tensor x = x_in.contiguous(), logits = logits_in.contiguous(), loc = loc_in.contiguous();
+  const at::Tensor log_scale = log_scale_in.contiguous(), u = u_in.contiguous(), log_pdf = log_pdf_in.contiguous();
+  const at::Tensor grad_u = grad_u_in.has_value() ? grad_u_in->contiguous() : at::Tensor();
+  const at::Tensor grad_log_pdf = grad_log_pdf_in.has_value() ? grad_log_pdf_in->contiguous() : at::Tensor();
+  // Distinct empty tensors for the gradients not requested: outputs must not alias.
+  const auto out = [&](bool need, const at::Tensor& like) { return need ? at::empty_like(like) : at::Tensor(); };
+  at::Tensor gx = out(mask[0], x), glogits = out(mask[1], logits), gloc = out(mask[2], loc);
+  at::Tensor gls = out(mask[3], log_scale);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "mixture_cdf_backward", [&] {
+    const Mixture<scalar_t> m = mixture<scalar_t>(logits, loc, log_scale);
+    run_kind<CdfBackward, scalar_t>(kind, m.N, grain(kBlock<scalar_t>, m.K, 4), m, data_or_null<scalar_t>(grad_u),
+                                    data_or_null<scalar_t>(grad_log_pdf), x.data_ptr<scalar_t>(),
+                                    u.data_ptr<scalar_t>(), log_pdf.data_ptr<scalar_t>(), data_or_null<scalar_t>(gx),
+                                    data_or_null<scalar_t>(glogits), data_or_null<scalar_t>(gloc),
+                                    data_or_null<scalar_t>(gls));
+  });
+  const auto none = [&] { return at::empty({0}, x.options()); };
+  return {mask[0] ? gx : none(), mask[1] ? glogits : none(), mask[2] ? gloc : none(), mask[3] ? gls : none()};
+}
+
+at::Tensor mixture_icdf_cpu(const at::Tensor& u_in, const at::Tensor& logits_in, const at::Tensor& loc_in,
+                            const at::Tensor& log_scale_in, c10::string_view kind_name, int64_t iters) {
+  check_mixture("mixture_icdf", "u", u_in, logits_in, loc_in, log_scale_in);
+  const Kind kind = parse_kind("mixture_icdf", kind_name);
+  TORCH_CHECK_VALUE(iters >= 1, "mixture_icdf: iters must be >= 1, got ", iters);
+  const at::Tensor u = u_in.contiguous(), logits = logits_in.contiguous(), loc = loc_in.contiguous();
+  const at::Tensor log_scale = log_scale_in.contiguous();
+  at::Tensor x = at::empty_like(u);
+  AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "mixture_icdf", [&] {
+    const Mixture<scalar_t> m = mixture<scalar_t>(logits, loc, log_scale);
+    run_kind<Icdf, scalar_t>(kind, m.N, grain(kBlock<scalar_t>, m.K, iters), m, u.data_ptr<scalar_t>(), iters,
+                             x.data_ptr<scalar_t>());
+  });
+  return x;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mixture_icdf_backward_cpu(
+    const at::Tensor& grad_x_in, const at::Tensor& x_in, const at::Tensor& logits_in, const at::Tensor& loc_in,
+    const at::Tensor& log_scale_in, c10::string_view kind_name, std::array<bool, 4> mask) {
+  const char* op = "mixture_icdf_backward";
+  check_mixture(op, "x", x_in, logits_in, loc_in, log_scale_in);
+  const Kind kind = parse_kind(op, kind_name);
+  check_like(op, "grad_x", grad_x_in, x_in);
+  const at::Tensor x = x_in.contiguous(), logits = logits_in.contiguous(), loc = loc_in.contiguous();
+  const at::Tensor log_scale = log_scale_in.contiguous(), grad_x = grad_x_in.contiguous();
+  const auto out = [&](bool need, const at::Tensor& like) { return need ? at::empty_like(like) : at::Tensor(); };
+  at::Tensor gu = out(mask[0], x), glogits = out(mask[1], logits), gloc = out(mask[2], loc);
+  at::Tensor gls = out(mask[3], log_scale);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "mixture_icdf_backward", [&] {
+    const Mixture<scalar_t> m = mixture<scalar_t>(logits, loc, log_scale);
+    run_kind<IcdfBackward, scalar_t>(kind, m.N, grain(kBlock<scalar_t>, m.K, 5), m, grad_x.data_ptr<scalar_t>(),
+                                     x.data_ptr<scalar_t>(), data_or_null<scalar_t>(gu),
+                                     data_or_null<scalar_t>(glogits), data_or_null<scalar_t>(gloc),
+                                     data_or_null<scalar_t>(gls));
+  });
+  const auto none = [&] { return at::empty({0}, x.options()); };
+  return {mask[0] ? gu : none(), mask[1] ? glogits : none(), mask[2] ? gloc : none(), mask[3] ? gls : none()};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastgen, CPU, m) {
+  m.impl("mixture_cdf", &mixture_cdf_cpu);
+  m.impl("mixture_cdf_backward", &mixture_cdf_backward_cpu);
+  m.impl("mixture_icdf", &mixture_icdf_cpu);
+  m.impl("mixture_icdf_backward", &mixture_icdf_backward_cpu);
+}
+
+}  // namespace fastgen::cpu
