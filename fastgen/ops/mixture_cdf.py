@@ -278,14 +278,16 @@ def _register(cdf_name: str, icdf_name: str) -> tuple:
     return tuple(ops)
 
 
+# float32 and float64 only: a bisection to 16-bit precision is of little use, and PyTorch has
+# no half-precision ndtri on the CPU.
 _REAL = (torch.float32, torch.float64)
 _CDF_BACKENDS = backends.OpBackends(
     CDF_OP,
-    {"ref": backends.ref_support(), "cpp": backends.cpp_support(CDF_OP), "triton": backends.triton_support(_REAL)},
+    {"ref": backends.ref_support(_REAL), "cpp": backends.cpp_support(CDF_OP), "triton": backends.triton_support(_REAL)},
 )
 _ICDF_BACKENDS = backends.OpBackends(
     ICDF_OP,
-    {"ref": backends.ref_support(), "cpp": backends.cpp_support(ICDF_OP), "triton": backends.triton_support(_REAL)},
+    {"ref": backends.ref_support(_REAL), "cpp": backends.cpp_support(ICDF_OP), "triton": backends.triton_support(_REAL)},
 )
 _FAST_OPS = {"triton": _register("mixture_cdf_triton", "mixture_icdf_triton")}
 if _CDF_BACKENDS.supports["cpp"].unavailable is None and _ICDF_BACKENDS.supports["cpp"].unavailable is None:

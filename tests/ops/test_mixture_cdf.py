@@ -14,6 +14,7 @@ import math
 import pytest
 import torch
 
+from fastgen.backends import BackendUnavailableError
 from fastgen.ops import default_icdf_iters, mixture_cdf, mixture_cdf_ref, mixture_icdf, mixture_icdf_ref
 
 from ..helpers import DEVICES, fast_backends, tolerances
@@ -441,6 +442,13 @@ def test_bad_options_raise(backend):
     for iters, error in ((0, ValueError), (-3, ValueError), (2.0, TypeError), (True, TypeError)):
         with pytest.raises(error, match="iters"):
             mixture_icdf(*args, iters=iters, backend=backend)
+
+
+def test_half_precision_is_refused_with_reasons():
+    args = [t.half() for t in good_args()]
+    for op in (mixture_cdf, mixture_icdf):
+        with pytest.raises(BackendUnavailableError, match="ref: does not support float16"):
+            op(*args)
 
 
 @pytest.mark.skipif("cpp" not in fast_backends(CDF_OP, "cpu"), reason="C++ extension not built")
