@@ -210,7 +210,8 @@ def _mixture_icdf_triton_backward(
 
 def _fake_grads(first, logits, loc, log_scale, output_mask):
     """Gradients of (first, logits, loc, log_scale): their shapes, or empty when not requested."""
-    return tuple(t.new_empty(t.shape) if m else first.new_empty(0) for t, m in zip((first, logits, loc, log_scale), output_mask))
+    inputs = (first, logits, loc, log_scale)
+    return tuple(t.new_empty(t.shape) if m else first.new_empty(0) for t, m in zip(inputs, output_mask))
 
 
 def _fake_cdf(x, logits, loc, log_scale, kind):

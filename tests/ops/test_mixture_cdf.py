@@ -4,12 +4,10 @@ Outputs and all gradients (x or u, logits, loc, log_scale) over a grid (K = 1, 4
 batch-1, odd and multi-dimensional leading shapes, more elements than one CPU block,
 non-contiguous inputs, float32/float64, both kinds); the bisection step for step with a
 few iterations; the round trip icdf(cdf(x)) = x with very narrow and very wide components;
-log_pdf against autograd's du/dx; the inverse's gradients by gradcheck (finite differences);
+log_pdf against autograd's du/dx; the inverse's gradients against finite differences;
 extreme and NaN inputs; opcheck, gradcheck, torch.compile(fullgraph=True); every CPU
 instruction set; bad arguments.
 """
-
-import math
 
 import pytest
 import torch
@@ -33,12 +31,21 @@ def params(op, dtypes=(torch.float32, torch.float64)):
     ]
 
 
-def rand(shape, g, *, dtype, device, scale=1.0, shift=0.0, contiguous=True):
-    """randn * scale + shift, requiring grad; non-contiguous tensors are strided slices."""
-    t = (torch.randn(shape, generator=g, dtype=torch.float64) * scale + shift).to(dtype=dtype, device=device)
+def rand(shape, g, *, dtype, device, scale=1.0, contiguous=True):
+    """randn * scale, requiring grad; non-contiguous tensors are strided slices."""
+    t = (torch.randn(shape, generator=g, dtype=torch.float64) * scale).to(dtype=dtype, device=device)
     if not contiguous:
         t = torch.stack([t, torch.zeros_like(t)], dim=-1)[..., 0]  # last stride 2
     return t.detach().requires_grad_()
+
+
+def cpu_params(op):
+    """(backend, dtype) for the reference and every fast CPU backend."""
+    return [
+        pytest.param(b, dt, id=f"{b}-{str(dt)[6:]}")
+        for dt in (torch.float32, torch.float64)
+        for b in ["ref"] + fast_backends(op, "cpu", dt)
+    ]
 
 
 def make_mixture(shape, K, *, dtype=torch.float64, device="cpu", contiguous=True, seed=0):
@@ -166,7 +173,7 @@ def round_trip_mixture(K, kind, case, dtype, seed):
 
 @pytest.mark.parametrize("K,case", [(1, "wide"), (1, "unit"), (1, "narrow"), (4, "mixed"), (16, "mixed")])
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("backend,dtype", [pytest.param(b, dt, id=f"{b}-{str(dt)[6:]}") for dt in (torch.float32, torch.float64) for b in ["ref"] + fast_backends(ICDF_OP, "cpu", dt)])
+@pytest.mark.parametrize("backend,dtype", cpu_params(ICDF_OP))
 def test_round_trip(backend, dtype, kind, K, case):
     """icdf(cdf(x)) = x, within what the dtype can resolve:
 
@@ -243,7 +250,6 @@ def test_icdf_gradients_by_finite_differences(backend, kind):
 # ------------------------------------------------------------------------ extreme inputs
 
 
-EXTREME_BACKENDS = [pytest.param(b, dt, id=f"{b}-{str(dt)[6:]}") for dt in (torch.float32, torch.float64) for b in ["ref"] + fast_backends(CDF_OP, "cpu", dt)]
 
 
 def extreme_mixture(K, dtype):
@@ -256,7 +262,7 @@ def extreme_mixture(K, dtype):
 
 @pytest.mark.parametrize("K", [1, 2, 4])
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("backend,dtype", EXTREME_BACKENDS)
+@pytest.mark.parametrize("backend,dtype", cpu_params(CDF_OP))
 def test_extreme_inputs_are_finite(backend, dtype, kind, K):
     """|x| up to 1e4, log-scales at -10 and 7, u at exactly 0 and 1, K = 1: finite outputs
     and gradients, never NaN."""
@@ -275,24 +281,22 @@ def test_extreme_inputs_are_finite(backend, dtype, kind, K):
             assert torch.isfinite(out).all(), out
         grads = torch.autograd.grad(sum(o.sum() for o in outs), [v, *mix])
         for name, gr in zip(("input", "logits", "loc", "log_scale"), grads):
-            assert not torch.isnan(gr).any(), f"{name}: {gr}"
-            if values is x:
-                assert torch.isfinite(gr).all(), f"{name}: {gr}"
+            assert torch.isfinite(gr).all(), f"{name}: {gr}"
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("backend,dtype", EXTREME_BACKENDS)
+@pytest.mark.parametrize("backend,dtype", cpu_params(CDF_OP))
 def test_u_at_0_and_1_give_the_extreme_quantiles(backend, dtype, kind):
     """u = 0 and 1 are clamped to the dtype's smallest normal and largest number below 1."""
-    mix = [t.expand(2, 1) for t in (torch.zeros(1, dtype=dtype), torch.full((1,), 2.0, dtype=dtype), torch.zeros(1, dtype=dtype))]
-    x = mixture_icdf(torch.tensor([0.0, 1.0], dtype=dtype), *mix, kind=kind, backend=backend)
+    logits, loc, log_scale = (torch.full((2, 1), v, dtype=dtype) for v in (0.0, 2.0, 0.0))
+    x = mixture_icdf(torch.tensor([0.0, 1.0], dtype=dtype), logits, loc, log_scale, kind=kind, backend=backend)
     finfo = torch.finfo(dtype)
     ends = torch.tensor([finfo.tiny, 1 - finfo.eps / 2], dtype=torch.float64)
     q = torch.logit(ends) if kind == "logistic" else torch.special.ndtri(ends)
     torch.testing.assert_close(x.double(), 2.0 + q, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("backend,dtype", EXTREME_BACKENDS)
+@pytest.mark.parametrize("backend,dtype", cpu_params(CDF_OP))
 def test_nan_propagates(backend, dtype):
     logits, loc, log_scale = [t.detach() for t in make_mixture((4,), 3, dtype=dtype)]
     x = torch.tensor([0.5, float("nan"), 0.1, -0.2], dtype=dtype)
@@ -319,7 +323,8 @@ def test_empty(backend):
 
 def op_names(backend):
     suffix = "_triton" if backend == "triton" else ""
-    return [getattr(torch.ops.fastgen, f"{n}{suffix}{b}").default for n in ("mixture_cdf", "mixture_icdf") for b in ("", "_backward")]
+    names = [f"{op}{suffix}{part}" for op in ("mixture_cdf", "mixture_icdf") for part in ("", "_backward")]
+    return [getattr(torch.ops.fastgen, name).default for name in names]
 
 
 @pytest.mark.parametrize("backend", fast_backends(CDF_OP, "cpu", torch.float64))
@@ -334,7 +339,8 @@ def test_opcheck(backend):
         d = [t.detach() for t in (x, *mix)]
         u_x, log_pdf = cdf(*d, kind)
         g = torch.randn(2, 3, dtype=torch.float64)
-        for grads, mask in (((g, g), [True] * 4), ((None, g), [False, True, False, True]), ((g, None), [True, False, True, False])):
+        masks = ([True] * 4, [False, True, False, True], [True, False, True, False])
+        for grads, mask in zip(((g, g), (None, g), (g, None)), masks):
             torch.library.opcheck(cdf_backward, (*grads, *d, u_x, log_pdf, kind, mask))
         xi = icdf(u.detach(), *d[1:], kind, 12)
         for mask in ([True] * 4, [True, False, False, True]):
@@ -388,7 +394,7 @@ def test_every_cpu_instruction_set_matches_reference(isa):
         "        mix = [(torch.randn(70, 5, dtype=dtype) * s).requires_grad_() for s in (1.0, 2.0, 0.5)]\n"
         "        for op, ref, first in ((mixture_cdf, mixture_cdf_ref, x), (mixture_icdf, mixture_icdf_ref, u)):\n"
         "            out, want = op(first, *mix, kind=kind, backend='cpp'), ref(first, *mix, kind=kind)\n"
-        "            out, want = (out if isinstance(out, tuple) else (out,)), (want if isinstance(want, tuple) else (want,))\n"
+        "            out, want = (out, want) if op is mixture_cdf else ((out,), (want,))\n"
         "            g = [torch.randn_like(o) for o in out]\n"
         "            got = out + torch.autograd.grad(out, (first, *mix), g)\n"
         "            for a, b in zip(got, want + torch.autograd.grad(want, (first, *mix), g)):\n"
