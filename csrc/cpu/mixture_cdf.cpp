@@ -11,11 +11,12 @@
 // scratch (L1) and on registers.
 //
 // Math functions are written once with GCC vector extensions (exp2 by rounding and a
-// polynomial, log by the exponent split and an atanh series, the normal CDF by an erfc fit)
-// and compiled per instruction set: the generic kernels are always_inline and each one is
-// inlined into a target-attributed wrapper (AVX-512, AVX2, baseline), picked at run time
-// with the instruction set of fastgen's other CPU kernels (tap_gemm_set(), so
-// FASTGEN_CPU_ISA selects here too).
+// polynomial, log by the exponent split and an atanh series, the normal CDF by an erfc fit),
+// generic in the vector type, and compiled per instruction set: each always_inline kernel is
+// instantiated with vectors of the register width (64, 32, 16 bytes) and inlined into a
+// target-attributed wrapper (AVX-512, AVX2, baseline), picked at run time with the
+// instruction set of fastgen's other CPU kernels (tap_gemm_set(), so FASTGEN_CPU_ISA selects
+// here too).
 //
 // Polynomial coefficients are Chebyshev-node least-squares fits (mpmath.chebyfit, 50 digits)
 // rounded to the working precision; each table states its function, interval and error.
@@ -29,12 +30,14 @@
 #include <limits>
 #include <string>
 #include <tuple>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "tap_gemm.h"
 
-// The generic kernels pass 64-byte vectors by value between always_inline functions that
-// are only ever inlined into the target-attributed wrappers: no call crosses an ABI.
+// The generic kernels pass wide vectors by value between always_inline functions that are
+// only ever inlined into the target-attributed wrappers: no call crosses an ABI.
 #pragma GCC diagnostic ignored "-Wpsabi"
 
 #define FASTGEN_INLINE inline __attribute__((always_inline))
@@ -44,23 +47,22 @@ namespace {
 
 enum class Kind { Logistic, Gaussian };
 
+// Per scalar type: the integer of the same size, the bit layout and the polynomial fits.
 template <typename T>
-struct Simd;
+struct Consts;
 
 template <>
-struct Simd<float> {
-  typedef float V __attribute__((vector_size(64)));
-  typedef int32_t I __attribute__((vector_size(64)));
-  static constexpr int W = 16;
+struct Consts<float> {
+  using Int = int32_t;
   static constexpr int kMantissaBits = 23;
   static constexpr float kRoundMagic = 0x1.8p23f;  // t + magic rounds t to an integer held in the low bits
-  static constexpr int32_t kOneBits = 0x3f800000;
+  static constexpr int32_t kOneBits = 0x3f800000;  // the bits of 1.0
   static constexpr int32_t kSqrtHalfBits = 0x3f3504f3;  // sqrt(1/2), rounded
   static constexpr int32_t kMantissaMask = 0x007fffff;
   static constexpr float kExp2Limit = 126;  // 2^t stays normal
   // Erfc's argument is clamped here: its square stays finite and erfc is 0 long before.
   static constexpr float kErfcArgLimit = 1e18f;
-  // 2^r on [-1/2, 1/2], degree 5: relative error 7.9e-8.
+  // 2^r on [-1/2, 1/2], degree 5 (highest first): relative error 7.9e-8.
   static constexpr float kExp2[] = {0.0013390863314270973f, 0.009676031768321991f, 0.055503569543361664f,
                                     0.2402210682630539f, 0.6931471824645996f, 1.0000001192092896f};
   // P(z) with log((1 + s) / (1 - s)) = 2s + s z P(z), z = s^2 in [0, ((sqrt 2 - 1) / (sqrt 2 + 1))^2],
@@ -77,10 +79,8 @@ struct Simd<float> {
 };
 
 template <>
-struct Simd<double> {
-  typedef double V __attribute__((vector_size(64)));
-  typedef int64_t I __attribute__((vector_size(64)));
-  static constexpr int W = 8;
+struct Consts<double> {
+  using Int = int64_t;
   static constexpr int kMantissaBits = 52;
   static constexpr double kRoundMagic = 0x1.8p52;
   static constexpr int64_t kOneBits = 0x3ff0000000000000;
@@ -109,12 +109,28 @@ struct Simd<double> {
   static constexpr int kQuantileNewtonSteps = 3;
 };
 
-template <typename T>
-using Vec = typename Simd<T>::V;
+// A vector type V (GCC vector extension, as wide as the instruction set's registers: wider
+// ones are not split cleanly, GCC scalarizes their selects) and what goes with it.
+template <class V>
+struct Lanes {
+  using T = std::remove_cv_t<std::remove_reference_t<decltype(std::declval<V>()[0])>>;
+  using C = Consts<T>;
+  typedef typename C::Int I __attribute__((vector_size(sizeof(V))));
+  static constexpr int W = sizeof(V) / sizeof(T);
+};
 
+template <class V>
+using Scalar = typename Lanes<V>::T;
+
+template <typename T, int Bytes>
+struct VectorOf {
+  typedef T type __attribute__((vector_size(Bytes)));
+};
+
+// Elements per block: independent vectors in flight, to hide the exp -> divide latency.
 constexpr int kVectorsPerBlock = 4;
-template <typename T>
-constexpr int kBlock = kVectorsPerBlock * Simd<T>::W;
+template <class V>
+constexpr int kBlock = kVectorsPerBlock * Lanes<V>::W;
 
 constexpr double kLog2e = 1.4426950408889634;
 constexpr double kLn2 = 0.6931471805599453;
@@ -124,191 +140,196 @@ constexpr double kHalfLog2Pi = 0.9189385332046728;
 
 // ------------------------------------------------------------------------- vector helpers
 
-template <typename T>
-FASTGEN_INLINE Vec<T> splat(T v) {
-  return Vec<T>{} + v;
+template <class V>
+FASTGEN_INLINE V splat(Scalar<V> v) {
+  return V{} + v;
 }
 
-template <typename T>
-FASTGEN_INLINE Vec<T> load(const T* p) {
-  Vec<T> v;
+template <class V>
+FASTGEN_INLINE V load(const Scalar<V>* p) {
+  V v;
   std::memcpy(&v, p, sizeof v);
   return v;
 }
 
-template <typename T>
-FASTGEN_INLINE void store(T* p, Vec<T> v) {
+template <class V>
+FASTGEN_INLINE void store(Scalar<V>* p, V v) {
   std::memcpy(p, &v, sizeof v);
 }
 
-template <typename T>
-FASTGEN_INLINE Vec<T> vmax(Vec<T> a, Vec<T> b) {
+template <class V>
+FASTGEN_INLINE V vmax(V a, V b) {
   return a > b ? a : b;
 }
 
-template <typename T>
-FASTGEN_INLINE Vec<T> vabs(Vec<T> a) {
-  return a < 0 ? -a : a;
+template <class V>
+FASTGEN_INLINE V vmin(V a, V b) {
+  return a < b ? a : b;
 }
 
-template <typename T>
-FASTGEN_INLINE Vec<T> vmin(Vec<T> a, Vec<T> b) {
-  return a < b ? a : b;
+template <class V>
+FASTGEN_INLINE V vabs(V a) {
+  return a < 0 ? -a : a;
 }
 
 // NaN stays NaN (a comparison with NaN is false). Selects are nested rather than made on
 // combined masks (a < lo | a > hi), which GCC scalarizes.
-template <typename T>
-FASTGEN_INLINE Vec<T> clamp(Vec<T> a, T lo, T hi) {
-  a = a < lo ? splat<T>(lo) : a;
-  return a > hi ? splat<T>(hi) : a;
+template <class V>
+FASTGEN_INLINE V clamp(V a, Scalar<V> lo, Scalar<V> hi) {
+  a = a < lo ? splat<V>(lo) : a;
+  return a > hi ? splat<V>(hi) : a;
 }
 
-template <typename T, size_t N>
-FASTGEN_INLINE Vec<T> horner(Vec<T> x, const T (&c)[N]) {
-  Vec<T> p = splat<T>(c[0]);
+template <class V, size_t N>
+FASTGEN_INLINE V horner(V x, const Scalar<V> (&c)[N]) {
+  V p = splat<V>(c[0]);
   for (size_t i = 1; i < N; ++i) p = p * x + c[i];
   return p;
 }
 
 // 2^t, saturating at 2^(+-limit) (the normal range) instead of overflowing or flushing to 0:
 // for callers that only add the result to 1 or to larger terms. NaN stays NaN.
-template <typename T>
-FASTGEN_INLINE Vec<T> exp2_saturating(Vec<T> t) {
-  using S = Simd<T>;
-  using I = typename S::I;
-  t = clamp<T>(t, -S::kExp2Limit, S::kExp2Limit);
-  const Vec<T> shifted = t + S::kRoundMagic;
-  const Vec<T> r = t - (shifted - S::kRoundMagic);  // t - round(t), in [-1/2, 1/2]
-  const I scale = ((I)shifted << S::kMantissaBits) + S::kOneBits;  // the bits of 2^round(t)
-  return horner<T>(r, S::kExp2) * (Vec<T>)scale;
+template <class V>
+FASTGEN_INLINE V exp2_saturating(V t) {
+  using C = typename Lanes<V>::C;
+  using I = typename Lanes<V>::I;
+  t = clamp(t, -C::kExp2Limit, C::kExp2Limit);
+  const V shifted = t + C::kRoundMagic;
+  const V r = t - (shifted - C::kRoundMagic);  // t - round(t), in [-1/2, 1/2]
+  const I scale = ((I)shifted << C::kMantissaBits) + C::kOneBits;  // the bits of 2^round(t)
+  return horner(r, C::kExp2) * (V)scale;
 }
 
 // exp(x); 0 below the normal range (exp(-inf) = 0), saturating above it.
-template <typename T>
-FASTGEN_INLINE Vec<T> vexp(Vec<T> x) {
-  const Vec<T> t = x * T(kLog2e);
-  return t < -Simd<T>::kExp2Limit ? Vec<T>{} : exp2_saturating<T>(t);
+template <class V>
+FASTGEN_INLINE V vexp(V x) {
+  const V t = x * Scalar<V>(kLog2e);
+  return t < -Lanes<V>::C::kExp2Limit ? V{} : exp2_saturating(t);
 }
 
 // log x for positive normal x (or NaN -> garbage): x = m 2^e with m in [sqrt(1/2), sqrt(2)),
 // log m = log((1 + s) / (1 - s)) with s = (m - 1) / (m + 1).
-template <typename T>
-FASTGEN_INLINE Vec<T> log_positive(Vec<T> x) {
-  using S = Simd<T>;
-  using I = typename S::I;
+template <class V>
+FASTGEN_INLINE V log_positive(V x) {
+  using C = typename Lanes<V>::C;
+  using I = typename Lanes<V>::I;
   // Offsetting the bits by those of sqrt(1/2) moves the exponent's boundary there.
-  const I offset = (I)x - S::kSqrtHalfBits;
-  const I e = offset >> S::kMantissaBits;  // arithmetic shift: the signed exponent
-  const Vec<T> m = (Vec<T>)((offset & S::kMantissaMask) + S::kSqrtHalfBits);
-  const Vec<T> s = (m - 1) / (m + 1);
-  const Vec<T> z = s * s;
-  return __builtin_convertvector(e, Vec<T>) * T(kLn2) + s * (2 + z * horner<T>(z, S::kLog));
+  const I offset = (I)x - C::kSqrtHalfBits;
+  const I e = offset >> C::kMantissaBits;  // arithmetic shift: the signed exponent
+  const V m = (V)((offset & C::kMantissaMask) + C::kSqrtHalfBits);
+  const V s = (m - 1) / (m + 1);
+  const V z = s * s;
+  return __builtin_convertvector(e, V) * Scalar<V>(kLn2) + s * (2 + z * horner(z, C::kLog));
 }
 
 // log x: -inf at 0, NaN below 0 and for NaN, inf at inf; x must not be subnormal.
-template <typename T>
-FASTGEN_INLINE Vec<T> vlog(Vec<T> x) {
+template <class V>
+FASTGEN_INLINE V vlog(V x) {
+  using T = Scalar<V>;
   constexpr T inf = std::numeric_limits<T>::infinity();
-  const Vec<T> not_positive = x == 0 ? splat<T>(-inf) : splat<T>(std::numeric_limits<T>::quiet_NaN());
-  return x > 0 ? (x < inf ? log_positive<T>(x) : x) : not_positive;
+  const V not_positive = x == 0 ? splat<V>(-inf) : splat<V>(std::numeric_limits<T>::quiet_NaN());
+  return x > 0 ? (x < inf ? log_positive(x) : x) : not_positive;
 }
 
 // erfc(c) = t exp(g - c^2) for c = |a|, with t = (1 + y) / 2 = 2 / (2 + c) and g = G(y): the
 // pieces, so that callers can also take its log or its ratio to exp(-c^2) without under- or
 // overflow. c is clamped: huge arguments give erfc = 0 either way, and c^2 and y stay finite.
-template <typename T>
-FASTGEN_INLINE void erfc_parts(Vec<T> a, Vec<T>& t, Vec<T>& g, Vec<T>& c2) {
-  const Vec<T> c = clamp<T>(vabs<T>(a), 0, Simd<T>::kErfcArgLimit);
-  const Vec<T> inv = 1 / (2 + c);
+template <class V>
+FASTGEN_INLINE void erfc_parts(V a, V& t, V& g, V& c2) {
+  using C = typename Lanes<V>::C;
+  const V c = clamp(vabs(a), 0, C::kErfcArgLimit);
+  const V inv = 1 / (2 + c);
   t = 2 * inv;
-  g = horner<T>((2 - c) * inv, Simd<T>::kErfc);
+  g = horner((2 - c) * inv, C::kErfc);
   c2 = c * c;
 }
 
 // The standard normal CDF Phi at z, given a = -z / sqrt(2): Phi = erfc(a) / 2, with the upper
 // half as 1 - erfc(|a|) / 2 so that the lower tail keeps its relative accuracy.
-template <typename T>
-FASTGEN_INLINE Vec<T> normal_cdf_of_scaled(Vec<T> a) {
-  Vec<T> t, g, c2;
-  erfc_parts<T>(a, t, g, c2);
-  const Vec<T> half_erfc = T(0.5) * t * vexp<T>(g - c2);
+template <class V>
+FASTGEN_INLINE V normal_cdf_of_scaled(V a) {
+  V t, g, c2;
+  erfc_parts(a, t, g, c2);
+  const V half_erfc = Scalar<V>(0.5) * t * vexp(g - c2);
   return a >= 0 ? half_erfc : 1 - half_erfc;
 }
 
 // ---------------------------------------------------------------------------- components
 
 // One standard component at z: its CDF F, log-density log f and score d log f / dz.
-template <typename T, Kind kind>
+template <class V, Kind kind>
 struct Component;
 
-template <typename T>
-struct Component<T, Kind::Logistic> {
+template <class V>
+struct Component<V, Kind::Logistic> {
+  using T = Scalar<V>;
   // F = sigmoid(z), log f = -|z| - 2 log(1 + e), score = -tanh(z / 2), with e = exp(-|z|) <= 1.
   // log(1 + e) is computed as written: its absolute error (what log f needs) stays ~1 ulp.
-  static FASTGEN_INLINE void eval(Vec<T> z, Vec<T>& F, Vec<T>& log_f, Vec<T>& score) {
-    const Vec<T> abs_z = vabs<T>(z);
-    const Vec<T> e = vexp<T>(-abs_z);
-    const Vec<T> r = 1 / (1 + e);
+  static FASTGEN_INLINE void eval(V z, V& F, V& log_f, V& score) {
+    const V abs_z = vabs(z);
+    const V e = vexp(-abs_z);
+    const V r = 1 / (1 + e);
     F = z >= 0 ? r : e * r;
-    log_f = -abs_z - 2 * log_positive<T>(1 + e);
-    const Vec<T> tanh_half = (1 - e) * r;
+    log_f = -abs_z - 2 * log_positive(1 + e);
+    const V tanh_half = (1 - e) * r;
     score = z >= 0 ? -tanh_half : tanh_half;
   }
   // The bisection's CDF at mid from the affine map t = mid * A + B = -z log2(e).
-  static FASTGEN_INLINE void affine(Vec<T> loc, Vec<T> inv_scale, Vec<T>& A, Vec<T>& B) {
+  static FASTGEN_INLINE void affine(V loc, V inv_scale, V& A, V& B) {
     A = inv_scale * T(-kLog2e);
     B = loc * inv_scale * T(kLog2e);
   }
   // exp2 saturates for |z| > 87 (float) where sigmoid is 1 or below 1e-38: negligible in F.
-  static FASTGEN_INLINE Vec<T> cdf_of_affine(Vec<T> t) { return 1 / (1 + exp2_saturating<T>(t)); }
+  static FASTGEN_INLINE V cdf_of_affine(V t) { return 1 / (1 + exp2_saturating(t)); }
 };
 
-template <typename T>
-struct Component<T, Kind::Gaussian> {
+template <class V>
+struct Component<V, Kind::Gaussian> {
+  using T = Scalar<V>;
   // F = Phi(z), log f = -z^2 / 2 - log(2 pi) / 2, score = -z.
-  static FASTGEN_INLINE void eval(Vec<T> z, Vec<T>& F, Vec<T>& log_f, Vec<T>& score) {
-    F = normal_cdf_of_scaled<T>(z * T(-kSqrtHalf));
+  static FASTGEN_INLINE void eval(V z, V& F, V& log_f, V& score) {
+    F = normal_cdf_of_scaled(z * T(-kSqrtHalf));
     log_f = T(-0.5) * z * z - T(kHalfLog2Pi);
     score = -z;
   }
   // a = -z / sqrt(2) = mid * A + B.
-  static FASTGEN_INLINE void affine(Vec<T> loc, Vec<T> inv_scale, Vec<T>& A, Vec<T>& B) {
+  static FASTGEN_INLINE void affine(V loc, V inv_scale, V& A, V& B) {
     A = inv_scale * T(-kSqrtHalf);
     B = loc * inv_scale * T(kSqrtHalf);
   }
-  static FASTGEN_INLINE Vec<T> cdf_of_affine(Vec<T> a) { return normal_cdf_of_scaled<T>(a); }
+  static FASTGEN_INLINE V cdf_of_affine(V a) { return normal_cdf_of_scaled(a); }
 };
 
 // The standard component's quantile at u in [tiny, 1 - eps/2].
-template <typename T, Kind kind>
-FASTGEN_INLINE Vec<T> component_quantile(Vec<T> u) {
+template <class V, Kind kind>
+FASTGEN_INLINE V component_quantile(V u) {
+  using T = Scalar<V>;
   if constexpr (kind == Kind::Logistic) {
-    return vlog<T>(u / (1 - u));
+    return vlog(u / (1 - u));
   } else {
     // Phi^-1(u) = -Phi^-1(1 - u): work on p = min(u, 1 - u) <= 1/2 (1 - u is exact for u >= 1/2)
     // from Abramowitz & Stegun 26.2.23 (|error| < 4.5e-4), refined by Newton steps on
     // h(q) = log Phi(q) - log p, h' = phi / Phi, with log Phi and Phi / phi from erfc's pieces
     // (finite deep in the tail, where Phi and phi themselves underflow).
-    const Vec<T> one_minus = 1 - u;
-    const Vec<T> p = u < one_minus ? u : one_minus;
-    const Vec<T> log_p = vlog<T>(p);
-    const Vec<T> s = vexp<T>(T(0.5) * vlog<T>(T(-2) * log_p));  // sqrt(-2 log p)
-    const Vec<T> num = T(2.515517) + s * (T(0.802853) + s * T(0.010328));
-    const Vec<T> den = 1 + s * (T(1.432788) + s * (T(0.189269) + s * T(0.001308)));
-    Vec<T> q = num / den - s;
-    for (int step = 0; step < Simd<T>::kQuantileNewtonSteps; ++step) {
-      const Vec<T> a = q * T(-kSqrtHalf);
-      Vec<T> t, g, c2;
-      erfc_parts<T>(a, t, g, c2);
+    const V one_minus = 1 - u;
+    const V p = u < one_minus ? u : one_minus;
+    const V log_p = vlog(p);
+    const V s = vexp(T(0.5) * vlog(T(-2) * log_p));  // sqrt(-2 log p)
+    const V num = T(2.515517) + s * (T(0.802853) + s * T(0.010328));
+    const V den = 1 + s * (T(1.432788) + s * (T(0.189269) + s * T(0.001308)));
+    V q = num / den - s;
+    for (int step = 0; step < Lanes<V>::C::kQuantileNewtonSteps; ++step) {
+      const V a = q * T(-kSqrtHalf);
+      V t, g, c2;
+      erfc_parts(a, t, g, c2);
       // q <= 0 (a >= 0): Phi = t exp(g - c2) / 2 and phi = exp(-c2) / sqrt(2 pi). A start just
       // above 0 (p near 1/2) takes the direct form, where nothing underflows.
-      const Vec<T> lower_log_phi = vlog<T>(T(0.5) * t) + g - c2;
-      const Vec<T> lower_ratio = T(0.5 * kSqrt2Pi) * t * vexp<T>(g);
-      const Vec<T> upper_phi = 1 - T(0.5) * t * vexp<T>(g - c2);
-      const Vec<T> upper_ratio = upper_phi * T(kSqrt2Pi) * vexp<T>(c2);
-      const Vec<T> log_phi = a >= 0 ? lower_log_phi : vlog<T>(upper_phi);
-      const Vec<T> ratio = a >= 0 ? lower_ratio : upper_ratio;
+      const V lower_log_phi = vlog(T(0.5) * t) + g - c2;
+      const V lower_ratio = T(0.5 * kSqrt2Pi) * t * vexp(g);
+      const V upper_phi = 1 - T(0.5) * t * vexp(g - c2);
+      const V upper_ratio = upper_phi * T(kSqrt2Pi) * vexp(c2);
+      const V log_phi = a >= 0 ? lower_log_phi : vlog(upper_phi);
+      const V ratio = a >= 0 ? lower_ratio : upper_ratio;
       q -= (log_phi - log_p) * ratio;
     }
     return u < one_minus ? q : -q;
@@ -317,20 +338,18 @@ FASTGEN_INLINE Vec<T> component_quantile(Vec<T> u) {
 
 // ------------------------------------------------------------------------------- blocks
 
-// dst[k * kBlock + l] = src[l * K + k] for l < n, pad for n <= l < kBlock.
-template <typename T>
+// dst[k * BL + l] = src[l * K + k] for l < n, pad for n <= l < BL.
+template <int BL, typename T>
 void gather_block(const T* src, int64_t K, int64_t n, T pad, T* dst) {
-  constexpr int BL = kBlock<T>;
   for (int64_t l = 0; l < n; ++l)
     for (int64_t k = 0; k < K; ++k) dst[k * BL + l] = src[l * K + k];
   for (int64_t l = n; l < BL; ++l)
     for (int64_t k = 0; k < K; ++k) dst[k * BL + l] = pad;
 }
 
-// dst[l * K + k] = src[k * kBlock + l] for l < n.
-template <typename T>
+// dst[l * K + k] = src[k * BL + l] for l < n.
+template <int BL, typename T>
 void scatter_block(const T* src, int64_t K, int64_t n, T* dst) {
-  constexpr int BL = kBlock<T>;
   for (int64_t l = 0; l < n; ++l)
     for (int64_t k = 0; k < K; ++k) dst[l * K + k] = src[k * BL + l];
 }
@@ -344,34 +363,34 @@ struct Mixture {
   int64_t N, K;
 };
 
-// Scratch of one thread: `arrays` [K][kBlock] arrays, the block's parameters among them.
-template <typename T>
+// Scratch of one thread: `arrays` [K][BL] arrays, the block's parameters among them.
+template <int BL, typename T>
 struct Scratch {
-  Scratch(int64_t K, int arrays) : K(K), data(static_cast<size_t>(K) * kBlock<T> * arrays) {}
-  T* array(int i) { return data.data() + static_cast<size_t>(i) * K * kBlock<T>; }
+  Scratch(int64_t K, int arrays) : K(K), data(static_cast<size_t>(K) * BL * arrays) {}
+  T* array(int i) { return data.data() + static_cast<size_t>(i) * K * BL; }
   int64_t K;
   std::vector<T> data;
 };
 
 // Loads block [e0, e0 + n) into scratch arrays 0, 1, 2 (logits, loc, log_scale); padding
 // lanes get a harmless standard component.
-template <typename T>
-void load_mixture(const Mixture<T>& m, int64_t e0, int64_t n, Scratch<T>& s) {
-  gather_block(m.logits + e0 * m.K, m.K, n, T(0), s.array(0));
-  gather_block(m.loc + e0 * m.K, m.K, n, T(0), s.array(1));
-  gather_block(m.log_scale + e0 * m.K, m.K, n, T(0), s.array(2));
+template <int BL, typename T>
+void load_mixture(const Mixture<T>& m, int64_t e0, int64_t n, Scratch<BL, T>& s) {
+  gather_block<BL>(m.logits + e0 * m.K, m.K, n, T(0), s.array(0));
+  gather_block<BL>(m.loc + e0 * m.K, m.K, n, T(0), s.array(1));
+  gather_block<BL>(m.log_scale + e0 * m.K, m.K, n, T(0), s.array(2));
 }
 
 // Per vector of lanes: the logits' max, and exp(logit - max) into `weights` (unnormalized);
-// returns their sum.
-template <typename T>
-FASTGEN_INLINE Vec<T> softmax_parts(const T* logits, int64_t K, T* weights, Vec<T>& max) {
-  constexpr int BL = kBlock<T>;
-  max = load(logits);
-  for (int64_t k = 1; k < K; ++k) max = vmax<T>(max, load(logits + k * BL));
-  Vec<T> sum{};
+// returns their sum. Arrays of stride BL between components.
+template <class V>
+FASTGEN_INLINE V softmax_parts(const Scalar<V>* logits, int64_t K, Scalar<V>* weights, V& max) {
+  constexpr int BL = kBlock<V>;
+  max = load<V>(logits);
+  for (int64_t k = 1; k < K; ++k) max = vmax(max, load<V>(logits + k * BL));
+  V sum{};
   for (int64_t k = 0; k < K; ++k) {
-    const Vec<T> e = vexp<T>(load(logits + k * BL) - max);
+    const V e = vexp(load<V>(logits + k * BL) - max);
     store(weights + k * BL, e);
     sum += e;
   }
@@ -379,70 +398,72 @@ FASTGEN_INLINE Vec<T> softmax_parts(const T* logits, int64_t K, T* weights, Vec<
 }
 
 // log sum_k exp(terms_k) given their max (an all -inf set gives -inf, not NaN).
-template <typename T>
-FASTGEN_INLINE Vec<T> log_sum_exp(const T* terms, int64_t K, Vec<T> max) {
-  constexpr int BL = kBlock<T>;
-  max = max == -std::numeric_limits<T>::infinity() ? Vec<T>{} : max;
-  Vec<T> sum{};
-  for (int64_t k = 0; k < K; ++k) sum += vexp<T>(load(terms + k * BL) - max);
-  return max + vlog<T>(sum);
+template <class V>
+FASTGEN_INLINE V log_sum_exp(const Scalar<V>* terms, int64_t K, V max) {
+  constexpr int BL = kBlock<V>;
+  max = max == -std::numeric_limits<Scalar<V>>::infinity() ? V{} : max;
+  V sum{};
+  for (int64_t k = 0; k < K; ++k) sum += vexp(load<V>(terms + k * BL) - max);
+  return max + vlog(sum);
 }
 
 // Per vector of lanes at x: sum_k w_k F_k and the log-density terms a_k = log w_k + log f(z_k) -
 // log_scale_k (into `terms`, which holds the unnormalized weights on entry; their max into
 // `max`), F_k into `cdfs` when given. Arrays: 0 logits, 1 loc, 2 log_scale.
-template <typename T, Kind kind>
-FASTGEN_INLINE Vec<T> mixture_terms(T* const* arr, int64_t K, Vec<T> x, Vec<T> logit_max, Vec<T> sum_w, T* terms,
-                                    T* cdfs, Vec<T>& max) {
-  constexpr int BL = kBlock<T>;
-  const Vec<T> log_norm = logit_max + vlog<T>(sum_w);
-  Vec<T> u{};
-  max = splat<T>(-std::numeric_limits<T>::infinity());
+template <class V, Kind kind>
+FASTGEN_INLINE V mixture_terms(Scalar<V>* const* arr, int64_t K, V x, V logit_max, V sum_w, Scalar<V>* terms,
+                               Scalar<V>* cdfs, V& max) {
+  constexpr int BL = kBlock<V>;
+  const V log_norm = logit_max + vlog(sum_w);
+  V u{};
+  max = splat<V>(-std::numeric_limits<Scalar<V>>::infinity());
   for (int64_t k = 0; k < K; ++k) {
     const int64_t o = k * BL;
-    const Vec<T> log_scale = load(arr[2] + o);
-    const Vec<T> z = (x - load(arr[1] + o)) * vexp<T>(-log_scale);
-    Vec<T> F, log_f, score;
-    Component<T, kind>::eval(z, F, log_f, score);
-    u += load(terms + o) * F;
-    const Vec<T> a = load(arr[0] + o) - log_norm + log_f - log_scale;
+    const V log_scale = load<V>(arr[2] + o);
+    const V z = (x - load<V>(arr[1] + o)) * vexp(-log_scale);
+    V F, log_f, score;
+    Component<V, kind>::eval(z, F, log_f, score);
+    u += load<V>(terms + o) * F;
+    const V a = load<V>(arr[0] + o) - log_norm + log_f - log_scale;
     store(terms + o, a);
     if (cdfs != nullptr) store(cdfs + o, F);
-    max = vmax<T>(max, a);
+    max = vmax(max, a);
   }
   return u / sum_w;
 }
 
 // ------------------------------------------------------------------------------ kernels
-// Each kernel runs blocks [b0, b1) of kBlock elements; `run` is inlined into one wrapper per
-// instruction set.
+// Each kernel runs blocks [b0, b1) of kBlock<V> elements; `run` is inlined into the wrapper
+// of its instruction set.
 
-template <typename T, Kind kind>
+template <class V, Kind kind>
 struct CdfForward {
+  using T = Scalar<V>;
+  static constexpr int BL = kBlock<V>, W = Lanes<V>::W;
   const Mixture<T>& m;
   const T* x;
   T* u;
   T* log_pdf;
 
   FASTGEN_INLINE void run(int64_t b0, int64_t b1) const {
-    constexpr int BL = kBlock<T>, W = Simd<T>::W;
-    Scratch<T> s(m.K, 4);
+    Scratch<BL, T> s(m.K, 4);
     T* arr[3] = {s.array(0), s.array(1), s.array(2)};
     T* terms = s.array(3);
     T xb[BL], ub[BL], lb[BL];
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t e0 = b * BL, n = std::min<int64_t>(BL, m.N - e0);
       load_mixture(m, e0, n, s);
-      gather_block(x + e0, 1, n, T(0), xb);
+      gather_block<BL>(x + e0, 1, n, T(0), xb);
       for (int j = 0; j < BL; j += W) {
-        Vec<T> logit_max, max;
-        const Vec<T> sum_w = softmax_parts<T>(arr[0] + j, m.K, terms + j, logit_max);
+        V logit_max, max;
+        const V sum_w = softmax_parts<V>(arr[0] + j, m.K, terms + j, logit_max);
         T* const lane_arr[3] = {arr[0] + j, arr[1] + j, arr[2] + j};
-        store(ub + j, mixture_terms<T, kind>(lane_arr, m.K, load(xb + j), logit_max, sum_w, terms + j, nullptr, max));
-        store(lb + j, log_sum_exp<T>(terms + j, m.K, max));
+        const V cdf = mixture_terms<V, kind>(lane_arr, m.K, load<V>(xb + j), logit_max, sum_w, terms + j, nullptr, max);
+        store(ub + j, cdf);
+        store(lb + j, log_sum_exp<V>(terms + j, m.K, max));
       }
-      scatter_block(ub, 1, n, u + e0);
-      scatter_block(lb, 1, n, log_pdf + e0);
+      scatter_block<BL>(ub, 1, n, u + e0);
+      scatter_block<BL>(lb, 1, n, log_pdf + e0);
     }
   }
 };
@@ -453,45 +474,46 @@ struct CdfForward {
 //   du/dloc_k = -p r_k,      dlog_pdf/dloc_k = -r_k score_k / s_k
 //   du/dlog_s_k = -p r_k (x - loc_k),   dlog_pdf/dlog_s_k = -r_k (score_k z_k + 1)
 //   du/dlogit_k = w_k (F_k - u),        dlog_pdf/dlogit_k = r_k - w_k
-template <typename T, Kind kind>
+template <class V, Kind kind>
 struct CdfBackward {
+  using T = Scalar<V>;
+  static constexpr int BL = kBlock<V>, W = Lanes<V>::W;
   const Mixture<T>& m;
   const T *grad_u, *grad_log_pdf, *x, *u, *log_pdf;
   T *grad_x, *grad_logits, *grad_loc, *grad_log_scale;  // null when not requested
 
   FASTGEN_INLINE void run(int64_t b0, int64_t b1) const {
-    constexpr int BL = kBlock<T>, W = Simd<T>::W;
-    Scratch<T> s(m.K, 4);
+    Scratch<BL, T> s(m.K, 4);
     T* arr[3] = {s.array(0), s.array(1), s.array(2)};
     T* weights = s.array(3);
     T gub[BL], glb[BL], xb[BL], ub[BL], lb[BL], gxb[BL];
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t e0 = b * BL, n = std::min<int64_t>(BL, m.N - e0);
       load_mixture(m, e0, n, s);
-      gather_block(x + e0, 1, n, T(0), xb);
-      gather_block(u + e0, 1, n, T(0), ub);
-      gather_block(log_pdf + e0, 1, n, T(0), lb);
-      if (grad_u != nullptr) gather_block(grad_u + e0, 1, n, T(0), gub);
-      if (grad_log_pdf != nullptr) gather_block(grad_log_pdf + e0, 1, n, T(0), glb);
+      gather_block<BL>(x + e0, 1, n, T(0), xb);
+      gather_block<BL>(u + e0, 1, n, T(0), ub);
+      gather_block<BL>(log_pdf + e0, 1, n, T(0), lb);
+      if (grad_u != nullptr) gather_block<BL>(grad_u + e0, 1, n, T(0), gub);
+      if (grad_log_pdf != nullptr) gather_block<BL>(grad_log_pdf + e0, 1, n, T(0), glb);
       for (int j = 0; j < BL; j += W) {
-        Vec<T> logit_max;
-        const Vec<T> sum_w = softmax_parts<T>(arr[0] + j, m.K, weights + j, logit_max);
-        const Vec<T> inv_sum_w = 1 / sum_w, log_norm = logit_max + vlog<T>(sum_w);
-        const Vec<T> xv = load(xb + j), uv = load(ub + j), L = load(lb + j);
-        const Vec<T> gu = grad_u != nullptr ? load(gub + j) : Vec<T>{};
-        const Vec<T> gl = grad_log_pdf != nullptr ? load(glb + j) : Vec<T>{};
-        const Vec<T> gu_p = gu * vexp<T>(L);
-        Vec<T> gx = gu_p;
+        V logit_max;
+        const V sum_w = softmax_parts<V>(arr[0] + j, m.K, weights + j, logit_max);
+        const V inv_sum_w = 1 / sum_w, log_norm = logit_max + vlog(sum_w);
+        const V xv = load<V>(xb + j), uv = load<V>(ub + j), L = load<V>(lb + j);
+        const V gu = grad_u != nullptr ? load<V>(gub + j) : V{};
+        const V gl = grad_log_pdf != nullptr ? load<V>(glb + j) : V{};
+        const V gu_p = gu * vexp(L);
+        V gx = gu_p;
         for (int64_t k = 0; k < m.K; ++k) {
           const int64_t o = k * BL + j;
-          const Vec<T> logit = load(arr[0] + o), log_scale = load(arr[2] + o);
-          const Vec<T> w = load(weights + o) * inv_sum_w;
-          const Vec<T> inv_scale = vexp<T>(-log_scale);
-          const Vec<T> d = xv - load(arr[1] + o), z = d * inv_scale;
-          Vec<T> F, log_f, score;
-          Component<T, kind>::eval(z, F, log_f, score);
-          const Vec<T> r = vexp<T>(logit - log_norm + log_f - log_scale - L);
-          const Vec<T> gl_score = gl * score;
+          const V logit = load<V>(arr[0] + o), log_scale = load<V>(arr[2] + o);
+          const V w = load<V>(weights + o) * inv_sum_w;
+          const V inv_scale = vexp(-log_scale);
+          const V d = xv - load<V>(arr[1] + o), z = d * inv_scale;
+          V F, log_f, score;
+          Component<V, kind>::eval(z, F, log_f, score);
+          const V r = vexp(logit - log_norm + log_f - log_scale - L);
+          const V gl_score = gl * score;
           gx += r * gl_score * inv_scale;
           store(arr[0] + o, gu * w * (F - uv) + gl * (r - w));
           store(arr[1] + o, -r * (gu_p + gl_score * inv_scale));
@@ -499,27 +521,28 @@ struct CdfBackward {
         }
         store(gxb + j, gx);
       }
-      if (grad_x != nullptr) scatter_block(gxb, 1, n, grad_x + e0);
-      if (grad_logits != nullptr) scatter_block(arr[0], m.K, n, grad_logits + e0 * m.K);
-      if (grad_loc != nullptr) scatter_block(arr[1], m.K, n, grad_loc + e0 * m.K);
-      if (grad_log_scale != nullptr) scatter_block(arr[2], m.K, n, grad_log_scale + e0 * m.K);
+      if (grad_x != nullptr) scatter_block<BL>(gxb, 1, n, grad_x + e0);
+      if (grad_logits != nullptr) scatter_block<BL>(arr[0], m.K, n, grad_logits + e0 * m.K);
+      if (grad_loc != nullptr) scatter_block<BL>(arr[1], m.K, n, grad_loc + e0 * m.K);
+      if (grad_log_scale != nullptr) scatter_block<BL>(arr[2], m.K, n, grad_log_scale + e0 * m.K);
     }
   }
 };
 
 // Bisection: per element, u clamped to [tiny, 1 - eps/2], the bracket [min_k, max_k] of the
 // component quantiles loc_k + s_k Q(u), then `iters` halvings; x is the final bracket's middle.
-template <typename T, Kind kind>
+template <class V, Kind kind>
 struct Icdf {
+  using T = Scalar<V>;
+  static constexpr int B = kVectorsPerBlock, BL = kBlock<V>, W = Lanes<V>::W;
   const Mixture<T>& m;
   const T* u;
   int64_t iters;
   T* x;
 
   FASTGEN_INLINE void run(int64_t b0, int64_t b1) const {
-    constexpr int B = kVectorsPerBlock, BL = kBlock<T>, W = Simd<T>::W;
     constexpr T tiny = std::numeric_limits<T>::min(), below_one = 1 - std::numeric_limits<T>::epsilon() / 2;
-    Scratch<T> s(m.K, 4);
+    Scratch<BL, T> s(m.K, 4);
     T* arr[3] = {s.array(0), s.array(1), s.array(2)};
     T* weights = s.array(3);
     T* A = arr[1];  // the affine maps overwrite loc and log_scale
@@ -528,42 +551,42 @@ struct Icdf {
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t e0 = b * BL, n = std::min<int64_t>(BL, m.N - e0);
       load_mixture(m, e0, n, s);
-      gather_block(u + e0, 1, n, T(0.5), ub);
-      Vec<T> target[B], lo[B], hi[B];
+      gather_block<BL>(u + e0, 1, n, T(0.5), ub);
+      V target[B], lo[B], hi[B];
       for (int v = 0; v < B; ++v) {
         const int j = v * W;
-        Vec<T> logit_max;
-        const Vec<T> inv_sum_w = 1 / softmax_parts<T>(arr[0] + j, m.K, weights + j, logit_max);
-        target[v] = clamp<T>(load(ub + j), tiny, below_one);
-        const Vec<T> q = component_quantile<T, kind>(target[v]);
-        lo[v] = splat<T>(std::numeric_limits<T>::infinity());
+        V logit_max;
+        const V inv_sum_w = 1 / softmax_parts<V>(arr[0] + j, m.K, weights + j, logit_max);
+        target[v] = clamp(load<V>(ub + j), tiny, below_one);
+        const V q = component_quantile<V, kind>(target[v]);
+        lo[v] = splat<V>(std::numeric_limits<T>::infinity());
         hi[v] = -lo[v];
         for (int64_t k = 0; k < m.K; ++k) {
           const int64_t o = k * BL + j;
-          const Vec<T> loc = load(arr[1] + o), log_scale = load(arr[2] + o);
-          const Vec<T> quantile = loc + vexp<T>(log_scale) * q;
-          lo[v] = vmin<T>(lo[v], quantile);
-          hi[v] = vmax<T>(hi[v], quantile);
-          Vec<T> a, c;
-          Component<T, kind>::affine(loc, vexp<T>(-log_scale), a, c);
+          const V loc = load<V>(arr[1] + o), log_scale = load<V>(arr[2] + o);
+          const V quantile = loc + vexp(log_scale) * q;
+          lo[v] = vmin(lo[v], quantile);
+          hi[v] = vmax(hi[v], quantile);
+          V a, c;
+          Component<V, kind>::affine(loc, vexp(-log_scale), a, c);
           store(A + o, a);
           store(Bc + o, c);
-          store(weights + o, load(weights + o) * inv_sum_w);
+          store(weights + o, load<V>(weights + o) * inv_sum_w);
         }
       }
-      Vec<T> cdf[B] = {};
+      V cdf[B] = {};
       for (int64_t it = 0; it < iters; ++it) {
-        Vec<T> mid[B];
+        V mid[B];
         for (int v = 0; v < B; ++v) {
           mid[v] = T(0.5) * (lo[v] + hi[v]);
-          cdf[v] = Vec<T>{};
+          cdf[v] = V{};
         }
         for (int64_t k = 0; k < m.K; ++k) {
           const int64_t o = k * BL;
           for (int v = 0; v < B; ++v) {
             const int64_t ov = o + v * W;
-            const Vec<T> t = mid[v] * load(A + ov) + load(Bc + ov);
-            cdf[v] += load(weights + ov) * Component<T, kind>::cdf_of_affine(t);
+            const V t = mid[v] * load<V>(A + ov) + load<V>(Bc + ov);
+            cdf[v] += load<V>(weights + ov) * Component<V, kind>::cdf_of_affine(t);
           }
         }
         for (int v = 0; v < B; ++v) {
@@ -575,7 +598,7 @@ struct Icdf {
       // NaN in u makes every quantile and so the bracket NaN. NaN in a parameter makes the
       // CDF NaN (its comparisons false): 0 * cdf carries it into x, like torch.amin would.
       for (int v = 0; v < B; ++v) store(xb + v * W, T(0.5) * (lo[v] + hi[v]) + 0 * cdf[v]);
-      scatter_block(xb, 1, n, x + e0);
+      scatter_block<BL>(xb, 1, n, x + e0);
     }
   }
 };
@@ -585,16 +608,17 @@ struct Icdf {
 // r_k the responsibilities at x,
 //   dx/du = 1 / p,   dx/dlogit_k = -w_k (F_k - F(x)) / p,   dx/dloc_k = r_k,
 //   dx/dlog_s_k = r_k (x - loc_k).
-template <typename T, Kind kind>
+template <class V, Kind kind>
 struct IcdfBackward {
+  using T = Scalar<V>;
+  static constexpr int BL = kBlock<V>, W = Lanes<V>::W;
   const Mixture<T>& m;
   const T *grad_x, *x;
   T *grad_u, *grad_logits, *grad_loc, *grad_log_scale;  // null when not requested
 
   FASTGEN_INLINE void run(int64_t b0, int64_t b1) const {
-    constexpr int BL = kBlock<T>, W = Simd<T>::W;
     constexpr T tiny = std::numeric_limits<T>::min();
-    Scratch<T> s(m.K, 5);
+    Scratch<BL, T> s(m.K, 5);
     T* arr[3] = {s.array(0), s.array(1), s.array(2)};
     T* terms = s.array(3);
     T* cdfs = s.array(4);
@@ -602,32 +626,32 @@ struct IcdfBackward {
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t e0 = b * BL, n = std::min<int64_t>(BL, m.N - e0);
       load_mixture(m, e0, n, s);
-      gather_block(x + e0, 1, n, T(0), xb);
-      gather_block(grad_x + e0, 1, n, T(0), gb);
+      gather_block<BL>(x + e0, 1, n, T(0), xb);
+      gather_block<BL>(grad_x + e0, 1, n, T(0), gb);
       for (int j = 0; j < BL; j += W) {
-        Vec<T> logit_max, max;
-        const Vec<T> sum_w = softmax_parts<T>(arr[0] + j, m.K, terms + j, logit_max);
-        const Vec<T> log_norm = logit_max + vlog<T>(sum_w);
-        const Vec<T> xv = load(xb + j), g = load(gb + j);
+        V logit_max, max;
+        const V sum_w = softmax_parts<V>(arr[0] + j, m.K, terms + j, logit_max);
+        const V log_norm = logit_max + vlog(sum_w);
+        const V xv = load<V>(xb + j), g = load<V>(gb + j);
         T* const lane_arr[3] = {arr[0] + j, arr[1] + j, arr[2] + j};
-        const Vec<T> F = mixture_terms<T, kind>(lane_arr, m.K, xv, logit_max, sum_w, terms + j, cdfs + j, max);
-        const Vec<T> L = log_sum_exp<T>(terms + j, m.K, max);
-        const Vec<T> p = vexp<T>(L);
-        const Vec<T> g_over_p = g / (p > tiny ? p : splat<T>(tiny));
+        const V F = mixture_terms<V, kind>(lane_arr, m.K, xv, logit_max, sum_w, terms + j, cdfs + j, max);
+        const V L = log_sum_exp<V>(terms + j, m.K, max);
+        const V p = vexp(L);
+        const V g_over_p = g / (p > tiny ? p : splat<V>(tiny));
         store(gub + j, g_over_p);
         for (int64_t k = 0; k < m.K; ++k) {
           const int64_t o = k * BL + j;
-          const Vec<T> w = vexp<T>(load(arr[0] + o) - log_norm);
-          const Vec<T> gr = g * vexp<T>(load(terms + o) - L);
-          store(arr[0] + o, -g_over_p * w * (load(cdfs + o) - F));
-          store(arr[2] + o, gr * (xv - load(arr[1] + o)));
+          const V w = vexp(load<V>(arr[0] + o) - log_norm);
+          const V gr = g * vexp(load<V>(terms + o) - L);
+          store(arr[0] + o, -g_over_p * w * (load<V>(cdfs + o) - F));
+          store(arr[2] + o, gr * (xv - load<V>(arr[1] + o)));
           store(arr[1] + o, gr);
         }
       }
-      if (grad_u != nullptr) scatter_block(gub, 1, n, grad_u + e0);
-      if (grad_logits != nullptr) scatter_block(arr[0], m.K, n, grad_logits + e0 * m.K);
-      if (grad_loc != nullptr) scatter_block(arr[1], m.K, n, grad_loc + e0 * m.K);
-      if (grad_log_scale != nullptr) scatter_block(arr[2], m.K, n, grad_log_scale + e0 * m.K);
+      if (grad_u != nullptr) scatter_block<BL>(gub, 1, n, grad_u + e0);
+      if (grad_logits != nullptr) scatter_block<BL>(arr[0], m.K, n, grad_logits + e0 * m.K);
+      if (grad_loc != nullptr) scatter_block<BL>(arr[1], m.K, n, grad_loc + e0 * m.K);
+      if (grad_log_scale != nullptr) scatter_block<BL>(arr[2], m.K, n, grad_log_scale + e0 * m.K);
     }
   }
 };
@@ -650,18 +674,39 @@ void run_base(const Kernel& k, int64_t b0, int64_t b1) {
   k.run(b0, b1);
 }
 
-// Runs `kernel` over every block, in parallel, on the instruction set of fastgen's CPU kernels.
-template <class Kernel>
-void run_blocks(const Kernel& kernel, int64_t N, int64_t block, int64_t grain) {
-  const std::string isa = tap_gemm_set().isa;
-  auto* fn = isa == "avx512" ? &run_avx512<Kernel> : isa == "avx2" ? &run_avx2<Kernel> : &run_base<Kernel>;
-  at::parallel_for(0, (N + block - 1) / block, grain, [&](int64_t b0, int64_t b1) { fn(kernel, b0, b1); });
+// Runs `Kernel<V, kind>{args...}` over every block in parallel, through `wrapper`. A task gets
+// enough blocks for about 1e5 component evaluations (`passes` per component and element), to
+// amortize its scratch and scheduling.
+template <template <class, Kind> class Kernel, class V, Kind kind, class... Args>
+void run_with(void (*wrapper)(const Kernel<V, kind>&, int64_t, int64_t), int64_t N, int64_t K, int64_t passes,
+              const Args&... args) {
+  const Kernel<V, kind> kernel{args...};
+  constexpr int64_t block = kBlock<V>;
+  const int64_t grain = std::max<int64_t>(1, 100000 / std::max<int64_t>(1, block * K * passes));
+  at::parallel_for(0, (N + block - 1) / block, grain, [&](int64_t b0, int64_t b1) { wrapper(kernel, b0, b1); });
 }
 
-// Blocks per parallel task: enough work per task (about 1e5 component evaluations) to
-// amortize a thread's scratch and scheduling.
-int64_t grain(int64_t block, int64_t K, int64_t passes) {
-  return std::max<int64_t>(1, 100000 / std::max<int64_t>(1, block * K * passes));
+// On the instruction set of fastgen's CPU kernels, with vectors of its register width.
+template <template <class, Kind> class Kernel, typename T, Kind kind, class... Args>
+void run_isa(int64_t N, int64_t K, int64_t passes, const Args&... args) {
+  using V64 = typename VectorOf<T, 64>::type;
+  using V32 = typename VectorOf<T, 32>::type;
+  using V16 = typename VectorOf<T, 16>::type;
+  const std::string isa = tap_gemm_set().isa;
+  if (isa == "avx512")
+    run_with<Kernel, V64, kind>(&run_avx512<Kernel<V64, kind>>, N, K, passes, args...);
+  else if (isa == "avx2")
+    run_with<Kernel, V32, kind>(&run_avx2<Kernel<V32, kind>>, N, K, passes, args...);
+  else
+    run_with<Kernel, V16, kind>(&run_base<Kernel<V16, kind>>, N, K, passes, args...);
+}
+
+template <template <class, Kind> class Kernel, typename T, class... Args>
+void run_kind(Kind kind, int64_t N, int64_t K, int64_t passes, const Args&... args) {
+  if (kind == Kind::Logistic)
+    run_isa<Kernel, T, Kind::Logistic>(N, K, passes, args...);
+  else
+    run_isa<Kernel, T, Kind::Gaussian>(N, K, passes, args...);
 }
 
 // ------------------------------------------------------------------------------- checks
@@ -717,14 +762,6 @@ T* data_or_null(at::Tensor& t) {
   return t.defined() ? t.data_ptr<T>() : nullptr;
 }
 
-template <template <typename, Kind> class Kernel, typename T, typename... Args>
-void run_kind(Kind kind, int64_t N, int64_t grain_blocks, Args&&... args) {
-  if (kind == Kind::Logistic)
-    run_blocks(Kernel<T, Kind::Logistic>{args...}, N, kBlock<T>, grain_blocks);
-  else
-    run_blocks(Kernel<T, Kind::Gaussian>{args...}, N, kBlock<T>, grain_blocks);
-}
-
 // ---------------------------------------------------------------------------------- ops
 
 std::tuple<at::Tensor, at::Tensor> mixture_cdf_cpu(const at::Tensor& x_in, const at::Tensor& logits_in,
@@ -737,8 +774,8 @@ std::tuple<at::Tensor, at::Tensor> mixture_cdf_cpu(const at::Tensor& x_in, const
   at::Tensor u = at::empty_like(x), log_pdf = at::empty_like(x);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "mixture_cdf", [&] {
     const Mixture<scalar_t> m = mixture<scalar_t>(logits, loc, log_scale);
-    run_kind<CdfForward, scalar_t>(kind, m.N, grain(kBlock<scalar_t>, m.K, 4), m, x.data_ptr<scalar_t>(),
-                                   u.data_ptr<scalar_t>(), log_pdf.data_ptr<scalar_t>());
+    run_kind<CdfForward, scalar_t>(kind, m.N, m.K, 4, m, x.data_ptr<scalar_t>(), u.data_ptr<scalar_t>(),
+                                   log_pdf.data_ptr<scalar_t>());
   });
   return {u, log_pdf};
 }
@@ -764,7 +801,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mixture_cdf_backward_
   at::Tensor gls = out(mask[3], log_scale);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "mixture_cdf_backward", [&] {
     const Mixture<scalar_t> m = mixture<scalar_t>(logits, loc, log_scale);
-    run_kind<CdfBackward, scalar_t>(kind, m.N, grain(kBlock<scalar_t>, m.K, 4), m, data_or_null<scalar_t>(grad_u),
+    run_kind<CdfBackward, scalar_t>(kind, m.N, m.K, 4, m, data_or_null<scalar_t>(grad_u),
                                     data_or_null<scalar_t>(grad_log_pdf), x.data_ptr<scalar_t>(),
                                     u.data_ptr<scalar_t>(), log_pdf.data_ptr<scalar_t>(), data_or_null<scalar_t>(gx),
                                     data_or_null<scalar_t>(glogits), data_or_null<scalar_t>(gloc),
@@ -784,8 +821,7 @@ at::Tensor mixture_icdf_cpu(const at::Tensor& u_in, const at::Tensor& logits_in,
   at::Tensor x = at::empty_like(u);
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "mixture_icdf", [&] {
     const Mixture<scalar_t> m = mixture<scalar_t>(logits, loc, log_scale);
-    run_kind<Icdf, scalar_t>(kind, m.N, grain(kBlock<scalar_t>, m.K, iters), m, u.data_ptr<scalar_t>(), iters,
-                             x.data_ptr<scalar_t>());
+    run_kind<Icdf, scalar_t>(kind, m.N, m.K, iters, m, u.data_ptr<scalar_t>(), iters, x.data_ptr<scalar_t>());
   });
   return x;
 }
@@ -804,7 +840,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mixture_icdf_backward
   at::Tensor gls = out(mask[3], log_scale);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "mixture_icdf_backward", [&] {
     const Mixture<scalar_t> m = mixture<scalar_t>(logits, loc, log_scale);
-    run_kind<IcdfBackward, scalar_t>(kind, m.N, grain(kBlock<scalar_t>, m.K, 5), m, grad_x.data_ptr<scalar_t>(),
+    run_kind<IcdfBackward, scalar_t>(kind, m.N, m.K, 5, m, grad_x.data_ptr<scalar_t>(),
                                      x.data_ptr<scalar_t>(), data_or_null<scalar_t>(gu),
                                      data_or_null<scalar_t>(glogits), data_or_null<scalar_t>(gloc),
                                      data_or_null<scalar_t>(gls));
