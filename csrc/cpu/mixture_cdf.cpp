@@ -381,55 +381,88 @@ void load_mixture(const Mixture<T>& m, int64_t e0, int64_t n, Scratch<BL, T>& s)
   gather_block<BL>(m.log_scale + e0 * m.K, m.K, n, T(0), s.array(2));
 }
 
-// Per vector of lanes: the logits' max, and exp(logit - max) into `weights` (unnormalized);
-// returns their sum. Arrays of stride BL between components.
+// A block's elements as kVectorsPerBlock vectors. The loops below run over a block's vectors
+// innermost: their dependency chains (exp -> divide -> log per component) are independent,
+// and interleaving them keeps the pipelines full.
 template <class V>
-FASTGEN_INLINE V softmax_parts(const Scalar<V>* logits, int64_t K, Scalar<V>* weights, V& max) {
+using Group = std::array<V, kVectorsPerBlock>;
+
+template <class V>
+FASTGEN_INLINE Group<V> load_group(const Scalar<V>* p) {
+  Group<V> g;
+  for (int v = 0; v < kVectorsPerBlock; ++v) g[v] = load<V>(p + v * Lanes<V>::W);
+  return g;
+}
+
+template <class V>
+FASTGEN_INLINE void store_group(Scalar<V>* p, const Group<V>& g) {
+  for (int v = 0; v < kVectorsPerBlock; ++v) store(p + v * Lanes<V>::W, g[v]);
+}
+
+// Per element: the logits' max, and exp(logit - max) into `weights` (unnormalized); returns
+// their sum. Arrays [K][BL].
+template <class V>
+FASTGEN_INLINE Group<V> softmax_parts(const Scalar<V>* logits, int64_t K, Scalar<V>* weights, Group<V>& max) {
   constexpr int BL = kBlock<V>;
-  max = load<V>(logits);
-  for (int64_t k = 1; k < K; ++k) max = vmax(max, load<V>(logits + k * BL));
-  V sum{};
+  max = load_group<V>(logits);
+  for (int64_t k = 1; k < K; ++k) {
+    const Group<V> l = load_group<V>(logits + k * BL);
+    for (int v = 0; v < kVectorsPerBlock; ++v) max[v] = vmax(max[v], l[v]);
+  }
+  Group<V> sum{};
   for (int64_t k = 0; k < K; ++k) {
-    const V e = vexp(load<V>(logits + k * BL) - max);
-    store(weights + k * BL, e);
-    sum += e;
+    Group<V> e = load_group<V>(logits + k * BL);
+    for (int v = 0; v < kVectorsPerBlock; ++v) {
+      e[v] = vexp(e[v] - max[v]);
+      sum[v] += e[v];
+    }
+    store_group(weights + k * BL, e);
   }
   return sum;
 }
 
-// log sum_k exp(terms_k) given their max (an all -inf set gives -inf, not NaN).
+// Per element: log sum_k exp(terms_k) given their max (an all -inf set gives -inf, not NaN).
 template <class V>
-FASTGEN_INLINE V log_sum_exp(const Scalar<V>* terms, int64_t K, V max) {
+FASTGEN_INLINE Group<V> log_sum_exp(const Scalar<V>* terms, int64_t K, Group<V> max) {
   constexpr int BL = kBlock<V>;
-  max = max == -std::numeric_limits<Scalar<V>>::infinity() ? V{} : max;
-  V sum{};
-  for (int64_t k = 0; k < K; ++k) sum += vexp(load<V>(terms + k * BL) - max);
-  return max + vlog(sum);
+  for (int v = 0; v < kVectorsPerBlock; ++v) max[v] = max[v] == -std::numeric_limits<Scalar<V>>::infinity() ? V{} : max[v];
+  Group<V> sum{};
+  for (int64_t k = 0; k < K; ++k) {
+    const Group<V> t = load_group<V>(terms + k * BL);
+    for (int v = 0; v < kVectorsPerBlock; ++v) sum[v] += vexp(t[v] - max[v]);
+  }
+  for (int v = 0; v < kVectorsPerBlock; ++v) sum[v] = max[v] + vlog(sum[v]);
+  return sum;
 }
 
-// Per vector of lanes at x: sum_k w_k F_k and the log-density terms a_k = log w_k + log f(z_k) -
+// Per element at x: sum_k w_k F_k and the log-density terms a_k = log w_k + log f(z_k) -
 // log_scale_k (into `terms`, which holds the unnormalized weights on entry; their max into
-// `max`), F_k into `cdfs` when given. Arrays: 0 logits, 1 loc, 2 log_scale.
+// `max`), F_k into `cdfs` when given. Arrays [K][BL]: 0 logits, 1 loc, 2 log_scale.
 template <class V, Kind kind>
-FASTGEN_INLINE V mixture_terms(Scalar<V>* const* arr, int64_t K, V x, V logit_max, V sum_w, Scalar<V>* terms,
-                               Scalar<V>* cdfs, V& max) {
-  constexpr int BL = kBlock<V>;
-  const V log_norm = logit_max + vlog(sum_w);
-  V u{};
-  max = splat<V>(-std::numeric_limits<Scalar<V>>::infinity());
-  for (int64_t k = 0; k < K; ++k) {
-    const int64_t o = k * BL;
-    const V log_scale = load<V>(arr[2] + o);
-    const V z = (x - load<V>(arr[1] + o)) * vexp(-log_scale);
-    V F, log_f, score;
-    Component<V, kind>::eval(z, F, log_f, score);
-    u += load<V>(terms + o) * F;
-    const V a = load<V>(arr[0] + o) - log_norm + log_f - log_scale;
-    store(terms + o, a);
-    if (cdfs != nullptr) store(cdfs + o, F);
-    max = vmax(max, a);
+FASTGEN_INLINE Group<V> mixture_terms(Scalar<V>* const* arr, int64_t K, const Group<V>& x, const Group<V>& logit_max,
+                                      const Group<V>& sum_w, Scalar<V>* terms, Scalar<V>* cdfs, Group<V>& max) {
+  constexpr int BL = kBlock<V>, W = Lanes<V>::W;
+  Group<V> log_norm, u{};
+  for (int v = 0; v < kVectorsPerBlock; ++v) {
+    log_norm[v] = logit_max[v] + vlog(sum_w[v]);
+    max[v] = splat<V>(-std::numeric_limits<Scalar<V>>::infinity());
   }
-  return u / sum_w;
+  for (int64_t k = 0; k < K; ++k) {
+    for (int v = 0; v < kVectorsPerBlock; ++v) {
+      const int64_t o = k * BL + v * W;
+      const V log_scale = load<V>(arr[2] + o);
+      const V z = (x[v] - load<V>(arr[1] + o)) * vexp(-log_scale);
+      V F, log_f, score;
+      Component<V, kind>::eval(z, F, log_f, score);
+      u[v] += load<V>(terms + o) * F;
+      const V a = load<V>(arr[0] + o) - log_norm[v] + log_f - log_scale;
+      store(terms + o, a);
+      if (cdfs != nullptr) store(cdfs + o, F);
+      max[v] = vmax(max[v], a);
+    }
+  }
+  for (int v = 0; v < kVectorsPerBlock; ++v) u[v] /= sum_w[v];
+  return u;
 }
 
 // ------------------------------------------------------------------------------ kernels
@@ -439,7 +472,7 @@ FASTGEN_INLINE V mixture_terms(Scalar<V>* const* arr, int64_t K, V x, V logit_ma
 template <class V, Kind kind>
 struct CdfForward {
   using T = Scalar<V>;
-  static constexpr int BL = kBlock<V>, W = Lanes<V>::W;
+  static constexpr int BL = kBlock<V>;
   const Mixture<T>& m;
   const T* x;
   T* u;
@@ -454,14 +487,10 @@ struct CdfForward {
       const int64_t e0 = b * BL, n = std::min<int64_t>(BL, m.N - e0);
       load_mixture(m, e0, n, s);
       gather_block<BL>(x + e0, 1, n, T(0), xb);
-      for (int j = 0; j < BL; j += W) {
-        V logit_max, max;
-        const V sum_w = softmax_parts<V>(arr[0] + j, m.K, terms + j, logit_max);
-        T* const lane_arr[3] = {arr[0] + j, arr[1] + j, arr[2] + j};
-        const V cdf = mixture_terms<V, kind>(lane_arr, m.K, load<V>(xb + j), logit_max, sum_w, terms + j, nullptr, max);
-        store(ub + j, cdf);
-        store(lb + j, log_sum_exp<V>(terms + j, m.K, max));
-      }
+      Group<V> logit_max, max;
+      const Group<V> sum_w = softmax_parts<V>(arr[0], m.K, terms, logit_max);
+      store_group(ub, mixture_terms<V, kind>(arr, m.K, load_group<V>(xb), logit_max, sum_w, terms, nullptr, max));
+      store_group(lb, log_sum_exp<V>(terms, m.K, max));
       scatter_block<BL>(ub, 1, n, u + e0);
       scatter_block<BL>(lb, 1, n, log_pdf + e0);
     }
@@ -486,7 +515,7 @@ struct CdfBackward {
     Scratch<BL, T> s(m.K, 4);
     T* arr[3] = {s.array(0), s.array(1), s.array(2)};
     T* weights = s.array(3);
-    T gub[BL], glb[BL], xb[BL], ub[BL], lb[BL], gxb[BL];
+    T gub[BL] = {}, glb[BL] = {}, xb[BL], ub[BL], lb[BL];
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t e0 = b * BL, n = std::min<int64_t>(BL, m.N - e0);
       load_mixture(m, e0, n, s);
@@ -495,33 +524,35 @@ struct CdfBackward {
       gather_block<BL>(log_pdf + e0, 1, n, T(0), lb);
       if (grad_u != nullptr) gather_block<BL>(grad_u + e0, 1, n, T(0), gub);
       if (grad_log_pdf != nullptr) gather_block<BL>(grad_log_pdf + e0, 1, n, T(0), glb);
-      for (int j = 0; j < BL; j += W) {
-        V logit_max;
-        const V sum_w = softmax_parts<V>(arr[0] + j, m.K, weights + j, logit_max);
-        const V inv_sum_w = 1 / sum_w, log_norm = logit_max + vlog(sum_w);
-        const V xv = load<V>(xb + j), uv = load<V>(ub + j), L = load<V>(lb + j);
-        const V gu = grad_u != nullptr ? load<V>(gub + j) : V{};
-        const V gl = grad_log_pdf != nullptr ? load<V>(glb + j) : V{};
-        const V gu_p = gu * vexp(L);
-        V gx = gu_p;
-        for (int64_t k = 0; k < m.K; ++k) {
-          const int64_t o = k * BL + j;
+      Group<V> logit_max;
+      const Group<V> sum_w = softmax_parts<V>(arr[0], m.K, weights, logit_max);
+      const Group<V> xv = load_group<V>(xb), uv = load_group<V>(ub), L = load_group<V>(lb);
+      const Group<V> gu = load_group<V>(gub), gl = load_group<V>(glb);
+      Group<V> inv_sum_w, log_norm, gu_p, gx;
+      for (int v = 0; v < kVectorsPerBlock; ++v) {
+        inv_sum_w[v] = 1 / sum_w[v];
+        log_norm[v] = logit_max[v] + vlog(sum_w[v]);
+        gx[v] = gu_p[v] = gu[v] * vexp(L[v]);
+      }
+      for (int64_t k = 0; k < m.K; ++k) {
+        for (int v = 0; v < kVectorsPerBlock; ++v) {
+          const int64_t o = k * BL + v * W;
           const V logit = load<V>(arr[0] + o), log_scale = load<V>(arr[2] + o);
-          const V w = load<V>(weights + o) * inv_sum_w;
+          const V w = load<V>(weights + o) * inv_sum_w[v];
           const V inv_scale = vexp(-log_scale);
-          const V d = xv - load<V>(arr[1] + o), z = d * inv_scale;
+          const V d = xv[v] - load<V>(arr[1] + o), z = d * inv_scale;
           V F, log_f, score;
           Component<V, kind>::eval(z, F, log_f, score);
-          const V r = vexp(logit - log_norm + log_f - log_scale - L);
-          const V gl_score = gl * score;
-          gx += r * gl_score * inv_scale;
-          store(arr[0] + o, gu * w * (F - uv) + gl * (r - w));
-          store(arr[1] + o, -r * (gu_p + gl_score * inv_scale));
-          store(arr[2] + o, -r * (gu_p * d + gl + gl_score * z));
+          const V r = vexp(logit - log_norm[v] + log_f - log_scale - L[v]);
+          const V gl_score = gl[v] * score;
+          gx[v] += r * gl_score * inv_scale;
+          store(arr[0] + o, gu[v] * w * (F - uv[v]) + gl[v] * (r - w));
+          store(arr[1] + o, -r * (gu_p[v] + gl_score * inv_scale));
+          store(arr[2] + o, -r * (gu_p[v] * d + gl[v] + gl_score * z));
         }
-        store(gxb + j, gx);
       }
-      if (grad_x != nullptr) scatter_block<BL>(gxb, 1, n, grad_x + e0);
+      store_group(xb, gx);
+      if (grad_x != nullptr) scatter_block<BL>(xb, 1, n, grad_x + e0);
       if (grad_logits != nullptr) scatter_block<BL>(arr[0], m.K, n, grad_logits + e0 * m.K);
       if (grad_loc != nullptr) scatter_block<BL>(arr[1], m.K, n, grad_loc + e0 * m.K);
       if (grad_log_scale != nullptr) scatter_block<BL>(arr[2], m.K, n, grad_log_scale + e0 * m.K);
@@ -547,46 +578,46 @@ struct Icdf {
     T* weights = s.array(3);
     T* A = arr[1];  // the affine maps overwrite loc and log_scale
     T* Bc = arr[2];
-    T ub[BL], xb[BL];
+    T ub[BL];
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t e0 = b * BL, n = std::min<int64_t>(BL, m.N - e0);
       load_mixture(m, e0, n, s);
       gather_block<BL>(u + e0, 1, n, T(0.5), ub);
-      V target[B], lo[B], hi[B];
+      Group<V> logit_max, target = load_group<V>(ub), inv_sum_w, q, lo, hi;
+      const Group<V> sum_w = softmax_parts<V>(arr[0], m.K, weights, logit_max);
       for (int v = 0; v < B; ++v) {
-        const int j = v * W;
-        V logit_max;
-        const V inv_sum_w = 1 / softmax_parts<V>(arr[0] + j, m.K, weights + j, logit_max);
-        target[v] = clamp(load<V>(ub + j), tiny, below_one);
-        const V q = component_quantile<V, kind>(target[v]);
+        inv_sum_w[v] = 1 / sum_w[v];
+        target[v] = clamp(target[v], tiny, below_one);
+        q[v] = component_quantile<V, kind>(target[v]);
         lo[v] = splat<V>(std::numeric_limits<T>::infinity());
         hi[v] = -lo[v];
-        for (int64_t k = 0; k < m.K; ++k) {
-          const int64_t o = k * BL + j;
+      }
+      for (int64_t k = 0; k < m.K; ++k) {
+        for (int v = 0; v < B; ++v) {
+          const int64_t o = k * BL + v * W;
           const V loc = load<V>(arr[1] + o), log_scale = load<V>(arr[2] + o);
-          const V quantile = loc + vexp(log_scale) * q;
+          const V quantile = loc + vexp(log_scale) * q[v];
           lo[v] = vmin(lo[v], quantile);
           hi[v] = vmax(hi[v], quantile);
           V a, c;
           Component<V, kind>::affine(loc, vexp(-log_scale), a, c);
           store(A + o, a);
           store(Bc + o, c);
-          store(weights + o, load<V>(weights + o) * inv_sum_w);
+          store(weights + o, load<V>(weights + o) * inv_sum_w[v]);
         }
       }
-      V cdf[B] = {};
+      Group<V> cdf{};
       for (int64_t it = 0; it < iters; ++it) {
-        V mid[B];
+        Group<V> mid;
         for (int v = 0; v < B; ++v) {
           mid[v] = T(0.5) * (lo[v] + hi[v]);
           cdf[v] = V{};
         }
         for (int64_t k = 0; k < m.K; ++k) {
-          const int64_t o = k * BL;
           for (int v = 0; v < B; ++v) {
-            const int64_t ov = o + v * W;
-            const V t = mid[v] * load<V>(A + ov) + load<V>(Bc + ov);
-            cdf[v] += load<V>(weights + ov) * Component<V, kind>::cdf_of_affine(t);
+            const int64_t o = k * BL + v * W;
+            const V t = mid[v] * load<V>(A + o) + load<V>(Bc + o);
+            cdf[v] += load<V>(weights + o) * Component<V, kind>::cdf_of_affine(t);
           }
         }
         for (int v = 0; v < B; ++v) {
@@ -597,8 +628,9 @@ struct Icdf {
       }
       // NaN in u makes every quantile and so the bracket NaN. NaN in a parameter makes the
       // CDF NaN (its comparisons false): 0 * cdf carries it into x, like torch.amin would.
-      for (int v = 0; v < B; ++v) store(xb + v * W, T(0.5) * (lo[v] + hi[v]) + 0 * cdf[v]);
-      scatter_block<BL>(xb, 1, n, x + e0);
+      for (int v = 0; v < B; ++v) lo[v] = T(0.5) * (lo[v] + hi[v]) + 0 * cdf[v];
+      store_group(ub, lo);
+      scatter_block<BL>(ub, 1, n, x + e0);
     }
   }
 };
@@ -622,33 +654,35 @@ struct IcdfBackward {
     T* arr[3] = {s.array(0), s.array(1), s.array(2)};
     T* terms = s.array(3);
     T* cdfs = s.array(4);
-    T gb[BL], xb[BL], gub[BL];
+    T gb[BL], xb[BL];
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t e0 = b * BL, n = std::min<int64_t>(BL, m.N - e0);
       load_mixture(m, e0, n, s);
       gather_block<BL>(x + e0, 1, n, T(0), xb);
       gather_block<BL>(grad_x + e0, 1, n, T(0), gb);
-      for (int j = 0; j < BL; j += W) {
-        V logit_max, max;
-        const V sum_w = softmax_parts<V>(arr[0] + j, m.K, terms + j, logit_max);
-        const V log_norm = logit_max + vlog(sum_w);
-        const V xv = load<V>(xb + j), g = load<V>(gb + j);
-        T* const lane_arr[3] = {arr[0] + j, arr[1] + j, arr[2] + j};
-        const V F = mixture_terms<V, kind>(lane_arr, m.K, xv, logit_max, sum_w, terms + j, cdfs + j, max);
-        const V L = log_sum_exp<V>(terms + j, m.K, max);
-        const V p = vexp(L);
-        const V g_over_p = g / (p > tiny ? p : splat<V>(tiny));
-        store(gub + j, g_over_p);
-        for (int64_t k = 0; k < m.K; ++k) {
-          const int64_t o = k * BL + j;
-          const V w = vexp(load<V>(arr[0] + o) - log_norm);
-          const V gr = g * vexp(load<V>(terms + o) - L);
-          store(arr[0] + o, -g_over_p * w * (load<V>(cdfs + o) - F));
-          store(arr[2] + o, gr * (xv - load<V>(arr[1] + o)));
+      Group<V> logit_max, max;
+      const Group<V> sum_w = softmax_parts<V>(arr[0], m.K, terms, logit_max);
+      const Group<V> xv = load_group<V>(xb), g = load_group<V>(gb);
+      const Group<V> F = mixture_terms<V, kind>(arr, m.K, xv, logit_max, sum_w, terms, cdfs, max);
+      const Group<V> L = log_sum_exp<V>(terms, m.K, max);
+      Group<V> log_norm, g_over_p;
+      for (int v = 0; v < kVectorsPerBlock; ++v) {
+        log_norm[v] = logit_max[v] + vlog(sum_w[v]);
+        const V p = vexp(L[v]);
+        g_over_p[v] = g[v] / (p > tiny ? p : splat<V>(tiny));
+      }
+      for (int64_t k = 0; k < m.K; ++k) {
+        for (int v = 0; v < kVectorsPerBlock; ++v) {
+          const int64_t o = k * BL + v * W;
+          const V w = vexp(load<V>(arr[0] + o) - log_norm[v]);
+          const V gr = g[v] * vexp(load<V>(terms + o) - L[v]);
+          store(arr[0] + o, -g_over_p[v] * w * (load<V>(cdfs + o) - F[v]));
+          store(arr[2] + o, gr * (xv[v] - load<V>(arr[1] + o)));
           store(arr[1] + o, gr);
         }
       }
-      if (grad_u != nullptr) scatter_block<BL>(gub, 1, n, grad_u + e0);
+      store_group(gb, g_over_p);
+      if (grad_u != nullptr) scatter_block<BL>(gb, 1, n, grad_u + e0);
       if (grad_logits != nullptr) scatter_block<BL>(arr[0], m.K, n, grad_logits + e0 * m.K);
       if (grad_loc != nullptr) scatter_block<BL>(arr[1], m.K, n, grad_loc + e0 * m.K);
       if (grad_log_scale != nullptr) scatter_block<BL>(arr[2], m.K, n, grad_log_scale + e0 * m.K);
