@@ -34,6 +34,7 @@ that a density that underflows gives a huge gradient instead of NaN.
 
 Shapes: ``x`` (or ``u``) any shape ``(...)``; ``logits``, ``loc``, ``log_scale`` ``(..., K)`` with
 the same leading shape (no broadcasting; expand them first). Outputs have ``x``'s shape.
+Dtypes: float32 or float64, the same for all four tensors.
 
 The fast paths (``cpp``, ``triton``) run forward and backward per element in one pass, with
 no ``(..., K)`` intermediate: the backward recomputes the components from the inputs and the
