@@ -1,7 +1,8 @@
-"""Benchmarks of the element-wise flow ops: :func:`fastgen.ops.affine_coupling`,
-:func:`fastgen.ops.actnorm` and :func:`fastgen.ops.logit_transform`.
+"""Benchmarks of the flow ops: :func:`fastgen.ops.affine_coupling`,
+:func:`fastgen.ops.actnorm`, :func:`fastgen.ops.logit_transform`,
+:func:`fastgen.ops.mixture_icdf` and :func:`fastgen.ops.mixture_cdf`.
 
-Cases (float32, the shapes of a RealNVP/Glow layer on CIFAR-sized activations):
+Element-wise cases (float32, the shapes of a RealNVP/Glow layer on CIFAR-sized activations):
 
 - affine_coupling, checkerboard mask, ``scale="exp"``, x (64, 6, 32, 32): forward plus
   backward to x, shift and log_scale through both y and logdet ("fwd+bwd", the issue's
@@ -11,10 +12,22 @@ Cases (float32, the shapes of a RealNVP/Glow layer on CIFAR-sized activations):
 - logit_transform, alpha = 0.05, x (64, 3, 32, 32) in [0, 1], fwd+bwd to x.
 
 The backward gets a random gradient for y and one for logdet, as a loss that uses both
-(the negative log-likelihood) gives it. No FLOP counts: these ops are memory-bound.
+(the negative log-likelihood) gives it.
+
+Mixture cases (float32, 2^20 elements, K = 8 logistic components, logits ~ N(0, 1),
+locations ~ N(0, 2^2), log-scales ~ N(0, 0.5^2)):
+
+- mixture_icdf forward (sampling), 40 bisection steps (the float32 default) for every
+  provider: the eager reference is a vectorized PyTorch bisection with the same bracket and
+  the same step count, ``compile`` is ``torch.compile`` of it.
+- mixture_cdf forward plus backward to x and the three parameter tensors, from the
+  gradients of both outputs (a 1-D CDF flow's training step: u and its log-determinant).
+
+No FLOP counts: the element-wise ops are memory-bound, the mixture ops' work is
+transcendental functions.
 
 ``python benchmarks/harness.py --filter affine_coupling`` (or ``actnorm``,
-``logit_transform``), or ``pytest benchmarks/bench_flow_ops.py --benchmark-only``.
+``logit_transform``, ``mixture``), or ``pytest benchmarks/bench_flow_ops.py --benchmark-only``.
 """
 
 from __future__ import annotations
@@ -29,8 +42,13 @@ from fastgen.ops import (
     actnorm_ref,
     affine_coupling,
     affine_coupling_ref,
+    default_icdf_iters,
     logit_transform,
     logit_transform_ref,
+    mixture_cdf,
+    mixture_cdf_ref,
+    mixture_icdf,
+    mixture_icdf_ref,
 )
 from harness import Case, Provider, benchmark_with_pytest, op_providers
 
@@ -40,15 +58,18 @@ DTYPE = torch.float32
 COUPLING_SHAPE = (64, 6, 32, 32)
 ACTNORM_SHAPE = (64, 12, 16, 16)
 LOGIT_SHAPE = (64, 3, 32, 32)
+MIXTURE_N, MIXTURE_K = 1 << 20, 8
 
 
 def _checkerboard(h: int, w: int, device: str) -> torch.Tensor:
     return ((torch.arange(h)[:, None] + torch.arange(w)) % 2).to(device=device, dtype=DTYPE)[None]  # (1, H, W)
 
 
-def _timed(inputs: list[torch.Tensor], grads: tuple[torch.Tensor, torch.Tensor], call: Callable[[Any], Any],
-           backward: bool) -> Callable[[Callable[..., Any]], Provider]:
-    """The harness's ``timed``: forward, or forward and backward with ``grads`` for (y, logdet)."""
+def _timed(
+    inputs: list[torch.Tensor], grads: tuple[torch.Tensor, ...], call: Callable[[Any], Any], backward: bool
+) -> Callable[[Callable[..., Any]], Provider]:
+    """The harness's ``timed``: forward, or forward and backward with ``grads`` for the
+    outputs (y and logdet), zeroing the gradients of ``inputs`` first."""
 
     def timed(impl: Callable[..., Any]) -> Provider:
         def forward() -> Any:
@@ -113,16 +134,47 @@ def _logit_case(device: str) -> Case:
     return Case(f"logit_transform alpha=0.05 {'x'.join(map(str, LOGIT_SHAPE))} fwd+bwd", None, setup)
 
 
+def _mixture(g: torch.Generator, device: str) -> tuple[torch.Tensor, ...]:
+    """(logits, loc, log_scale), each (N, K)."""
+    return tuple(_randn(g, (MIXTURE_N, MIXTURE_K), device, scale) for scale in (1.0, 2.0, 0.5))
+
+
+def _mixture_icdf_case(device: str) -> Case:
+    iters = default_icdf_iters(DTYPE)
+
+    def setup() -> dict[str, Provider]:
+        g = torch.Generator().manual_seed(0)
+        mixture = _mixture(g, device)
+        u = torch.rand(MIXTURE_N, generator=g, dtype=DTYPE).to(device)  # (N,)
+        timed = _timed([], (), lambda impl: impl(u, *mixture, kind="logistic", iters=iters), False)
+        return op_providers("mixture_icdf", mixture_icdf_ref, mixture_icdf, timed, device=device, dtype=DTYPE)
+
+    return Case(f"mixture_icdf logistic K={MIXTURE_K} N=2^20 iters={iters} fwd", None, setup)
+
+
+def _mixture_cdf_case(device: str) -> Case:
+    def setup() -> dict[str, Provider]:
+        g = torch.Generator().manual_seed(0)
+        mixture = [t.requires_grad_() for t in _mixture(g, device)]
+        x = _randn(g, (MIXTURE_N,), device, 3.0).requires_grad_()
+        grads = (_randn(g, (MIXTURE_N,), device), _randn(g, (MIXTURE_N,), device))  # for u, log_pdf
+        timed = _timed([x, *mixture], grads, lambda impl: impl(x, *mixture, kind="logistic"), True)
+        return op_providers("mixture_cdf", mixture_cdf_ref, mixture_cdf, timed, device=device, dtype=DTYPE)
+
+    return Case(f"mixture_cdf logistic K={MIXTURE_K} N=2^20 fwd+bwd", None, setup)
+
+
 def cases(device: str, quick: bool) -> list[Case]:
-    """The coupling (checkerboard fwd+bwd and fwd, channel-split, Glow's sigmoid), ActNorm
-    and logit cases; ``quick`` keeps them all (the harness takes fewer runs)."""
+    """The coupling (checkerboard fwd+bwd and fwd, channel-split, Glow's sigmoid), ActNorm,
+    logit and mixture cases; ``quick`` keeps them all (the harness takes fewer runs)."""
     coupling = [
         _coupling_case(True, "exp", True, device),
         _coupling_case(True, "exp", False, device),
         _coupling_case(False, "exp", True, device),
         _coupling_case(False, "sigmoid", True, device),
     ]
-    return coupling + [_actnorm_case(device), _logit_case(device)]
+    mixture = [_mixture_icdf_case(device), _mixture_cdf_case(device)]
+    return coupling + [_actnorm_case(device), _logit_case(device)] + mixture
 
 
 def test_flow_ops(benchmark: Any, bench_device: str, case: Case, provider: str) -> None:

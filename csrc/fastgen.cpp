@@ -82,6 +82,22 @@ TORCH_LIBRARY(fastgen, m) {
   // Returns grad_x.
   m.def(
       "logit_transform_backward(Tensor grad_y, Tensor grad_logdet, Tensor x, float alpha, bool inverse) -> Tensor");
+
+  // Mixture CDF and its inverse (fastgen/ops/mixture_cdf.py); kind is "logistic" or "gaussian".
+  // Returns (u, log_pdf), both of x's shape.
+  m.def("mixture_cdf(Tensor x, Tensor logits, Tensor loc, Tensor log_scale, str kind) -> (Tensor, Tensor)");
+  // Grads of (x, logits, loc, log_scale) from those of u and log_pdf (None: zero), given the
+  // forward's outputs u and log_pdf; an entry whose output_mask is False is an empty tensor.
+  m.def(
+      "mixture_cdf_backward(Tensor? grad_u, Tensor? grad_log_pdf, Tensor x, Tensor logits, Tensor loc, "
+      "Tensor log_scale, Tensor u, Tensor log_pdf, str kind, bool[4] output_mask) -> (Tensor, Tensor, Tensor, Tensor)");
+  // x of u's shape, by `iters` bisection steps.
+  m.def("mixture_icdf(Tensor u, Tensor logits, Tensor loc, Tensor log_scale, str kind, int iters) -> Tensor");
+  // Grads of (u, logits, loc, log_scale) at the forward's output x; an entry whose output_mask
+  // is False is an empty tensor.
+  m.def(
+      "mixture_icdf_backward(Tensor grad_x, Tensor x, Tensor logits, Tensor loc, Tensor log_scale, str kind, "
+      "bool[4] output_mask) -> (Tensor, Tensor, Tensor, Tensor)");
 }
 
 namespace {

@@ -1,10 +1,15 @@
 """Helpers shared by the tests."""
 
+import os
+import subprocess
+import sys
+
+import pytest
 import torch
 
 import fastgen
 
-__all__ = ["DEVICES", "fast_backends", "logdet_by_jacobian", "tolerances"]
+__all__ = ["DEVICES", "backend_params", "fast_backends", "logdet_by_jacobian", "run_python", "tolerances"]
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -25,6 +30,16 @@ def fast_backends(op: str, device: str, dtype: torch.dtype = torch.float32) -> l
     return [name for name, s in supports.items() if name != "ref" and s.reason(device, dtype) is None]
 
 
+def backend_params(op: str, dtypes=(torch.float32, torch.float64)) -> list:
+    """pytest params ``(backend, device, dtype)`` of every fast backend of ``op`` that runs here."""
+    return [
+        pytest.param(b, dev, dt, id=f"{b}-{dev}-{str(dt)[6:]}")
+        for dev in DEVICES
+        for dt in dtypes
+        for b in fast_backends(op, dev, dt)
+    ]
+
+
 def logdet_by_jacobian(fn, x: torch.Tensor) -> torch.Tensor:
     """log|det J| per example of ``fn`` (a map of one example's tensor to one of the same
     size, applied to a batch of one), by ``torch.autograd.functional.jacobian`` and
@@ -34,3 +49,11 @@ def logdet_by_jacobian(fn, x: torch.Tensor) -> torch.Tensor:
         jac = torch.autograd.functional.jacobian(lambda e: fn(e[None])[0], example)
         out.append(torch.linalg.slogdet(jac.reshape(example.numel(), example.numel()))[1])
     return torch.stack(out)
+
+
+def run_python(code: str, cwd=None, **env: str) -> subprocess.CompletedProcess:
+    """Runs ``code`` in a fresh interpreter (import-time decisions need one)."""
+    full_env = os.environ | env
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=full_env, cwd=cwd, timeout=300
+    )

@@ -10,18 +10,9 @@ import pytest
 import torch
 
 import fastgen
-from fastgen import backends
 from fastgen.backends import BackendUnavailableError, OpBackends, Support
 
-from .helpers import DEVICES, fast_backends
-
-
-def run_python(code: str, cwd=None, **env: str) -> subprocess.CompletedProcess:
-    """Runs ``code`` in a fresh interpreter (import-time decisions need one)."""
-    full_env = os.environ | env
-    return subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=full_env, cwd=cwd, timeout=300
-    )
+from .helpers import DEVICES, fast_backends, run_python
 
 
 def test_the_suite_exercises_every_fast_backend():
@@ -191,3 +182,32 @@ def test_every_cpu_instruction_set_matches_reference(isa):
     assert out.returncode == 0, out.stderr
     if not out.stdout.startswith(isa):
         pytest.skip(f"this CPU has no {isa}: {out.stdout.strip()}")
+
+
+def _flow_op_calls():
+    """(op name, a call of it on float64 leaves, the leaves) for the ops without a fast double backward."""
+    from fastgen.ops import actnorm, affine_coupling, logit_transform, mixture_cdf, mixture_icdf
+
+    x, shift, log_scale = (torch.randn(2, 5, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    loc, ls = (torch.zeros(5, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    u = torch.rand(2, 5, dtype=torch.float64, requires_grad=True)
+    mixture = [torch.randn(2, 5, 3, dtype=torch.float64, requires_grad=True) for _ in range(3)]
+    return [
+        ("affine_coupling", lambda b: affine_coupling(x, shift, log_scale, backend=b), [x, shift, log_scale]),
+        ("actnorm", lambda b: actnorm(x, loc, ls, backend=b), [x, loc, ls]),
+        ("logit_transform", lambda b: logit_transform(u, alpha=0.05, backend=b), [u]),
+        ("mixture_cdf", lambda b: mixture_cdf(x, *mixture, backend=b), [x, *mixture]),
+        ("mixture_icdf", lambda b: (mixture_icdf(u, *mixture, backend=b),), [u, *mixture]),
+    ]
+
+
+@pytest.mark.parametrize("index", range(5), ids=["affine_coupling", "actnorm", "logit_transform", "mixture_cdf", "mixture_icdf"])
+def test_double_backward_of_a_fast_path_is_a_clear_error(index):
+    """Differentiating a fast path's backward op raises NotImplementedError naming the op,
+    instead of a silently wrong (missing) second derivative."""
+    op, call, leaves = _flow_op_calls()[index]
+    for backend in fast_backends(op, "cpu", torch.float64):
+        outputs = call(backend)
+        grads = torch.autograd.grad(sum(o.sum() for o in outputs), leaves, create_graph=True)
+        with pytest.raises(NotImplementedError, match=f"{op}: double backward"):
+            torch.autograd.grad(sum(g.sum() for g in grads), leaves, allow_unused=True)

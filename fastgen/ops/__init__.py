@@ -17,6 +17,7 @@ from .gated_residual_block import (
 )
 from .logit_transform import logit_transform, logit_transform_ref
 from .masked_conv2d import masked_conv2d, masked_conv2d_mask, masked_conv2d_ref
+from .mixture_cdf import default_icdf_iters, mixture_cdf, mixture_cdf_ref, mixture_icdf, mixture_icdf_ref
 
 __all__ = [
     "actnorm",
@@ -27,6 +28,7 @@ __all__ = [
     "causal_conv1d_ref",
     "causal_conv1d_step",
     "causal_conv1d_step_ref",
+    "default_icdf_iters",
     "gated_pixelcnn_layer",
     "gated_pixelcnn_layer_ref",
     "gated_pixelcnn_masks",
@@ -39,5 +41,9 @@ __all__ = [
     "masked_conv2d",
     "masked_conv2d_mask",
     "masked_conv2d_ref",
+    "mixture_cdf",
+    "mixture_cdf_ref",
+    "mixture_icdf",
+    "mixture_icdf_ref",
     "uniform_dequantize",
 ]

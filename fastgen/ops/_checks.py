@@ -7,35 +7,58 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["check_batched", "check_choice", "check_int", "check_like", "check_same_device", "check_tensor"]
+__all__ = [
+    "check_batched",
+    "check_bool",
+    "check_choice",
+    "check_floating",
+    "check_int",
+    "check_like",
+    "check_same_device",
+    "check_tensor",
+]
 
 
 def _shape(t: torch.Tensor) -> str:
     return "(" + ", ".join(map(str, t.shape)) + ")"
 
 
-def check_tensor(op: str, name: str, value: object, dims: Sequence[str], *, floating: bool = True) -> torch.Tensor:
-    """``value`` must be a tensor with ``len(dims)`` dimensions (named ``dims`` in messages)."""
+def _check_is_tensor(op: str, name: str, value: object) -> None:
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(value).__name__}")
+
+
+def _check_floating_dtype(op: str, name: str, value: torch.Tensor) -> None:
+    if not value.is_floating_point():
+        raise TypeError(f"{op}: {name} must have a floating-point dtype, got {value.dtype}")
+
+
+def check_tensor(op: str, name: str, value: object, dims: Sequence[str], *, floating: bool = True) -> torch.Tensor:
+    """``value`` must be a tensor with ``len(dims)`` dimensions (named ``dims`` in messages)."""
+    _check_is_tensor(op, name, value)
     if value.dim() != len(dims):
         raise ValueError(f"{op}: {name} must have shape ({', '.join(dims)}), got shape {_shape(value)}")
-    if floating and not value.is_floating_point():
-        raise TypeError(f"{op}: {name} must have a floating-point dtype, got {value.dtype}")
+    if floating:
+        _check_floating_dtype(op, name, value)
+    return value
+
+
+def check_floating(op: str, name: str, value: object) -> torch.Tensor:
+    """``value`` must be a floating-point tensor, of any shape."""
+    _check_is_tensor(op, name, value)
+    _check_floating_dtype(op, name, value)
     return value
 
 
 def check_batched(op: str, name: str, value: object) -> torch.Tensor:
     """``value`` must be a floating-point tensor ``(B, ...)`` with at least one dimension after the batch."""
-    if not isinstance(value, torch.Tensor):
-        raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(value).__name__}")
+    _check_is_tensor(op, name, value)
     if value.dim() < 2:
         raise ValueError(
             f"{op}: {name} must have shape (B, ...) with at least 2 dimensions (a batch of vectors, images, ...), "
             f"got shape {_shape(value)}"
         )
-    if not value.is_floating_point():
-        raise TypeError(f"{op}: {name} must have a floating-point dtype, got {value.dtype}")
+    _check_floating_dtype(op, name, value)
     return value
 
 
@@ -45,8 +68,7 @@ def check_like(op: str, ref_name: str, ref: torch.Tensor, **others: object) -> N
     for name, t in others.items():
         if t is None:
             continue
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+        _check_is_tensor(op, name, t)
         if t.shape != ref.shape:
             raise ValueError(f"{op}: {name} must have {ref_name}'s shape {_shape(ref)}, got shape {_shape(t)}")
         check_same_device(op, ref_name, ref, **{name: t})
@@ -68,6 +90,12 @@ def check_int(op: str, name: str, value: object, *, minimum: int) -> int:
         raise TypeError(f"{op}: {name} must be an int, got {type(value).__name__}")
     if value < minimum:
         raise ValueError(f"{op}: {name} must be >= {minimum}, got {value}")
+    return value
+
+
+def check_bool(op: str, name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{op}: {name} must be a bool, got {type(value).__name__}")
     return value
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import torch
+from ._registration import PairAutograd
 
 __all__ = ["register"]
 
@@ -72,16 +72,9 @@ def _backward_grads(forward_op, backward_op):
 
 
 def register(forward_name: str, backward_name: str, fake_forward: Callable, fake_backward: Callable):
-    """Registers the fakes and autograd of ``torch.ops.fastgen.<forward_name>`` and its
-    backward op; returns the forward op."""
-    forward_op = getattr(torch.ops.fastgen, forward_name).default
-    backward_op = getattr(torch.ops.fastgen, backward_name).default
-    torch.library.register_fake(f"fastgen::{forward_name}")(fake_forward)
-    torch.library.register_fake(f"fastgen::{backward_name}")(fake_backward)
-    torch.library.register_autograd(
-        f"fastgen::{forward_name}", _forward_grads(backward_op), setup_context=_setup_forward
+    """Registers the fakes and autograd (double backward included) of
+    ``torch.ops.fastgen.<forward_name>`` and its backward op; returns the forward op."""
+    autograd = PairAutograd(
+        fake_forward, fake_backward, _setup_forward, _forward_grads, _backward_grads, _setup_backward
     )
-    torch.library.register_autograd(
-        f"fastgen::{backward_name}", _backward_grads(forward_op, backward_op), setup_context=_setup_backward
-    )
-    return forward_op
+    return autograd.register(forward_name, backward_name)

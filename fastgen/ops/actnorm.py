@@ -33,7 +33,8 @@ import math
 import torch
 
 from .. import backends
-from ._checks import check_batched, check_same_device, check_tensor
+from ._checks import check_batched, check_bool, check_same_device, check_tensor
+from ._registration import PairAutograd
 
 __all__ = ["actnorm", "actnorm_ref"]
 
@@ -123,21 +124,15 @@ def _grads(backward_op):
     return backward
 
 
-def _register(forward_name: str, backward_name: str):
-    forward_op = getattr(torch.ops.fastgen, forward_name).default
-    backward_op = getattr(torch.ops.fastgen, backward_name).default
-    torch.library.register_fake(f"fastgen::{forward_name}")(_fake_forward)
-    torch.library.register_fake(f"fastgen::{backward_name}")(_fake_backward)
-    torch.library.register_autograd(f"fastgen::{forward_name}", _grads(backward_op), setup_context=_setup_context)
-    return forward_op
+_AUTOGRAD = PairAutograd(_fake_forward, _fake_backward, _setup_context, _grads)
 
 
 _BACKENDS = backends.OpBackends(
     OP, {"ref": backends.ref_support(), "cpp": backends.cpp_support(OP), "triton": backends.triton_support()}
 )
-_FAST_OPS = {"triton": _register("actnorm_triton", "actnorm_triton_backward")}
+_FAST_OPS = {"triton": _AUTOGRAD.register("actnorm_triton", "actnorm_triton_backward")}
 if _BACKENDS.supports["cpp"].unavailable is None:
-    _FAST_OPS["cpp"] = _register("actnorm", "actnorm_backward")
+    _FAST_OPS["cpp"] = _AUTOGRAD.register("actnorm", "actnorm_backward")
 
 
 # ------------------------------------------------------------------------------ public
@@ -179,8 +174,7 @@ def actnorm(
     for name, p in (("loc", loc), ("log_scale", log_scale)):
         if p.shape[0] != x.shape[1]:
             raise ValueError(f"{OP}: {name} must have shape (C,) = ({x.shape[1]},) (x.shape[1]), got {tuple(p.shape)}")
-    if not isinstance(inverse, bool):
-        raise TypeError(f"{OP}: inverse must be a bool, got {type(inverse).__name__}")
+    check_bool(OP, "inverse", inverse)
     name = _BACKENDS.select(backend, x)
     if name == "ref":
         return actnorm_ref(x, loc, log_scale, inverse=inverse)

@@ -47,7 +47,8 @@ import torch
 import torch.nn.functional as F
 
 from .. import backends
-from ._checks import check_batched, check_choice, check_like
+from ._checks import check_batched, check_bool, check_choice, check_like
+from ._registration import PairAutograd
 
 __all__ = ["affine_coupling", "affine_coupling_ref"]
 
@@ -166,21 +167,15 @@ def _grads(backward_op):
     return backward
 
 
-def _register(forward_name: str, backward_name: str):
-    forward_op = getattr(torch.ops.fastgen, forward_name).default
-    backward_op = getattr(torch.ops.fastgen, backward_name).default
-    torch.library.register_fake(f"fastgen::{forward_name}")(_fake_forward)
-    torch.library.register_fake(f"fastgen::{backward_name}")(_fake_backward)
-    torch.library.register_autograd(f"fastgen::{forward_name}", _grads(backward_op), setup_context=_setup_context)
-    return forward_op
+_AUTOGRAD = PairAutograd(_fake_forward, _fake_backward, _setup_context, _grads)
 
 
 _BACKENDS = backends.OpBackends(
     OP, {"ref": backends.ref_support(), "cpp": backends.cpp_support(OP), "triton": backends.triton_support()}
 )
-_FAST_OPS = {"triton": _register("affine_coupling_triton", "affine_coupling_triton_backward")}
+_FAST_OPS = {"triton": _AUTOGRAD.register("affine_coupling_triton", "affine_coupling_triton_backward")}
 if _BACKENDS.supports["cpp"].unavailable is None:
-    _FAST_OPS["cpp"] = _register("affine_coupling", "affine_coupling_backward")
+    _FAST_OPS["cpp"] = _AUTOGRAD.register("affine_coupling", "affine_coupling_backward")
 
 
 # ------------------------------------------------------------------------------ public
@@ -245,8 +240,7 @@ def affine_coupling(
     if mask is not None:
         _check_mask(mask, x)
     check_choice(OP, "scale", scale, SCALES)
-    if not isinstance(inverse, bool):
-        raise TypeError(f"{OP}: inverse must be a bool, got {type(inverse).__name__}")
+    check_bool(OP, "inverse", inverse)
     name = _BACKENDS.select(backend, x)
     if name == "ref":
         return affine_coupling_ref(x, shift, log_scale, mask=mask, scale=scale, inverse=inverse)

@@ -23,9 +23,33 @@ import torch
 
 from ._checks import check_int
 
-__all__ = ["uniform_dequantize"]
+__all__ = ["check_integer_data", "uniform_dequantize"]
 
 OP = "uniform_dequantize"
+
+
+def check_integer_data(op: str, name: str, x: object, bins: object) -> None:
+    """``x`` must be a tensor ``(B, ...)`` of integers (any integer or floating dtype) in
+    ``[0, bins)``, ``bins`` an int >= 1. The values are checked in eager mode only: under
+    ``torch.compile`` that check, which needs them on the host, is skipped."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() < 2:
+        raise ValueError(
+            f"{op}: {name} must have shape (B, ...) with at least 2 dimensions, got shape {tuple(x.shape)}"
+        )
+    if x.dtype == torch.bool or x.is_complex():
+        raise TypeError(f"{op}: {name} must be an integer or floating-point tensor, got {x.dtype}")
+    check_int(op, "bins", bins, minimum=1)
+    if not torch.compiler.is_compiling() and x.numel() > 0:
+        # Compared as Python numbers: bins may not fit x's dtype (256 in uint8).
+        lo, hi = (v.item() for v in torch.aminmax(x))
+        fractional = x.is_floating_point() and bool((x != torch.floor(x)).any())  # NaN included
+        if fractional or lo < 0 or hi >= bins:
+            raise ValueError(
+                f"{op}: {name} must hold integers in [0, bins) = [0, {bins}), got values in [{lo}, {hi}]"
+                + (" and non-integers" if fractional else "")
+            )
 
 
 def uniform_dequantize(
@@ -54,22 +78,7 @@ def uniform_dequantize(
         >>> bool((y * 256).floor().eq(images).all()), torch.allclose(logdet, torch.tensor(-3 * 32 * 32 * math.log(256)))
         (True, True)
     """
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{OP}: x must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() < 2:
-        raise ValueError(f"{OP}: x must have shape (B, ...) with at least 2 dimensions, got shape {tuple(x.shape)}")
-    if x.dtype == torch.bool or x.is_complex():
-        raise TypeError(f"{OP}: x must be an integer or floating-point tensor, got {x.dtype}")
-    check_int(OP, "bins", bins, minimum=1)
-    if not torch.compiler.is_compiling() and x.numel() > 0:
-        # Compared as Python numbers: bins may not fit x's dtype (256 in uint8).
-        lo, hi = (v.item() for v in torch.aminmax(x))
-        fractional = x.is_floating_point() and bool((x != torch.floor(x)).any())  # NaN included
-        if fractional or lo < 0 or hi >= bins:
-            raise ValueError(
-                f"{OP}: x must hold integers in [0, bins) = [0, {bins}), got values in [{lo}, {hi}]"
-                + (" and non-integers" if fractional else "")
-            )
+    check_integer_data(OP, "x", x, bins)
     dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()
     u = torch.rand(x.shape, generator=generator, dtype=dtype, device=x.device)
     y = (x.to(dtype) + u) / bins

@@ -47,7 +47,8 @@ import torch
 import torch.nn.functional as F
 
 from .. import backends
-from ._checks import check_int, check_same_device, check_tensor
+from ._checks import check_bool, check_int, check_same_device, check_tensor
+from ._registration import PairAutograd
 
 __all__ = ["gated_pixelcnn_layer", "gated_pixelcnn_layer_ref", "gated_pixelcnn_masks"]
 
@@ -237,30 +238,15 @@ def _forward_grads(backward_op):
     return backward
 
 
-def _no_double_backward(ctx, *grads):
-    raise NotImplementedError(
-        "gated_pixelcnn_layer: double backward is not supported on the fast paths; use backend='ref'"
-    )
-
-
-def _register(forward_name: str, backward_name: str):
-    forward_op = getattr(torch.ops.fastgen, forward_name).default
-    backward_op = getattr(torch.ops.fastgen, backward_name).default
-    torch.library.register_fake(f"fastgen::{forward_name}")(_fake_forward)
-    torch.library.register_fake(f"fastgen::{backward_name}")(_fake_backward)
-    torch.library.register_autograd(f"fastgen::{forward_name}", _forward_grads(backward_op), setup_context=_setup_forward)
-    torch.library.register_autograd(
-        f"fastgen::{backward_name}", _no_double_backward, setup_context=lambda ctx, inputs, output: None
-    )
-    return forward_op
+_AUTOGRAD = PairAutograd(_fake_forward, _fake_backward, _setup_forward, _forward_grads)
 
 
 _BACKENDS = backends.OpBackends(
     OP, {"ref": backends.ref_support(), "cpp": backends.cpp_support(OP), "triton": backends.triton_support()}
 )
-_FAST_OPS = {"triton": _register("gated_pixelcnn_layer_triton", "gated_pixelcnn_layer_triton_backward")}
+_FAST_OPS = {"triton": _AUTOGRAD.register("gated_pixelcnn_layer_triton", "gated_pixelcnn_layer_triton_backward")}
 if _BACKENDS.supports["cpp"].unavailable is None:
-    _FAST_OPS["cpp"] = _register("gated_pixelcnn_layer", "gated_pixelcnn_layer_backward")
+    _FAST_OPS["cpp"] = _AUTOGRAD.register("gated_pixelcnn_layer", "gated_pixelcnn_layer_backward")
 
 
 # ------------------------------------------------------------------------------ public
@@ -318,8 +304,7 @@ def _check_args(v, h, v_weight, v_bias, h_weight, h_bias, link_weight, res_weigh
     for name, cond in (("v_cond", v_cond), ("h_cond", h_cond)):
         if cond is not None:
             _check_matrix(name, cond, B, two_p, v)
-    if not isinstance(first_layer, bool):
-        raise TypeError(f"{OP}: first_layer must be a bool, got {type(first_layer).__name__}")
+    check_bool(OP, "first_layer", first_layer)
     n = check_int(OP, "color_channels", color_channels, minimum=1)
     s = 0 if skip_weight is None else skip_weight.shape[0]
     if p % n or c_in % n or s % n:

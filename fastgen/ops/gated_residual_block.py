@@ -38,6 +38,7 @@ import torch.nn.functional as F
 
 from .. import backends
 from ._checks import check_int, check_same_device, check_tensor
+from ._registration import PairAutograd
 from .causal_conv1d import causal_conv1d_ref, causal_conv1d_step_ref
 
 __all__ = [
@@ -251,12 +252,8 @@ def _forward_grads(backward_op):
 
 
 def _register(forward_name: str, backward_name: str, saves_gates: bool):
-    forward_op = getattr(torch.ops.fastgen, forward_name).default
-    backward_op = getattr(torch.ops.fastgen, backward_name).default
-    torch.library.register_fake(f"fastgen::{forward_name}")(_fake_forward(saves_gates))
-    torch.library.register_fake(f"fastgen::{backward_name}")(_fake_backward)
-    torch.library.register_autograd(f"fastgen::{forward_name}", _forward_grads(backward_op), setup_context=_setup_forward)
-    return forward_op
+    autograd = PairAutograd(_fake_forward(saves_gates), _fake_backward, _setup_forward, _forward_grads)
+    return autograd.register(forward_name, backward_name)
 
 
 _BACKENDS = backends.OpBackends(

@@ -34,7 +34,8 @@ import torch
 import torch.nn.functional as F
 
 from .. import backends
-from ._checks import check_batched
+from ._checks import check_batched, check_bool
+from ._registration import PairAutograd
 
 __all__ = ["logit_transform", "logit_transform_ref"]
 
@@ -111,21 +112,15 @@ def _grads(backward_op):
     return backward
 
 
-def _register(forward_name: str, backward_name: str):
-    forward_op = getattr(torch.ops.fastgen, forward_name).default
-    backward_op = getattr(torch.ops.fastgen, backward_name).default
-    torch.library.register_fake(f"fastgen::{forward_name}")(_fake_forward)
-    torch.library.register_fake(f"fastgen::{backward_name}")(_fake_backward)
-    torch.library.register_autograd(f"fastgen::{forward_name}", _grads(backward_op), setup_context=_setup_context)
-    return forward_op
+_AUTOGRAD = PairAutograd(_fake_forward, _fake_backward, _setup_context, _grads)
 
 
 _BACKENDS = backends.OpBackends(
     OP, {"ref": backends.ref_support(), "cpp": backends.cpp_support(OP), "triton": backends.triton_support()}
 )
-_FAST_OPS = {"triton": _register("logit_transform_triton", "logit_transform_triton_backward")}
+_FAST_OPS = {"triton": _AUTOGRAD.register("logit_transform_triton", "logit_transform_triton_backward")}
 if _BACKENDS.supports["cpp"].unavailable is None:
-    _FAST_OPS["cpp"] = _register("logit_transform", "logit_transform_backward")
+    _FAST_OPS["cpp"] = _AUTOGRAD.register("logit_transform", "logit_transform_backward")
 
 
 # ------------------------------------------------------------------------------ public
@@ -158,8 +153,7 @@ def logit_transform(
         raise TypeError(f"{OP}: alpha must be a float, got {type(alpha).__name__}")
     if not 0 <= alpha < 0.5:
         raise ValueError(f"{OP}: alpha must be in [0, 0.5), got {alpha}")
-    if not isinstance(inverse, bool):
-        raise TypeError(f"{OP}: inverse must be a bool, got {type(inverse).__name__}")
+    check_bool(OP, "inverse", inverse)
     name = _BACKENDS.select(backend, x)
     if name == "ref":
         return logit_transform_ref(x, alpha=alpha, inverse=inverse)

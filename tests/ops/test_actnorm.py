@@ -15,18 +15,9 @@ import torch
 
 from fastgen.ops import actnorm, actnorm_ref
 
-from ..helpers import DEVICES, fast_backends, tolerances
+from ..helpers import backend_params, fast_backends, tolerances
 
 OP = "actnorm"
-
-
-def params(dtypes=(torch.float32, torch.float64)):
-    return [
-        pytest.param(b, dev, dt, id=f"{b}-{dev}-{str(dt)[6:]}")
-        for dev in DEVICES
-        for dt in dtypes
-        for b in fast_backends(OP, dev, dt)
-    ]
 
 
 def make_inputs(shape, *, dtype=torch.float64, device="cpu", contiguous=True, seed=0):
@@ -66,7 +57,7 @@ GRID = [
 
 @pytest.mark.parametrize("inverse", [False, True], ids=["fwd", "inv"])
 @pytest.mark.parametrize("shape,contiguous", GRID, ids=lambda v: str(v))
-@pytest.mark.parametrize("backend,device,dtype", params())
+@pytest.mark.parametrize("backend,device,dtype", backend_params(OP))
 def test_matches_reference(backend, device, dtype, shape, contiguous, inverse):
     if backend == "triton" and math.prod(shape) > 4096 and device == "cpu":
         pytest.skip("the Triton interpreter is too slow for large inputs")
@@ -103,7 +94,7 @@ def test_round_trip_and_jacobian(backend, shape):
             torch.testing.assert_close(logabs, logdet[b], atol=1e-10, rtol=1e-10)
 
 
-@pytest.mark.parametrize("backend,device,dtype", [pytest.param("ref", "cpu", torch.float32, id="ref")] + params())
+@pytest.mark.parametrize("backend,device,dtype", [pytest.param("ref", "cpu", torch.float32, id="ref")] + backend_params(OP))
 def test_extreme_inputs_are_finite(backend, device, dtype):
     """|x| up to 1e4 and log-scales of +-50 (exp(50) * 1e4 is finite in float32): finite
     outputs and gradients, both directions."""
@@ -122,7 +113,7 @@ def test_extreme_inputs_are_finite(backend, device, dtype):
         torch.testing.assert_close(logdet, ref[1], **tolerances(dtype))
 
 
-@pytest.mark.parametrize("backend,device,dtype", params((torch.float64,)))
+@pytest.mark.parametrize("backend,device,dtype", backend_params(OP, (torch.float64,)))
 def test_partial_gradients(backend, device, dtype):
     """Only the parameters need a gradient (x is data); only y or only logdet is used."""
     x, loc, ls = make_inputs((2, 3, 4, 4), dtype=dtype, device=device)

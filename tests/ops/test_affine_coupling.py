@@ -15,18 +15,9 @@ import torch
 
 from fastgen.ops import affine_coupling, affine_coupling_ref
 
-from ..helpers import DEVICES, fast_backends, tolerances
+from ..helpers import backend_params, fast_backends, tolerances
 
 OP = "affine_coupling"
-
-
-def params(dtypes=(torch.float32, torch.float64)):
-    return [
-        pytest.param(b, dev, dt, id=f"{b}-{dev}-{str(dt)[6:]}")
-        for dev in DEVICES
-        for dt in dtypes
-        for b in fast_backends(OP, dev, dt)
-    ]
 
 
 def make_mask(kind, shape, device="cpu"):
@@ -109,7 +100,7 @@ GRID = [
 @pytest.mark.parametrize("inverse", [False, True], ids=["fwd", "inv"])
 @pytest.mark.parametrize("scale", ["exp", "sigmoid"])
 @pytest.mark.parametrize("shape,mask,layout", GRID, ids=lambda v: str(v))
-@pytest.mark.parametrize("backend,device,dtype", params())
+@pytest.mark.parametrize("backend,device,dtype", backend_params(OP))
 def test_matches_reference(backend, device, dtype, shape, mask, layout, scale, inverse):
     if backend == "triton" and shape[-1] > 32 and device == "cpu":
         pytest.skip("the Triton interpreter is too slow for large examples")
@@ -120,7 +111,7 @@ def test_matches_reference(backend, device, dtype, shape, mask, layout, scale, i
 
 @pytest.mark.parametrize("inverse", [False, True], ids=["fwd", "inv"])
 @pytest.mark.parametrize("shape,mask,layout", GRID[:6], ids=lambda v: str(v))
-@pytest.mark.parametrize("backend,device,dtype", params())
+@pytest.mark.parametrize("backend,device,dtype", backend_params(OP))
 def test_additive_matches_reference(backend, device, dtype, shape, mask, layout, inverse):
     args = make_inputs(shape, dtype=dtype, device=device, layout=layout, log_scale=False)
     assert_matches_reference(backend, args, make_mask(mask, shape[1:], device), "exp", inverse)
@@ -169,7 +160,7 @@ def test_logdet_matches_jacobian(backend, shape, mask, scale, inverse):
 
 @pytest.mark.parametrize("scale", ["exp", "sigmoid"])
 @pytest.mark.parametrize("inverse", [False, True], ids=["fwd", "inv"])
-@pytest.mark.parametrize("backend,device,dtype", [pytest.param("ref", "cpu", torch.float32, id="ref")] + params())
+@pytest.mark.parametrize("backend,device,dtype", [pytest.param("ref", "cpu", torch.float32, id="ref")] + backend_params(OP))
 def test_pass_through_ignores_shift_and_log_scale(backend, device, dtype, inverse, scale):
     """Where the mask is 1: y = x exactly, grad_x = grad_y, zero gradient to shift and
     log_scale, whatever they hold there (NaN, inf, huge)."""
@@ -190,7 +181,7 @@ def test_pass_through_ignores_shift_and_log_scale(backend, device, dtype, invers
     assert all(torch.isfinite(g).all() for g in (gx, gs, gl))
 
 
-@pytest.mark.parametrize("backend,device,dtype", [pytest.param("ref", "cpu", torch.float32, id="ref")] + params())
+@pytest.mark.parametrize("backend,device,dtype", [pytest.param("ref", "cpu", torch.float32, id="ref")] + backend_params(OP))
 def test_extreme_inputs_are_finite(backend, device, dtype):
     """|x| up to 1e4; exp log-scales of +-50 (exp(50) * 1e4 is still finite in float32);
     sigmoid log-scales of +-1e4 (s saturates at 0 and 1, log s stays finite). Outputs and
@@ -216,7 +207,7 @@ def test_extreme_inputs_are_finite(backend, device, dtype):
                 torch.testing.assert_close(logdet, ref[1], **tolerances(dtype))
 
 
-@pytest.mark.parametrize("backend,device,dtype", params((torch.float64,)))
+@pytest.mark.parametrize("backend,device,dtype", backend_params(OP, (torch.float64,)))
 def test_partial_gradients(backend, device, dtype):
     """Only shift and log_scale need a gradient (x is data); only y is used."""
     shape = (2, 3, 4, 6)

@@ -17,18 +17,9 @@ from fastgen.ops import (
     gated_residual_block_step_ref,
 )
 
-from ..helpers import DEVICES, fast_backends, tolerances
+from ..helpers import backend_params, fast_backends, tolerances
 
 OP, STEP_OP = "gated_residual_block", "gated_residual_block_step"
-
-
-def params(op, dtypes=(torch.float32, torch.float64)):
-    return [
-        pytest.param(b, dev, dt, id=f"{b}-{dev}-{str(dt)[6:]}")
-        for dev in DEVICES
-        for dt in dtypes
-        for b in fast_backends(op, dev, dt)
-    ]
 
 
 def make_inputs(B, R, G, S, T, K, *, cond=None, dtype=torch.float64, device="cpu", contiguous=True, bias=True, seed=0):
@@ -89,7 +80,7 @@ GRID = [
 
 
 @pytest.mark.parametrize("B,R,G,S,T,K,dilation,cond,contiguous,bias", GRID, ids=lambda v: str(v))
-@pytest.mark.parametrize("backend,device,dtype", params(OP))
+@pytest.mark.parametrize("backend,device,dtype", backend_params(OP))
 def test_matches_reference(backend, device, dtype, B, R, G, S, T, K, dilation, cond, contiguous, bias):
     if backend == "triton" and T > 64:
         pytest.skip("the Triton interpreter is too slow for long sequences")
@@ -98,7 +89,7 @@ def test_matches_reference(backend, device, dtype, B, R, G, S, T, K, dilation, c
     assert_matches_reference(backend, args, c, dilation)
 
 
-@pytest.mark.parametrize("backend,device,dtype", params(OP, (torch.float64,)))
+@pytest.mark.parametrize("backend,device,dtype", backend_params(OP, (torch.float64,)))
 def test_partial_gradients(backend, device, dtype):
     """Only some inputs need a gradient; only one output is used (the other's grad is None)."""
     args, cond = make_inputs(2, 3, 2, 4, 9, 2, cond="global", device=device)

@@ -15,18 +15,9 @@ import torch
 
 from fastgen.ops import logit_transform, logit_transform_ref
 
-from ..helpers import DEVICES, fast_backends, tolerances
+from ..helpers import backend_params, fast_backends, tolerances
 
 OP = "logit_transform"
-
-
-def params(dtypes=(torch.float32, torch.float64)):
-    return [
-        pytest.param(b, dev, dt, id=f"{b}-{dev}-{str(dt)[6:]}")
-        for dev in DEVICES
-        for dt in dtypes
-        for b in fast_backends(OP, dev, dt)
-    ]
 
 
 def make_x(shape, *, inverse, dtype=torch.float64, device="cpu", contiguous=True, seed=0):
@@ -62,7 +53,7 @@ GRID = [
 
 @pytest.mark.parametrize("inverse", [False, True], ids=["fwd", "inv"])
 @pytest.mark.parametrize("shape,contiguous,alpha", GRID, ids=lambda v: str(v))
-@pytest.mark.parametrize("backend,device,dtype", params())
+@pytest.mark.parametrize("backend,device,dtype", backend_params(OP))
 def test_matches_reference(backend, device, dtype, shape, contiguous, alpha, inverse):
     if backend == "triton" and math.prod(shape) > 4096 and device == "cpu":
         pytest.skip("the Triton interpreter is too slow for large inputs")
@@ -101,7 +92,7 @@ def test_round_trip_and_jacobian(backend, shape, alpha):
 
 # log(0) = -inf on purpose (alpha = 0); the Triton interpreter's numpy warns about it.
 @pytest.mark.filterwarnings("ignore:divide by zero encountered in log:RuntimeWarning")
-@pytest.mark.parametrize("backend,device,dtype", [pytest.param("ref", "cpu", torch.float32, id="ref")] + params())
+@pytest.mark.parametrize("backend,device,dtype", [pytest.param("ref", "cpu", torch.float32, id="ref")] + backend_params(OP))
 def test_extreme_inputs(backend, device, dtype):
     """The inverse of |y| up to 1e4 and the forward of x at exactly 0 and 1 (alpha > 0) are
     finite, gradients included; with alpha = 0 the forward at 0 and 1 is -inf and +inf (the

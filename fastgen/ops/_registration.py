@@ -1,0 +1,73 @@
+"""Registration of a fast path's op pair: a forward op and the backward op its autograd
+calls, both ``torch.ops.fastgen`` ops (defined by the C++ extension, ``csrc/fastgen.cpp``, or
+by ``torch.library.custom_op`` for Triton next to the op's reference).
+
+Every op registers the same things: the fake (meta) implementations of both, used by
+``torch.compile`` and FakeTensor; the forward's autograd, which calls the backward op; and
+the backward's own autograd, either a real double backward or a clear error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["PairAutograd"]
+
+
+def _no_double_backward(op: str) -> Callable:
+    def backward(ctx, *grads):
+        raise NotImplementedError(f"{op}: double backward is not supported on the fast paths; use backend='ref'")
+
+    return backward
+
+
+def _no_context(ctx, inputs, output) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class PairAutograd:
+    """What a fast path registers for its op pair, given once per op and registered for each
+    backend's pair (cpp, triton) by :meth:`register`.
+
+    Attributes:
+        fake_forward, fake_backward: the fake implementations (same signatures as the ops).
+        setup_context: ``(ctx, inputs, output)``, saves what the forward's backward needs.
+        grads: ``grads(backward_op)`` is the forward's autograd backward ``(ctx, *grad_outputs)``.
+        double_backward: ``double_backward(forward_op, backward_op)`` is the backward op's
+            autograd backward, with ``setup_double_backward`` its setup; None makes
+            differentiating the backward op raise ``NotImplementedError``.
+    """
+
+    fake_forward: Callable
+    fake_backward: Callable
+    setup_context: Callable
+    grads: Callable
+    double_backward: Callable | None = None
+    setup_double_backward: Callable | None = None
+
+    def register(self, forward_name: str, backward_name: str) -> torch._ops.OpOverload:
+        """Registers the fakes and autograd of ``torch.ops.fastgen.<forward_name>`` and
+        ``torch.ops.fastgen.<backward_name>``; returns the forward op."""
+        forward_op = getattr(torch.ops.fastgen, forward_name).default
+        backward_op = getattr(torch.ops.fastgen, backward_name).default
+        torch.library.register_fake(f"fastgen::{forward_name}")(self.fake_forward)
+        torch.library.register_fake(f"fastgen::{backward_name}")(self.fake_backward)
+        torch.library.register_autograd(
+            f"fastgen::{forward_name}", self.grads(backward_op), setup_context=self.setup_context
+        )
+        if self.double_backward is None:
+            op = forward_name.removesuffix("_triton")
+            torch.library.register_autograd(
+                f"fastgen::{backward_name}", _no_double_backward(op), setup_context=_no_context
+            )
+        else:
+            torch.library.register_autograd(
+                f"fastgen::{backward_name}",
+                self.double_backward(forward_op, backward_op),
+                setup_context=self.setup_double_backward,
+            )
+        return forward_op
