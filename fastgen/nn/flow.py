@@ -17,9 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..ops import actnorm
 from ..ops._checks import check_int
 
-__all__ = ["FlowSequential", "InvConv1x1", "Squeeze"]
+__all__ = ["ActNorm", "FlowSequential", "InvConv1x1", "Squeeze"]
 
 
 def _zero_logdet(x: torch.Tensor) -> torch.Tensor:
@@ -204,3 +205,51 @@ class InvConv1x1(nn.Module):
 
     def inverse(self, y: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         return self._apply_matrix(y, self.inverse_weight(), "y"), self._logdet(y, -1.0)
+
+
+class ActNorm(nn.Module):
+    r"""Glow's activation normalization: a per-channel affine map
+    :math:`y = (x + \mu) e^{\ell}` with :math:`\log|\det J| = HW \sum_c \ell_c` per example
+    (:func:`fastgen.ops.actnorm`), initialized from the data: the first batch seen in
+    training mode sets :math:`\mu = -	ext{mean}`, :math:`e^{\ell} = 1/	ext{std}` per channel,
+    so that this batch comes out with zero mean and unit variance. Whether that happened is
+    the buffer ``initialized`` (saved with the state, so a loaded model is not re-initialized).
+
+    Args:
+        channels: ``C``.
+
+    Shape:
+        ``(B, C, H, W)`` or ``(B, C)`` to the same shape; logdet ``(B,)``.
+    """
+
+    def __init__(self, channels: int, *, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
+        super().__init__()
+        check_int(type(self).__name__, "channels", channels, minimum=1)
+        self.channels = channels
+        self.loc = nn.Parameter(torch.zeros(channels, device=device, dtype=dtype))
+        self.log_scale = nn.Parameter(torch.zeros(channels, device=device, dtype=dtype))
+        self.register_buffer("initialized", torch.tensor(False, device=device))
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}"
+
+    @torch.no_grad()
+    def initialize(self, x: torch.Tensor) -> None:
+        """Sets loc and log_scale from the batch ``x`` (zero mean, unit variance per channel)."""
+        _check_input(self, "x", x, (2, 4))
+        if x.shape[0] * (x[0, 0].numel()) < 2:
+            raise ValueError(f"ActNorm: the initialization batch needs at least 2 values per channel, got shape {tuple(x.shape)}")
+        dims = [0, *range(2, x.dim())]
+        # A constant channel would get an infinite scale: its std is floored.
+        std = x.std(dims, unbiased=False).clamp_min(1e-6)
+        self.loc.copy_(-x.mean(dims))
+        self.log_scale.copy_(-std.log())
+        self.initialized.fill_(True)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.training and not self.initialized:
+            self.initialize(x)
+        return actnorm(x, self.loc, self.log_scale)
+
+    def inverse(self, y: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return actnorm(y, self.loc, self.log_scale, inverse=True)

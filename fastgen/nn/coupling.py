@@ -1,0 +1,285 @@
+r"""Coupling layers (NICE, Dinh et al. 2014; RealNVP, Dinh et al. 2017; Glow, Kingma &
+Dhariwal 2018): half of the input passes through unchanged and parametrizes an element-wise
+transform of the other half, so the Jacobian is triangular and both directions cost one
+network evaluation.
+
+.. math::
+
+    y_{\text{pass}} = x_{\text{pass}}, \qquad
+    y_{\text{rest}} = x_{\text{rest}} \odot s(x_{\text{pass}}) + t(x_{\text{pass}}), \qquad
+    \log|\det J| = \textstyle\sum \log s
+
+The halves are a checkerboard (alternate pixels of an image, alternate entries of a vector)
+or a channel split (first or second half of the channels). ``parity`` says which half
+passes through, so that two layers of opposite parity transform everything. The
+element-wise transform and its log-determinant reduction are one fused op,
+:func:`fastgen.ops.affine_coupling`. The flow contract is that of :mod:`fastgen.nn.flow`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import nn
+
+from ..ops import affine_coupling
+from ..ops._checks import check_int
+from .mixture_flow import KINDS, mixture_logit_flow
+
+__all__ = ["AdditiveCoupling", "AffineCoupling", "MixtureCDFCoupling", "checkerboard_mask", "coupling_net"]
+
+NetFactory = Callable[[int, int], nn.Module]
+
+
+def checkerboard_mask(shape: Sequence[int], parity: int, *, device=None, dtype=torch.float32) -> torch.Tensor:
+    """1 where an element passes through: ``(h + w) % 2 == parity`` for an image shape
+    ``(C, H, W)`` (returned as ``(1, H, W)``), ``d % 2 == parity`` for a vector shape ``(D,)``."""
+    if len(shape) == 3:
+        h = torch.arange(shape[1], device=device)[:, None]
+        w = torch.arange(shape[2], device=device)[None, :]
+        return ((h + w) % 2 == parity).to(dtype)[None]
+    return (torch.arange(shape[0], device=device) % 2 == parity).to(dtype)
+
+
+def coupling_net(in_features: int, out_features: int, hidden: Sequence[int], *, image: bool) -> nn.Module:
+    """The default coupling network: an MLP (vectors) or 3x3 / 1x1 / 3x3 convolutions
+    (images, as in Glow) with ReLUs between, the last layer zero so that the layer starts as
+    the identity."""
+    if not hidden:
+        raise ValueError("coupling_net: hidden must name at least one layer width")
+    layers: list[nn.Module] = []
+    width = in_features
+    for i, h in enumerate(hidden):
+        kernel = 3 if i == 0 else 1
+        layers += [nn.Conv2d(width, h, kernel, padding=kernel // 2) if image else nn.Linear(width, h), nn.ReLU()]
+        width = h
+    last = nn.Conv2d(width, out_features, 3, padding=1) if image else nn.Linear(width, out_features)
+    nn.init.zeros_(last.weight)
+    nn.init.zeros_(last.bias)
+    return nn.Sequential(*layers, last)
+
+
+class _Coupling(nn.Module):
+    """Shared by the couplings: the split, the network call and both directions."""
+
+    def __init__(
+        self,
+        channels: int,
+        net: NetFactory | Sequence[int],
+        *,
+        mask: str,
+        parity: int,
+        image: bool,
+        cond_features: int,
+        outputs_per_element: int,
+    ):
+        super().__init__()
+        name = type(self).__name__
+        check_int(name, "channels", channels, minimum=2)
+        check_int(name, "cond_features", cond_features, minimum=0)
+        if mask not in ("checkerboard", "channel"):
+            raise ValueError(f"{name}: mask must be 'checkerboard' or 'channel', got {mask!r}")
+        if parity not in (0, 1):
+            raise ValueError(f"{name}: parity must be 0 or 1, got {parity!r}")
+        self.channels, self.mask, self.parity, self.image = channels, mask, parity, bool(image)
+        self.cond_features = cond_features
+        half = channels // 2  # the channel split is always there; parity picks the side that passes
+        if mask == "channel":
+            n_in = half if parity == 0 else channels - half
+            n_out = channels - n_in
+        else:
+            n_in = n_out = channels
+        self.transformed = n_out
+        factory = net if callable(net) else lambda i, o: coupling_net(i, o, list(net), image=self.image)
+        self.net = factory(n_in + cond_features, outputs_per_element * n_out)
+
+    def extra_repr(self) -> str:
+        return f"channels={self.channels}, mask={self.mask!r}, parity={self.parity}, image={self.image}"
+
+    def _check(self, x: object, name: str) -> torch.Tensor:
+        cls = type(self).__name__
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{cls}: {name} must be a Tensor, got {type(x).__name__}")
+        want = "(B, C, H, W)" if self.image else "(B, D)"
+        if x.dim() != (4 if self.image else 2) or x.shape[1] != self.channels:
+            raise ValueError(f"{cls}: {name} must be {want} with {self.channels} channels, got {tuple(x.shape)}")
+        return x
+
+    def _params(self, x_pass: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
+        if self.cond_features:
+            k, spatial = self.cond_features, tuple(x_pass.shape[2:])
+            shapes = [(x_pass.shape[0], k)] + ([(x_pass.shape[0], k, *spatial)] if self.image else [])
+            if cond is None or tuple(cond.shape) not in shapes:
+                got = None if cond is None else tuple(cond.shape)
+                want = " or ".join(str(s) for s in shapes)
+                raise ValueError(f"{type(self).__name__}: cond must have shape {want}, got {got}")
+            if cond.dim() == 2 and self.image:
+                cond = cond[:, :, None, None].expand(-1, -1, *spatial)
+            x_pass = torch.cat([x_pass, cond], dim=1)
+        return self.net(x_pass)
+
+    def _transform(self, x: torch.Tensor, cond: torch.Tensor | None, inverse: bool):
+        self._check(x, "y" if inverse else "x")
+        if self.mask == "checkerboard":
+            mask = checkerboard_mask(x.shape[1:], self.parity, device=x.device, dtype=x.dtype)
+            # The passed half is the same on both sides of the map: the inverse's network
+            # sees the forward's input.
+            return self._elementwise(x, self._params(x * mask, cond), mask, inverse)
+        first, second = x[:, : self.channels // 2], x[:, self.channels // 2 :]
+        x_pass, x_rest = (first, second) if self.parity == 0 else (second, first)
+        y_rest, logdet = self._elementwise(x_rest, self._params(x_pass, cond), None, inverse)
+        return torch.cat([x_pass, y_rest] if self.parity == 0 else [y_rest, x_pass], dim=1), logdet
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._transform(x, cond, False)
+
+    def inverse(self, y: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._transform(y, cond, True)
+
+
+class AffineCoupling(_Coupling):
+    r"""Affine coupling (RealNVP with ``scale="exp"``, Glow with ``scale="sigmoid"``):
+    :math:`y = x \odot s + t` on the transformed half, ``(t, \log s)`` from a network of the
+    passed half (and ``cond``).
+
+    With ``scale="exp"`` the network's raw log-scale ``r`` is stabilized as
+    :math:`\log s = a \tanh(r)` with a learned per-channel ``a`` (started at 1), so that no
+    input can make the scale (or the inverse's ``1/s``) overflow; with ``"sigmoid"``,
+    :math:`s = \sigma(r + 2) \in (0, 1)` is bounded already.
+
+    Args:
+        channels: ``C`` (images) or ``D`` (vectors), at least 2.
+        net: a factory ``(in_features, out_features) -> nn.Module`` (its output has
+            ``2 x`` the transformed channels: shifts then raw log-scales), or the hidden
+            widths of the default :func:`coupling_net`.
+        mask: ``"checkerboard"`` or ``"channel"``.
+        parity: 0 or 1, which half passes through (checkerboard: elements with
+            ``(h + w) % 2 == parity``; channel: parity 0 passes the first ``C // 2`` channels
+            and transforms the rest; parity 1 passes the last ``C - C // 2`` and transforms
+            the first ``C // 2``).
+        scale: ``"exp"`` or ``"sigmoid"``.
+        image: inputs are ``(B, C, H, W)`` (else ``(B, D)``).
+        cond_features: ``K``, the channels of a conditioning input fed to the network with
+            the passed half (0: none): ``(B, K)``, or ``(B, K, H, W)`` for images.
+
+    Example:
+        >>> layer = AffineCoupling(4, [64, 64], mask="checkerboard", parity=0, image=True)
+        >>> y, logdet = layer(torch.randn(8, 4, 6, 6))
+        >>> x, inv_logdet = layer.inverse(y)
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        net: NetFactory | Sequence[int] = (64, 64),
+        *,
+        mask: str = "checkerboard",
+        parity: int = 0,
+        scale: str = "exp",
+        image: bool = False,
+        cond_features: int = 0,
+    ):
+        if scale not in ("exp", "sigmoid"):
+            raise ValueError(f"AffineCoupling: scale must be 'exp' or 'sigmoid', got {scale!r}")
+        super().__init__(
+            channels, net, mask=mask, parity=parity, image=image, cond_features=cond_features, outputs_per_element=2
+        )
+        self.scale = scale
+        shape = (self.transformed, *([1, 1] if image else []))
+        self.log_scale_bound = nn.Parameter(torch.ones(shape)) if scale == "exp" else None
+
+    def _elementwise(self, x, params, mask, inverse):
+        shift, raw = params.chunk(2, dim=1)
+        log_scale = self.log_scale_bound * torch.tanh(raw) if self.scale == "exp" else raw
+        return affine_coupling(x, shift, log_scale, mask=mask, scale=self.scale, inverse=inverse)
+
+
+class AdditiveCoupling(_Coupling):
+    r"""Additive coupling (NICE): :math:`y = x + t` on the transformed half, volume-preserving
+    (log-determinant zero). Arguments as :class:`AffineCoupling` (the network outputs the
+    shifts only)."""
+
+    def __init__(
+        self,
+        channels: int,
+        net: NetFactory | Sequence[int] = (64, 64),
+        *,
+        mask: str = "checkerboard",
+        parity: int = 0,
+        image: bool = False,
+        cond_features: int = 0,
+    ):
+        super().__init__(
+            channels, net, mask=mask, parity=parity, image=image, cond_features=cond_features, outputs_per_element=1
+        )
+
+    def _elementwise(self, x, params, mask, inverse):
+        return affine_coupling(x, params, None, mask=mask, inverse=inverse)
+
+
+class MixtureCDFCoupling(_Coupling):
+    r"""Flow++'s mixture coupling (Ho et al. 2019): on the transformed half,
+
+    .. math::
+
+        y = \mathrm{logit}\big(F(x;\, \pi, \mu, s)\big)\, e^{a} + b,
+
+    :math:`F` a ``K``-component mixture CDF (:func:`fastgen.nn.mixture_flow.mixture_logit_flow`),
+    all of :math:`a, b, \pi, \mu, \log s` per element from a network of the passed half (and
+    ``cond``). :math:`a` is stabilized like :class:`AffineCoupling`'s log-scale. The inverse
+    inverts the mixture CDF by bisection (:func:`fastgen.ops.mixture_icdf`).
+
+    Args:
+        channels, net, mask, parity, image, cond_features: as :class:`AffineCoupling` (the
+            network outputs ``3K + 2`` values per transformed element: ``a``, ``b``, the
+            logits, locations and log-scales).
+        components: ``K``.
+        kind: ``"logistic"`` (Flow++) or ``"gaussian"``.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        net: NetFactory | Sequence[int] = (64, 64),
+        *,
+        components: int = 4,
+        mask: str = "checkerboard",
+        parity: int = 0,
+        kind: str = "logistic",
+        image: bool = False,
+        cond_features: int = 0,
+    ):
+        check_int(type(self).__name__, "components", components, minimum=1)
+        if kind not in KINDS:
+            raise ValueError(f"MixtureCDFCoupling: kind must be 'logistic' or 'gaussian', got {kind!r}")
+        super().__init__(
+            channels,
+            net,
+            mask=mask,
+            parity=parity,
+            image=image,
+            cond_features=cond_features,
+            outputs_per_element=3 * components + 2,
+        )
+        self.components, self.kind = components, kind
+        self.log_scale_bound = nn.Parameter(torch.ones(self.transformed, *([1, 1] if image else [])))
+
+    def _elementwise(self, x, params, mask, inverse):
+        k = self.components
+        p = params.unflatten(1, (3 * k + 2, -1)).movedim(1, -1)  # (B, n, ..., 3K + 2)
+        a = self.log_scale_bound * torch.tanh(p[..., 0])
+        b = p[..., 1]
+        logits, loc, log_scale = p[..., 2:].split(k, dim=-1)
+        if inverse:
+            y, logdet = mixture_logit_flow(
+                (x - b) * torch.exp(-a), logits, loc, log_scale, kind=self.kind, logit_output=True, inverse=True
+            )
+            logdet = logdet - a
+        else:
+            z, logdet = mixture_logit_flow(x, logits, loc, log_scale, kind=self.kind, logit_output=True, inverse=False)
+            y, logdet = z * torch.exp(a) + b, logdet + a
+        if mask is not None:  # the passed elements were transformed too (the ops take no mask): undone here
+            keep = mask.bool()
+            y, logdet = torch.where(keep, x, y), torch.where(keep, torch.zeros_like(logdet), logdet)
+        return y, logdet.flatten(1).sum(1)
