@@ -23,11 +23,19 @@ locations ~ N(0, 2^2), log-scales ~ N(0, 0.5^2)):
 - mixture_cdf forward plus backward to x and the three parameter tensors, from the
   gradients of both outputs (a 1-D CDF flow's training step: u and its log-determinant).
 
+Glow step (float32, (64, 12, 16, 16)): ``FlowSequential(ActNorm, InvConv1x1,
+AffineCoupling)`` with Glow's channel-split coupling (``scale="sigmoid"``, a 3x3 / 1x1 / 3x3
+network of 64 hidden channels), inverse direction without autograd (sampling). ``eager`` runs
+the three layers one by one on the reference backend (ActNorm and the 1x1 conv as two
+passes), ``compile`` is ``torch.compile`` of that, ``fastgen-cpp`` is the FlowSequential on
+the cpp backend (ActNorm fused into the 1x1 conv, the fused coupling op). The coupling
+network's convolutions are PyTorch's in every provider.
+
 No FLOP counts: the element-wise ops are memory-bound, the mixture ops' work is
 transcendental functions.
 
 ``python benchmarks/harness.py --filter affine_coupling`` (or ``actnorm``,
-``logit_transform``, ``mixture``), or ``pytest benchmarks/bench_flow_ops.py --benchmark-only``.
+``logit_transform``, ``mixture``, ``glow``), or ``pytest benchmarks/bench_flow_ops.py --benchmark-only``.
 """
 
 from __future__ import annotations
@@ -50,7 +58,9 @@ from fastgen.ops import (
     mixture_icdf,
     mixture_icdf_ref,
 )
-from harness import Case, Provider, benchmark_with_pytest, op_providers
+from fastgen.backends import use_backend
+from fastgen.nn import ActNorm, AffineCoupling, FlowSequential, InvConv1x1
+from harness import COMPILE, EAGER, Case, Provider, benchmark_with_pytest, fastgen_backends, op_providers
 
 __all__ = ["cases", "test_flow_ops"]
 
@@ -59,6 +69,7 @@ COUPLING_SHAPE = (64, 6, 32, 32)
 ACTNORM_SHAPE = (64, 12, 16, 16)
 LOGIT_SHAPE = (64, 3, 32, 32)
 MIXTURE_N, MIXTURE_K = 1 << 20, 8
+GLOW_SHAPE, GLOW_HIDDEN = (64, 12, 16, 16), (64, 64)
 
 
 def _checkerboard(h: int, w: int, device: str) -> torch.Tensor:
@@ -164,9 +175,46 @@ def _mixture_cdf_case(device: str) -> Case:
     return Case(f"mixture_cdf logistic K={MIXTURE_K} N=2^20 fwd+bwd", None, setup)
 
 
+def _glow_step_case(device: str) -> Case:
+    def setup() -> dict[str, Provider]:
+        torch.manual_seed(0)
+        C = GLOW_SHAPE[1]
+        coupling = AffineCoupling(C, GLOW_HIDDEN, mask="channel", scale="sigmoid", image=True)
+        flow = FlowSequential(ActNorm(C), InvConv1x1(C), coupling).to(device)
+        with torch.no_grad():  # away from the identity: initialized ActNorm, a coupling that acts
+            flow(_randn(torch.Generator().manual_seed(1), GLOW_SHAPE, device, 2.0))
+            for p in coupling.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        flow.eval()
+        y = _randn(torch.Generator().manual_seed(2), GLOW_SHAPE, device)
+
+        def layer_by_layer(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            logdet = z.new_zeros(z.shape[0])
+            for layer in reversed(flow):
+                z, ld = layer.inverse(z)
+                logdet = logdet + ld
+            return z, logdet
+
+        def provider(impl: Callable[[torch.Tensor], Any], backend: str) -> Provider:
+            def inverse() -> Any:
+                with torch.no_grad(), use_backend(backend):
+                    return impl(y)
+
+            return inverse
+
+        compiled = torch.compile(layer_by_layer, dynamic=False)
+        providers = {EAGER: provider(layer_by_layer, "ref"), COMPILE: provider(compiled, "ref")}
+        for backend in fastgen_backends("affine_coupling", device, DTYPE):
+            providers[f"fastgen-{backend}"] = provider(flow.inverse, backend)
+        return providers
+
+    hidden = "-".join(map(str, GLOW_HIDDEN))
+    return Case(f"glow_step {'x'.join(map(str, GLOW_SHAPE))} hidden={hidden} inverse", None, setup)
+
+
 def cases(device: str, quick: bool) -> list[Case]:
     """The coupling (checkerboard fwd+bwd and fwd, channel-split, Glow's sigmoid), ActNorm,
-    logit and mixture cases; ``quick`` keeps them all (the harness takes fewer runs)."""
+    logit, mixture and Glow step cases; ``quick`` keeps them all (the harness takes fewer runs)."""
     coupling = [
         _coupling_case(True, "exp", True, device),
         _coupling_case(True, "exp", False, device),
@@ -174,7 +222,7 @@ def cases(device: str, quick: bool) -> list[Case]:
         _coupling_case(False, "sigmoid", True, device),
     ]
     mixture = [_mixture_icdf_case(device), _mixture_cdf_case(device)]
-    return coupling + [_actnorm_case(device), _logit_case(device)] + mixture
+    return coupling + [_actnorm_case(device), _logit_case(device)] + mixture + [_glow_step_case(device)]
 
 
 def test_flow_ops(benchmark: Any, bench_device: str, case: Case, provider: str) -> None:

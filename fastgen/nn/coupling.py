@@ -24,12 +24,16 @@ import torch
 from torch import nn
 
 from ..ops import affine_coupling
-from ..ops._checks import check_int
-from .mixture_flow import KINDS, mixture_logit_flow
+from ..ops._checks import check_choice, check_int
+from ..ops.affine_coupling import SCALES
+from ..ops.mixture_cdf import KINDS
+from .mixture_flow import mixture_logit_flow
 
 __all__ = ["AdditiveCoupling", "AffineCoupling", "MixtureCDFCoupling", "checkerboard_mask", "coupling_net"]
 
 NetFactory = Callable[[int, int], nn.Module]
+# |log-scale| of MixtureCDFCoupling's components stays below this (scales in [e^-7, e^7]).
+COMPONENT_LOG_SCALE_BOUND = 7.0
 
 
 def checkerboard_mask(shape: Sequence[int], parity: int, *, device=None, dtype=torch.float32) -> torch.Tensor:
@@ -78,8 +82,7 @@ class _Coupling(nn.Module):
         name = type(self).__name__
         check_int(name, "channels", channels, minimum=2)
         check_int(name, "cond_features", cond_features, minimum=0)
-        if mask not in ("checkerboard", "channel"):
-            raise ValueError(f"{name}: mask must be 'checkerboard' or 'channel', got {mask!r}")
+        check_choice(name, "mask", mask, ("checkerboard", "channel"))
         if parity not in (0, 1):
             raise ValueError(f"{name}: parity must be 0 or 1, got {parity!r}")
         self.channels, self.mask, self.parity, self.image = channels, mask, parity, bool(image)
@@ -180,8 +183,7 @@ class AffineCoupling(_Coupling):
         image: bool = False,
         cond_features: int = 0,
     ):
-        if scale not in ("exp", "sigmoid"):
-            raise ValueError(f"AffineCoupling: scale must be 'exp' or 'sigmoid', got {scale!r}")
+        check_choice(type(self).__name__, "scale", scale, SCALES)
         super().__init__(
             channels, net, mask=mask, parity=parity, image=image, cond_features=cond_features, outputs_per_element=2
         )
@@ -227,7 +229,8 @@ class MixtureCDFCoupling(_Coupling):
 
     :math:`F` a ``K``-component mixture CDF (:func:`fastgen.nn.mixture_flow.mixture_logit_flow`),
     all of :math:`a, b, \pi, \mu, \log s` per element from a network of the passed half (and
-    ``cond``). :math:`a` is stabilized like :class:`AffineCoupling`'s log-scale. The inverse
+    ``cond``). :math:`a` is stabilized like :class:`AffineCoupling`'s log-scale, and the
+    components' :math:`\log s` are kept in :math:`(-7, 7)` by a scaled tanh. The inverse
     inverts the mixture CDF by bisection (:func:`fastgen.ops.mixture_icdf`).
 
     Args:
@@ -251,8 +254,7 @@ class MixtureCDFCoupling(_Coupling):
         cond_features: int = 0,
     ):
         check_int(type(self).__name__, "components", components, minimum=1)
-        if kind not in KINDS:
-            raise ValueError(f"MixtureCDFCoupling: kind must be 'logistic' or 'gaussian', got {kind!r}")
+        check_choice(type(self).__name__, "kind", kind, KINDS)
         super().__init__(
             channels,
             net,
@@ -270,7 +272,10 @@ class MixtureCDFCoupling(_Coupling):
         p = params.unflatten(1, (3 * k + 2, -1)).movedim(1, -1)  # (B, n, ..., 3K + 2)
         a = self.log_scale_bound * torch.tanh(p[..., 0])
         b = p[..., 1]
-        logits, loc, log_scale = p[..., 2:].split(k, dim=-1)
+        logits, loc, raw_log_scale = p[..., 2:].split(k, dim=-1)
+        # Softly bounded, so that no input (the network sees the passed half, up to any
+        # magnitude) makes a component's scale or its inverse overflow.
+        log_scale = COMPONENT_LOG_SCALE_BOUND * torch.tanh(raw_log_scale / COMPONENT_LOG_SCALE_BOUND)
         if inverse:
             y, logdet = mixture_logit_flow(
                 (x - b) * torch.exp(-a), logits, loc, log_scale, kind=self.kind, logit_output=True, inverse=True

@@ -121,7 +121,7 @@ class VariationalDequantization(nn.Module):
     def forward(
         self, x: torch.Tensor, cond: torch.Tensor | None = None, *, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        check_integer_data(type(self).__name__, x, self.bins)
+        check_integer_data(type(self).__name__, "x", x, self.bins)
         x = x.to(x.dtype if x.is_floating_point() else torch.get_default_dtype())
         eps = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
         z, logdet_f = self.flow(eps, x / (self.bins - 1) - 0.5)

@@ -43,25 +43,41 @@ class FlowSequential(nn.Sequential):
 
     ``cond`` is passed to every layer.
 
+    Fast path (Glow's step): an :class:`ActNorm` directly followed by an
+    :class:`InvConv1x1` runs as one 1x1 convolution with a bias, in both directions, since
+    :math:`W\,((x + \mu) \odot e^{\ell}) = (W \operatorname{diag} e^{\ell})\,x + W (\mu \odot e^{\ell})`
+    and its inverse is :math:`(\operatorname{diag} e^{-\ell} W^{-1})\,y - \mu`: one pass over
+    the activations instead of two, forward and backward. It computes what the two layers
+    compute one after the other (ActNorm's data-dependent initialization included), up to
+    float rounding; the two layers' own forward hooks are not called on this path.
+
     Example:
-        >>> flow = FlowSequential(Squeeze(), InvConv1x1(12))
+        >>> flow = FlowSequential(Squeeze(), ActNorm(12), InvConv1x1(12))
         >>> y, logdet = flow(torch.randn(8, 3, 4, 4))     # y: (8, 12, 2, 2), logdet: (8,)
         >>> x, inv_logdet = flow.inverse(y)               # inv_logdet == -logdet
     """
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _run(self, x: torch.Tensor, cond: torch.Tensor | None, inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        layers = list(reversed(self)) if inverse else list(self)
         logdet = _zero_logdet(x)
-        for layer in self:
-            x, ld = layer(x, cond)
+        i = 0
+        while i < len(layers):
+            layer, after = layers[i], layers[i + 1] if i + 1 < len(layers) else None
+            actnorm, conv = (after, layer) if inverse else (layer, after)
+            if type(actnorm) is ActNorm and type(conv) is InvConv1x1:
+                x, ld = _actnorm_conv(actnorm, conv, x, inverse)
+                i += 2
+            else:
+                x, ld = layer.inverse(x, cond) if inverse else layer(x, cond)
+                i += 1
             logdet = logdet + ld
         return x, logdet
 
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._run(x, cond, False)
+
     def inverse(self, y: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        logdet = _zero_logdet(y)
-        for layer in reversed(self):
-            y, ld = layer.inverse(y, cond)
-            logdet = logdet + ld
-        return y, logdet
+        return self._run(y, cond, True)
 
 
 class Squeeze(nn.Module):
@@ -184,7 +200,10 @@ class InvConv1x1(nn.Module):
             self._inverse_cache = (key, inverse)
         return self._inverse_cache[1]
 
-    def _apply_matrix(self, x: torch.Tensor, matrix: torch.Tensor, name: str) -> torch.Tensor:
+    def _apply_matrix(
+        self, x: torch.Tensor, matrix: torch.Tensor, name: str, bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``matrix @ x + bias`` at every pixel, ``matrix`` ``(C, C)``, ``bias`` ``(C,)`` or None."""
         _check_input(self, name, x, (2, 4))
         if x.shape[1] != self.channels:
             raise ValueError(f"InvConv1x1: {name} must have {self.channels} channels, got shape {tuple(x.shape)}")
@@ -193,12 +212,13 @@ class InvConv1x1(nn.Module):
                 f"InvConv1x1: {name} is {x.dtype} on {x.device} but the layer is {matrix.dtype} on {matrix.device}"
             )
         if x.dim() == 2:
-            return x @ matrix.t()
-        return F.conv2d(x, matrix[:, :, None, None])
+            return x @ matrix.t() if bias is None else torch.addmm(bias, x, matrix.t())
+        return F.conv2d(x, matrix[:, :, None, None], bias)
 
-    def _logdet(self, x: torch.Tensor, sign: float) -> torch.Tensor:
+    def _logdet(self, x: torch.Tensor, sign: float, extra: torch.Tensor | float = 0.0) -> torch.Tensor:
+        """``sign * HW * (log|det W| + extra)`` per example."""
         pixels = x.shape[2] * x.shape[3] if x.dim() == 4 else 1
-        return (sign * pixels * self.log_abs_det()).repeat(x.shape[0])
+        return (sign * pixels * (self.log_abs_det() + extra)).repeat(x.shape[0])
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         return self._apply_matrix(x, self.weight(), "x"), self._logdet(x, 1.0)
@@ -211,7 +231,7 @@ class ActNorm(nn.Module):
     r"""Glow's activation normalization: a per-channel affine map
     :math:`y = (x + \mu) e^{\ell}` with :math:`\log|\det J| = HW \sum_c \ell_c` per example
     (:func:`fastgen.ops.actnorm`), initialized from the data: the first batch seen in
-    training mode sets :math:`\mu = -	ext{mean}`, :math:`e^{\ell} = 1/	ext{std}` per channel,
+    training mode sets :math:`\mu = -\text{mean}`, :math:`e^{\ell} = 1/\text{std}` per channel,
     so that this batch comes out with zero mean and unit variance. Whether that happened is
     the buffer ``initialized`` (saved with the state, so a loaded model is not re-initialized).
 
@@ -237,8 +257,12 @@ class ActNorm(nn.Module):
     def initialize(self, x: torch.Tensor) -> None:
         """Sets loc and log_scale from the batch ``x`` (zero mean, unit variance per channel)."""
         _check_input(self, "x", x, (2, 4))
-        if x.shape[0] * (x[0, 0].numel()) < 2:
-            raise ValueError(f"ActNorm: the initialization batch needs at least 2 values per channel, got shape {tuple(x.shape)}")
+        if x.shape[1] != self.channels:
+            raise ValueError(f"ActNorm: x must have {self.channels} channels, got shape {tuple(x.shape)}")
+        if x.shape[0] * x[0, 0].numel() < 2:
+            raise ValueError(
+                f"ActNorm: the initialization batch needs at least 2 values per channel, got shape {tuple(x.shape)}"
+            )
         dims = [0, *range(2, x.dim())]
         # A constant channel would get an infinite scale: its std is floored.
         std = x.std(dims, unbiased=False).clamp_min(1e-6)
@@ -253,3 +277,25 @@ class ActNorm(nn.Module):
 
     def inverse(self, y: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         return actnorm(y, self.loc, self.log_scale, inverse=True)
+
+
+def _actnorm_conv(
+    actnorm: ActNorm, conv: InvConv1x1, x: torch.Tensor, inverse: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``conv(actnorm(x))``, or ``actnorm.inverse(conv.inverse(x))``, as one 1x1 convolution
+    with a bias (see :class:`FlowSequential`)."""
+    if actnorm.channels != conv.channels:
+        raise ValueError(
+            f"FlowSequential: ActNorm({actnorm.channels}) is followed by InvConv1x1({conv.channels}); "
+            "their channels must match"
+        )
+    if not inverse and actnorm.training and not actnorm.initialized:
+        actnorm.initialize(x)
+    if inverse:
+        matrix = torch.exp(-actnorm.log_scale)[:, None] * conv.inverse_weight()
+        bias = -actnorm.loc
+    else:
+        matrix = conv.weight() * torch.exp(actnorm.log_scale)
+        bias = matrix @ actnorm.loc
+    y = conv._apply_matrix(x, matrix, "y" if inverse else "x", bias)
+    return y, conv._logdet(x, -1.0 if inverse else 1.0, actnorm.log_scale.sum())

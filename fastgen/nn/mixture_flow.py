@@ -16,11 +16,10 @@ import torch
 from torch import nn
 
 from ..ops import mixture_cdf, mixture_icdf
-from ..ops._checks import check_int
+from ..ops._checks import check_choice, check_int
+from ..ops.mixture_cdf import KINDS
 
 __all__ = ["ElementwiseMixtureCDFFlow", "mixture_logit_flow"]
-
-KINDS = ("logistic", "gaussian")
 
 
 def mixture_logit_flow(
@@ -73,10 +72,8 @@ class ElementwiseMixtureCDFFlow(nn.Module):
         name = type(self).__name__
         check_int(name, "features", features, minimum=1)
         check_int(name, "components", components, minimum=1)
-        if kind not in KINDS:
-            raise ValueError(f"{name}: kind must be 'logistic' or 'gaussian', got {kind!r}")
-        if output not in ("unit", "logit"):
-            raise ValueError(f"{name}: output must be 'unit' or 'logit', got {output!r}")
+        check_choice(name, "kind", kind, KINDS)
+        check_choice(name, "output", output, ("unit", "logit"))
         self.features, self.components, self.kind, self.output = features, components, kind, output
         self.logits = nn.Parameter(torch.zeros(features, components))
         # Components spread over [-2, 2] so that the initial CDF is not one step.

@@ -1,10 +1,10 @@
-"""FlowSequential, Squeeze and InvConv1x1: round trips, log-determinants against the
-autograd Jacobian, the cached inverse, and bad inputs."""
+"""FlowSequential (and its fused ActNorm + InvConv1x1 path), Squeeze and InvConv1x1: round
+trips, log-determinants against the autograd Jacobian, the cached inverse, and bad inputs."""
 
 import pytest
 import torch
 
-from fastgen.nn import FlowSequential, InvConv1x1, Squeeze
+from fastgen.nn import ActNorm, FlowSequential, InvConv1x1, Squeeze
 
 from ..helpers import logdet_by_jacobian
 
@@ -108,6 +108,39 @@ def test_flow_sequential_logdet_and_round_trip():
     torch.testing.assert_close(inv_logdet, -logdet, atol=1e-12, rtol=1e-12)
 
 
+@pytest.mark.parametrize("lu", [True, False], ids=["lu", "full"])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_actnorm_then_inv_conv_runs_fused_as_the_two_layers(shape, lu):
+    """FlowSequential's fused ActNorm -> InvConv1x1 step: the data-dependent initialization,
+    outputs, log-determinants and every parameter's gradient equal those of the two layers
+    run one after the other, both directions."""
+    conv = layer_for(shape, lu)
+    flow = FlowSequential(ActNorm(shape[1], dtype=torch.float64), conv)
+    twin = FlowSequential(ActNorm(shape[1], dtype=torch.float64), layer_for(shape, lu))
+    x = 1.5 + 2 * torch.randn(shape, dtype=torch.float64)
+    y, logdet = flow(x)  # initializes flow[0]
+    y_ref, logdet_ref = flow[1](flow[0](x)[0])[0], flow[0](x)[1] + flow[1](x)[1]
+    torch.testing.assert_close(y, y_ref, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(logdet, logdet_ref, atol=1e-12, rtol=1e-12)
+    twin[0](x)  # the unfused layer's own initialization
+    torch.testing.assert_close(flow[0].loc, twin[0].loc, atol=0, rtol=0)
+    torch.testing.assert_close(flow[0].log_scale, twin[0].log_scale, atol=0, rtol=0)
+    torch.testing.assert_close(logdet, logdet_by_jacobian(lambda e: flow(e)[0], x), atol=1e-10, rtol=1e-10)
+
+    g_y = torch.randn(shape, dtype=torch.float64)
+    params = list(flow.parameters())
+    fused = torch.autograd.grad((y * g_y).sum() + logdet.sum(), params)
+    unfused = torch.autograd.grad((y_ref * g_y).sum() + logdet_ref.sum(), params)
+    for a, b in zip(fused, unfused):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+
+    back, inv_logdet = flow.inverse(y)
+    back_ref = flow[0].inverse(flow[1].inverse(y)[0])[0]
+    torch.testing.assert_close(back, back_ref, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(back, x, atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(inv_logdet, -logdet, atol=1e-10, rtol=1e-10)
+
+
 def test_bad_inputs():
     with pytest.raises(ValueError, match="multiples of factor=2"):
         Squeeze(2)(torch.randn(1, 1, 3, 4))
@@ -126,3 +159,7 @@ def test_bad_inputs():
         layer(torch.randn(2, 3, dtype=torch.float64))
     with pytest.raises(TypeError, match="must be a Tensor"):
         layer.inverse([1.0, 2.0, 3.0])
+    with pytest.raises(ValueError, match="channels must match"):
+        FlowSequential(ActNorm(4), InvConv1x1(3))(torch.randn(2, 3))
+    with pytest.raises(ValueError, match="ActNorm: x must have 3 channels"):
+        FlowSequential(ActNorm(3), InvConv1x1(3))(torch.randn(2, 4))

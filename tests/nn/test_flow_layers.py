@@ -41,11 +41,13 @@ def layers(shape):
     c = shape[1]
     made = {
         "actnorm": ActNorm(c),
+        # Early in the stacks: a Gaussian mixture's logit output grows like x^2 / 2, and its
+        # CDF rounds to 1 (a flat, clamped map) where later layers' outputs would reach.
+        "mixture-elementwise": ElementwiseMixtureCDFFlow(c, 3, kind="gaussian", output="logit"),
         "affine-checker-exp": AffineCoupling(c, [8], mask="checkerboard", parity=0, image=image),
         "affine-channel-sigmoid": AffineCoupling(c, [8], mask="channel", parity=1, scale="sigmoid", image=image),
         "additive-channel": AdditiveCoupling(c, [8], mask="channel", parity=0, image=image),
         "mixture-coupling": MixtureCDFCoupling(c, [8], components=3, mask="checkerboard", parity=1, image=image),
-        "mixture-elementwise": ElementwiseMixtureCDFFlow(c, 3, kind="gaussian", output="logit"),
         "invconv": InvConv1x1(c),
     }
     return {name: randomize(layer.double().eval(), seed) for seed, (name, layer) in enumerate(made.items())}
