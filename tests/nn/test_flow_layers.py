@@ -17,7 +17,6 @@ from fastgen.nn import (
     InvConv1x1,
     Logit,
     MixtureCDFCoupling,
-    Squeeze,
     UniformDequantization,
     VariationalDequantization,
 )

@@ -25,8 +25,26 @@ def test_values_land_in_their_bins_and_round_trip(dtype, bins):
     assert y.shape == x.shape and logdet.shape == (x.shape[0],)
     lo = x.to(torch.float64) / bins
     assert (y >= lo).all() and (y <= lo + 1 / bins).all()  # (x + u) / bins, u in [0, 1)
-    assert torch.equal(torch.floor(y.double() * bins).clamp(max=bins - 1), x.double())  # the round trip
+    assert torch.equal(torch.floor(y.double() * bins), x.double())  # the round trip
     torch.testing.assert_close(logdet, torch.full_like(logdet, -x[0].numel() * math.log(bins)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64])
+@pytest.mark.parametrize("bins", [2, 7, 17, 63, 255, 256, 1000])
+@pytest.mark.parametrize("u", ["lowest", "highest"])
+def test_every_value_stays_in_its_bin_at_the_extremes_of_the_noise(monkeypatch, dtype, bins, u):
+    """With torch.rand's smallest (0) and largest (just below 1) draws, floor(y * bins) is x
+    again in the dtype itself, for every level: the unclamped (x + u) / bins rounds into the
+    next bin (float32, 256 bins: from x = 128 up)."""
+    if 4 * bins * torch.finfo(dtype).eps >= 0.25:
+        with pytest.raises(ValueError, match="too coarse"):
+            uniform_dequantize(torch.zeros(1, 1, dtype=dtype), bins=bins)
+        return
+    x = torch.arange(bins, dtype=dtype)[None]  # (1, bins)
+    value = 0.0 if u == "lowest" else 1 - torch.finfo(dtype).eps / 2
+    monkeypatch.setattr(torch, "rand", lambda shape, **kw: torch.full(shape, value, dtype=kw["dtype"]))
+    y, _ = uniform_dequantize(x, bins=bins)
+    assert torch.equal(torch.floor(y * bins), x)
 
 
 def test_noise_is_uniform_and_follows_the_generator():
