@@ -100,6 +100,14 @@ class _Coupling(nn.Module):
     def extra_repr(self) -> str:
         return f"channels={self.channels}, mask={self.mask!r}, parity={self.parity}, image={self.image}"
 
+    def _init_log_scale_bound(self) -> None:
+        """A learned per-channel bound ``a`` (started at 1) for :meth:`_bounded`."""
+        self.log_scale_bound = nn.Parameter(torch.ones(self.transformed, *([1, 1] if self.image else [])))
+
+    def _bounded(self, raw: torch.Tensor) -> torch.Tensor:
+        """``a * tanh(raw)``: a log-scale that no network output can push past ``|a|``."""
+        return self.log_scale_bound * torch.tanh(raw)
+
     def _check(self, x: object, name: str) -> torch.Tensor:
         cls = type(self).__name__
         if not isinstance(x, torch.Tensor):
@@ -188,12 +196,12 @@ class AffineCoupling(_Coupling):
             channels, net, mask=mask, parity=parity, image=image, cond_features=cond_features, outputs_per_element=2
         )
         self.scale = scale
-        shape = (self.transformed, *([1, 1] if image else []))
-        self.log_scale_bound = nn.Parameter(torch.ones(shape)) if scale == "exp" else None
+        if scale == "exp":
+            self._init_log_scale_bound()
 
     def _elementwise(self, x, params, mask, inverse):
         shift, raw = params.chunk(2, dim=1)
-        log_scale = self.log_scale_bound * torch.tanh(raw) if self.scale == "exp" else raw
+        log_scale = self._bounded(raw) if self.scale == "exp" else raw
         return affine_coupling(x, shift, log_scale, mask=mask, scale=self.scale, inverse=inverse)
 
 
@@ -265,12 +273,12 @@ class MixtureCDFCoupling(_Coupling):
             outputs_per_element=3 * components + 2,
         )
         self.components, self.kind = components, kind
-        self.log_scale_bound = nn.Parameter(torch.ones(self.transformed, *([1, 1] if image else [])))
+        self._init_log_scale_bound()
 
     def _elementwise(self, x, params, mask, inverse):
         k = self.components
         p = params.unflatten(1, (3 * k + 2, -1)).movedim(1, -1)  # (B, n, ..., 3K + 2)
-        a = self.log_scale_bound * torch.tanh(p[..., 0])
+        a = self._bounded(p[..., 0])
         b = p[..., 1]
         logits, loc, raw_log_scale = p[..., 2:].split(k, dim=-1)
         # Softly bounded, so that no input (the network sees the passed half, up to any
