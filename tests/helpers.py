@@ -9,7 +9,7 @@ import torch
 
 import fastgen
 
-__all__ = ["DEVICES", "backend_params", "fast_backends", "logdet_by_jacobian", "run_python", "tolerances"]
+__all__ = ["DEVICES", "backend_params", "fast_backends", "logdet_by_jacobian", "run_on_isa", "run_python", "tolerances"]
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -57,3 +57,14 @@ def run_python(code: str, cwd=None, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=full_env, cwd=cwd, timeout=300
     )
+
+
+def run_on_isa(isa: str, code: str) -> None:
+    """Runs ``code`` (which may use ``torch`` and ``fastgen``) in a fresh interpreter whose CPU
+    kernels are forced to the copy compiled for ``isa`` (``FASTGEN_CPU_ISA``); fails on an
+    error, skips when this CPU does not have ``isa``."""
+    header = "import torch, fastgen\nprint(fastgen._ext.cpu_isa())\n"
+    out = run_python(header + code, FASTGEN_CPU_ISA=isa)
+    assert out.returncode == 0, out.stderr
+    if not out.stdout.startswith(isa):
+        pytest.skip(f"this CPU has no {isa}: {out.stdout.strip()}")

@@ -15,7 +15,7 @@ import torch
 from fastgen.backends import BackendUnavailableError
 from fastgen.ops import default_icdf_iters, mixture_cdf, mixture_cdf_ref, mixture_icdf, mixture_icdf_ref
 
-from ..helpers import backend_params, fast_backends, run_python, tolerances
+from ..helpers import backend_params, fast_backends, run_on_isa, tolerances
 
 CDF_OP, ICDF_OP = "mixture_cdf", "mixture_icdf"
 KINDS = ("logistic", "gaussian")
@@ -373,9 +373,7 @@ def test_every_cpu_instruction_set_matches_reference(isa):
     if "cpp" not in fast_backends(CDF_OP, "cpu"):
         pytest.skip("C++ extension not built")
     code = (
-        "import torch, fastgen\n"
         "from fastgen.ops import mixture_cdf, mixture_cdf_ref, mixture_icdf, mixture_icdf_ref\n"
-        "print(fastgen._ext.cpu_isa())\n"
         "for dtype in (torch.float32, torch.float64):\n"
         "    tol = dict(atol=1e-4, rtol=1e-4) if dtype == torch.float32 else dict(atol=1e-10, rtol=1e-10)\n"
         "    for kind in ('logistic', 'gaussian'):\n"
@@ -390,10 +388,7 @@ def test_every_cpu_instruction_set_matches_reference(isa):
         "            for a, b in zip(got, want + torch.autograd.grad(want, (first, *mix), g)):\n"
         "                torch.testing.assert_close(a, b, **tol)\n"
     )
-    out = run_python(code, FASTGEN_CPU_ISA=isa)
-    assert out.returncode == 0, out.stderr
-    if not out.stdout.startswith(isa):
-        pytest.skip(f"this CPU has no {isa}: {out.stdout.strip()}")
+    run_on_isa(isa, code)
 
 
 # ------------------------------------------------------------------------------ bad inputs
