@@ -5,7 +5,7 @@
 //
 // Vectorization. The loops are written on scalars and vectorized by GCC (#pragma omp simd):
 // exp, log and the sigmoid's pieces are the inline polynomial versions of vec_math.h (plain
-// arithmetic, bit casts and bitwise selects, within 1 ulp, special values kept, no traps),
+// arithmetic, bit casts and bitwise selects, within 1.3 ulp, special values kept, no traps),
 // where a call to std::exp would keep the loop scalar. Each parallel task runs its loops
 // through with_isa() (isa_dispatch.h): compiled for AVX-512, AVX2 + FMA and the baseline,
 // run in the copy the tap-GEMM kernels chose for this CPU (fastgen._C.cpu_isa();

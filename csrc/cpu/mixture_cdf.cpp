@@ -81,7 +81,6 @@ constexpr int kVectorsPerBlock = 4;
 template <class V>
 constexpr int kBlock = kVectorsPerBlock * Lanes<V>::count;
 
-constexpr double kLog2e = 1.4426950408889634;
 constexpr double kSqrtHalf = 0.7071067811865476;
 constexpr double kSqrt2Pi = 2.5066282746310002;
 constexpr double kHalfLog2Pi = 0.9189385332046728;
@@ -133,9 +132,10 @@ template <class V>
 struct Component<V, Kind::Logistic> {
   using T = ScalarOf<V>;
   // F = sigmoid(z), log f = -|z| - 2 log(1 + e), score = -tanh(z / 2), with e = exp(-|z|) <= 1
-  // (vec_math.h's sigmoid pieces).
+  // (vec_math.h's sigmoid pieces; e saturates at 0 below the normal range, where F < 1e-38
+  // (float) is negligible in the mixture).
   static FASTGEN_INLINE void eval(V z, V& F, V& log_f, V& score) {
-    const Sigmoid<V> p = sigmoid_parts(z);
+    const Sigmoid<V> p = sigmoid_parts<SigmoidExp::saturating>(z);
     F = p.s;
     log_f = -vabs(z) - 2 * p.log1p_e;
     score = z >= 0 ? -p.tanh_half : p.tanh_half;

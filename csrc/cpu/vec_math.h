@@ -9,21 +9,26 @@
 // takes either.
 //
 // exp: x = n ln2 + r with |r| <= ln2 / 2 (Cody-Waite: n ln2 in two parts, the first exact),
-// e^r = 1 + r P(r) with P a Chebyshev-node least-squares fit (mpmath.chebyfit, 50 digits) of
-// (e^r - 1) / r, degree 5 for float and 10 for double (truncation below 0.1 ulp), and 2^n put in
-// the exponent bits. Three variants differ in range only, on purpose:
-//   vexp               the whole range: subnormal results, 0 below, inf above (2^n as two factors);
+// e^r = 1 + r P(r) (so exp(0) = 1 exactly) and 2^n put in the exponent bits. The variants differ
+// on purpose, in range and (float only) in the degree of P:
+//   vexp               the whole range: subnormal results, 0 below, inf above (2^n as two
+//                      factors); P of degree 5 (float) or 10 (double);
 //   vexp_saturating    never overflows: about 2^126 (float) / 2^1022 (double) above the normal
-//                      range, 0 below it, for terms that are only summed or compared;
-//   vexp2_saturating   2^t saturating at 2^(+-126) / 2^(+-1022) at both ends, for 1 + 2^t (the
-//                      same polynomial, its coefficients scaled by powers of ln2).
-// log: fdlibm's (as in musl): x = 2^k m with m in [sqrt(1/2), sqrt(2)), log m = log1p(f) from
-// s = f / (2 + f); vlog sorts out zero, negatives, inf, NaN and subnormals on the bits with integer
-// compares, vlog_positive is the bare reduction for positive normal x.
-// Accuracy, against correctly rounded results (every float32 input, 10^8 float64 ones): vexp and
-// vlog within 1 ulp (vexp's subnormal results within 1 unit of the smallest subnormal),
-// vexp2_saturating within 2 ulp; the special values are exact (exp: 0 at -inf, inf at inf, NaN;
-// log: -inf at +-0, NaN below 0, inf at inf, NaN).
+//                      range, 0 below it, for terms that are summed, compared or multiplied into
+//                      finite ones (the mixture kernels); P_FAST, degree 4 for float (one FMA
+//                      less in the bisection's inner loop), P for double;
+//   vexp2_saturating   2^t saturating at 2^(+-126) / 2^(+-1022) at both ends, for 1 + 2^t: P_FAST
+//                      with its coefficients scaled by powers of ln2, t - round(t) exact.
+// log: fdlibm's form (as in musl): x = 2^k m with m in [sqrt(1/2), sqrt(2)), log m = log1p(f)
+// from s = f / (2 + f) and k ln2 in two parts; vlog sorts out zero, negatives, inf, NaN and
+// subnormals on the bits with integer compares, vlog_positive is the bare reduction for
+// positive normal x.
+// Errors against the correctly rounded result, every float32 input and 5e6 random float64 ones,
+// with FMA (the AVX2 and AVX-512 copies) / without (the baseline copy): vexp 0.98 / 1.24 ulp
+// (float), 0.88 / 1.16 (double), subnormal results included; vexp_saturating and vexp2_saturating
+// 2.04 / 2.31 (float), 0.89 / 1.16 (double), in the normal range; vlog 0.86 / 0.85 (float),
+// 0.81 / 0.83 (double). Special values are exact: exp gives 0 at -inf, inf at inf (vexp) and NaN
+// for NaN; log gives -inf at +-0, NaN below 0 and for NaN, inf at inf.
 #pragma once
 
 #include <array>
@@ -192,36 +197,44 @@ struct ExpConsts<float> {
   static constexpr int SATURATE = 126;  // 2^126: the largest power of two whose inverse is normal
   // ln2 split in a head with trailing zero bits (n * head is exact for |n| < 2^9) and a tail.
   static constexpr float LN2_HI = 0.693145751953125f, LN2_LO = 1.428606765330187045e-06f;
-  // P, highest degree first, with e^r = 1 + r P(r) on |r| <= ln2/2: relative error of e^r 5.1e-9.
+  // P, highest degree first, with e^r = 1 + r P(r) on |r| <= ln2/2: degree 5, relative error of
+  // e^r 5.1e-9 (a Chebyshev-node least-squares fit, mpmath.chebyfit, 50 digits).
   static constexpr double P[] = {0.0013933641117472883976, 0.0083691485592966215981, 0.041666465005270031865,
                                  0.16666505259791664742,   0.50000000134578042103,   1.0000000107716318254};
+  // The same, degree 4: relative error 9.5e-8 (minimax of the relative error, Lawson's algorithm).
+  static constexpr double P_FAST[] = {0.008290314639937253, 0.041897929781219645, 0.166676361987034,
+                                      0.49999149527155323, 0.9999997071876778};
 };
 template <>
 struct ExpConsts<double> {
   static constexpr double LO = -746, HI = 710;
   static constexpr int SATURATE = 1022;
   static constexpr double LN2_HI = 6.93147180369123816490e-01, LN2_LO = 1.90821492927058770002e-10;
-  // As for float, degree 10: relative error of e^r 8.4e-18.
+  // As for float, degree 10: relative error of e^r 8.4e-18. The saturating variants take it too
+  // (the degree the mixture kernels' exp2 always had).
   static constexpr double P[] = {2.5105206475334833836e-8, 2.7626357373278977393e-7, 2.7557255425502901999e-6,
                                  2.4801504346680998664e-5, 1.9841269874800683939e-4, 1.3888888932488847803e-3,
                                  8.3333333333261408291e-3, 4.1666666666573141897e-2, 0.16666666666666670986,
                                  0.5000000000000005617,    1.0};
+  static constexpr const double (&P_FAST)[std::size(P)] = P;
 };
+
+constexpr double kLog2e = 1.4426950408889634074;
 
 namespace vec_math_detail {
 
 constexpr long double kLn2 = 0.693147180559945309417232121458176568L;
-constexpr double kLog2e = 1.4426950408889634074;
 
-// P2 with 2^r = 1 + r P2(r): 2^r = e^(r ln2), so P2's coefficient of r^d is P's times ln2^(d + 1).
+// P_FAST for 2^r = 1 + r P2(r): 2^r = e^(r ln2), so P2's coefficient of r^d is P_FAST's times
+// ln2^(d + 1).
 template <typename S>
 struct Exp2Poly {
-  static constexpr std::size_t N = std::size(ExpConsts<S>::P);
+  static constexpr std::size_t N = std::size(ExpConsts<S>::P_FAST);
   static constexpr std::array<S, N> make() {
     std::array<S, N> q{};
     long double scale = kLn2;
     for (std::size_t i = N; i-- > 0;) {
-      q[i] = S(ExpConsts<S>::P[i] * scale);
+      q[i] = S(ExpConsts<S>::P_FAST[i] * scale);
       scale *= kLn2;
     }
     return q;
@@ -272,10 +285,14 @@ FASTGEN_INLINE ExpReduced<T> exp_reduce(T x) {
   return {n, r};
 }
 
-// e^r for |r| <= ln2 / 2.
-template <typename T>
+// e^r for |r| <= ln2 / 2, with P or (FAST) P_FAST.
+template <bool FAST, typename T>
 FASTGEN_INLINE T exp_poly(T r) {
-  return 1 + r * horner(r, ExpConsts<ScalarOf<T>>::P);
+  using E = ExpConsts<ScalarOf<T>>;
+  if constexpr (FAST)
+    return 1 + r * horner(r, E::P_FAST);
+  else
+    return 1 + r * horner(r, E::P);
 }
 
 }  // namespace vec_math_detail
@@ -288,11 +305,12 @@ FASTGEN_INLINE T vexp(T x) {
   using E = ExpConsts<ScalarOf<T>>;
   const ExpReduced<T> a = exp_reduce(clamp(x, E::LO, E::HI));
   const IntOf<T> n = a.n.integer(), n1 = n >> 1;
-  return exp_poly(a.r) * pow2<T>(n1) * pow2<T>(n - n1);
+  return exp_poly<false>(a.r) * pow2<T>(n1) * pow2<T>(n - n1);
 }
 
-// exp(x) that never overflows: about 2^SATURATE for x beyond SATURATE ln2, 0 below -SATURATE ln2
-// (where exp(x) is below the smallest normal), NaN for NaN.
+// exp(x) that never overflows, for terms that are summed, compared or multiplied into finite
+// ones: about 2^SATURATE for x beyond SATURATE ln2, 0 below -SATURATE ln2 (where exp(x) is below
+// the smallest normal), NaN for NaN. With P_FAST.
 template <typename T>
 FASTGEN_INLINE T vexp_saturating(T x) {
   using namespace vec_math_detail;
@@ -300,11 +318,11 @@ FASTGEN_INLINE T vexp_saturating(T x) {
   constexpr S LIMIT = S(ExpConsts<S>::SATURATE * kLn2);
   const auto below = x < -LIMIT;
   const ExpReduced<T> a = exp_reduce(select(x > LIMIT, splat<T>(LIMIT), x));
-  return select(below, splat<T>(0), exp_poly(a.r) * a.n.pow2());
+  return select(below, splat<T>(0), exp_poly<true>(a.r) * a.n.pow2());
 }
 
 // 2^t, saturating at 2^(+-SATURATE) (the normal range) instead of overflowing or flushing to
-// 0: for callers that only add the result to 1 or to larger terms. NaN stays NaN.
+// 0: for callers that only add the result to 1 or to larger terms. NaN stays NaN. With P_FAST.
 template <typename T>
 FASTGEN_INLINE T vexp2_saturating(T t) {
   using namespace vec_math_detail;
@@ -323,14 +341,17 @@ template <>
 struct LogConsts<float> {
   static constexpr float LN2_HI = 6.9313812256e-01f, LN2_LO = 9.0580006145e-06f;
   static constexpr int SUBNORMAL_SCALE = 25;  // log2 of the factor that makes subnormals normal
-  // R(z) / z, highest degree first, with log1p(f) = 2s + s R(s^2) (musl's Lg4 .. Lg1).
-  static constexpr float R[] = {0.24279078841f, 0.28498786688f, 0.40000972152f, 0.66666662693f};
+  // R(z) / z, highest degree first, with log1p(f) = 2s + s R(s^2), z = s^2 in
+  // [0, ((sqrt 2 - 1) / (sqrt 2 + 1))^2]: a Chebyshev-node least-squares fit (mpmath.chebyfit,
+  // 50 digits), degree 2, relative error of the log below 3e-9 (musl's degree 3 costs an FMA
+  // more and gains 0.03 ulp).
+  static constexpr float R[] = {0.29579949378967285f, 0.3998878002166748f, 0.6666668653488159f};
 };
 template <>
 struct LogConsts<double> {
   static constexpr double LN2_HI = 6.93147180369123816490e-01, LN2_LO = 1.90821492927058770002e-10;
   static constexpr int SUBNORMAL_SCALE = 54;
-  // musl's Lg7 .. Lg1.
+  // musl's Lg7 .. Lg1 (degree 6).
   static constexpr double R[] = {1.479819860511658591e-01, 1.531383769920937332e-01, 1.818357216161805012e-01,
                                  2.222219843214978396e-01, 2.857142874366239149e-01, 3.999999999940941908e-01,
                                  6.666666666666735130e-01};
@@ -399,10 +420,15 @@ struct Sigmoid {
   FASTGEN_INLINE T log_s(T z) const { return select(z < 0, z, splat<T>(0)) - log1p_e; }
 };
 
+// Which exp e comes from: vexp, or vexp_saturating (e = 0 where it would be subnormal, |z| > 87
+// for float: then s = 0 rather than subnormal and 1 / s = inf).
+enum class SigmoidExp { full, saturating };
+
 // Only what a caller reads is computed: the rest is dead code once inlined.
-template <typename T>
+template <SigmoidExp EXP = SigmoidExp::full, typename T>
 FASTGEN_INLINE Sigmoid<T> sigmoid_parts(T z) {
-  const T e = vexp(-vabs(z)), d = 1 + e, inv = 1 / d, e_inv = e * inv;
+  const T e = EXP == SigmoidExp::full ? vexp(-vabs(z)) : vexp_saturating(-vabs(z));
+  const T d = 1 + e, inv = 1 / d, e_inv = e * inv;
   const auto nonneg = z >= 0;
   Sigmoid<T> p;
   p.s = select(nonneg, inv, e_inv);
