@@ -116,9 +116,14 @@ FASTGEN_INLINE T splat(ScalarOf<T> s) {
 }
 
 // The same bits as another type of the same size (lane for lane: float <-> int <-> unsigned).
+// Vectors by a vector cast: std::bit_cast of a vector wider than the baseline's registers goes
+// through memory (it is lowered before the function is inlined into its instruction set's copy).
 template <typename To, typename From>
 FASTGEN_INLINE To bits_as(From x) {
-  return std::bit_cast<To>(x);
+  if constexpr (std::is_arithmetic_v<From>)
+    return std::bit_cast<To>(x);
+  else
+    return (To)x;
 }
 
 template <typename T>
@@ -225,8 +230,8 @@ namespace vec_math_detail {
 
 constexpr long double kLn2 = 0.693147180559945309417232121458176568L;
 
-// P_FAST for 2^r = 1 + r P2(r): 2^r = e^(r ln2), so P2's coefficient of r^d is P_FAST's times
-// ln2^(d + 1).
+// P2 with 2^r = 1 + r P2(r), from P_FAST: 2^r = e^(r ln2), so P2's coefficient of r^d is
+// P_FAST's times ln2^(d + 1).
 template <typename S>
 struct Exp2Poly {
   static constexpr std::size_t N = std::size(ExpConsts<S>::P_FAST);
@@ -242,24 +247,34 @@ struct Exp2Poly {
   static constexpr auto c = make();
 };
 
-// t rounded to the nearest integer n (|t| < 2^(MANT - 2)), held in the low mantissa bits of
-// t + SHIFTER: adding 1.5 * 2^MANT leaves no fraction bits.
+// The pieces pass plain T values, not a struct of them: GCC 12 copied such a struct (of 32-byte
+// vectors, returned by value) through memory in the AVX2 copy, doubling the mixture kernels' time.
+
+template <typename S>
+constexpr S kShifter = S(3) * S(1ull << (FloatBits<S>::MANT - 1));
+
+// t + SHIFTER: t rounded to the nearest integer n (|t| < 2^(MANT - 2)), which the low mantissa
+// bits hold (adding 1.5 * 2^MANT leaves no fraction bits); n = shifted - SHIFTER.
 template <typename T>
-struct Rounded {
+FASTGEN_INLINE T round_shifted(T t) {
+  return t + kShifter<ScalarOf<T>>;
+}
+
+// n as an integer, from shifted = n + SHIFTER.
+template <typename T>
+FASTGEN_INLINE IntOf<T> shifted_int(T shifted) {
   using S = ScalarOf<T>;
   using U = UIntOf<T>;
-  static constexpr S SHIFTER = S(3) * S(1ull << (FloatBits<S>::MANT - 1));
-  T shifted;
-  FASTGEN_INLINE explicit Rounded(T t) : shifted(t + SHIFTER) {}
-  FASTGEN_INLINE T value() const { return shifted - SHIFTER; }
-  FASTGEN_INLINE IntOf<T> integer() const {
-    return bits_as<IntOf<T>>(U(bits_as<U>(shifted) - std::bit_cast<typename FloatBits<S>::UInt>(SHIFTER)));
-  }
-  // 2^n, for n in the normal exponent range.
-  FASTGEN_INLINE T pow2() const {
-    return bits_as<T>(U((bits_as<U>(shifted) << FloatBits<S>::MANT) + FloatConsts<S>::ONE));
-  }
-};
+  return bits_as<IntOf<T>>(U(bits_as<U>(shifted) - std::bit_cast<typename FloatBits<S>::UInt>(kShifter<S>)));
+}
+
+// 2^n from shifted = n + SHIFTER, for n in the normal exponent range.
+template <typename T>
+FASTGEN_INLINE T shifted_pow2(T shifted) {
+  using S = ScalarOf<T>;
+  using U = UIntOf<T>;
+  return bits_as<T>(U((bits_as<U>(shifted) << FloatBits<S>::MANT) + FloatConsts<S>::ONE));
+}
 
 // 2^n for n in the normal exponent range.
 template <typename T>
@@ -268,21 +283,16 @@ FASTGEN_INLINE T pow2(IntOf<T> n) {
   return bits_as<T>(UIntOf<T>(bits_as<UIntOf<T>>(n) + C::BIAS) << C::MANT);
 }
 
-// x = n ln2 + r, |r| <= ln2 / 2 (slightly more after rounding).
+// x = n ln2 + r: returns r, |r| <= ln2 / 2 (slightly more after rounding), and sets shifted to
+// n + SHIFTER (see round_shifted).
 template <typename T>
-struct ExpReduced {
-  Rounded<T> n;
-  T r;
-};
-
-template <typename T>
-FASTGEN_INLINE ExpReduced<T> exp_reduce(T x) {
-  using E = ExpConsts<ScalarOf<T>>;
-  const Rounded<T> n(x * ScalarOf<T>(kLog2e));
-  const T nf = n.value();
-  T r = x - nf * E::LN2_HI;
-  r = r - nf * E::LN2_LO;
-  return {n, r};
+FASTGEN_INLINE T exp_reduce(T x, T& shifted) {
+  using S = ScalarOf<T>;
+  using E = ExpConsts<S>;
+  shifted = round_shifted(x * S(kLog2e));
+  const T n = shifted - kShifter<S>;
+  const T r = x - n * E::LN2_HI;
+  return r - n * E::LN2_LO;
 }
 
 // e^r for |r| <= ln2 / 2, with P or (FAST) P_FAST.
@@ -303,9 +313,10 @@ template <typename T>
 FASTGEN_INLINE T vexp(T x) {
   using namespace vec_math_detail;
   using E = ExpConsts<ScalarOf<T>>;
-  const ExpReduced<T> a = exp_reduce(clamp(x, E::LO, E::HI));
-  const IntOf<T> n = a.n.integer(), n1 = n >> 1;
-  return exp_poly<false>(a.r) * pow2<T>(n1) * pow2<T>(n - n1);
+  T shifted;
+  const T r = exp_reduce(clamp(x, E::LO, E::HI), shifted);
+  const IntOf<T> n = shifted_int(shifted), n1 = n >> 1;
+  return exp_poly<false>(r) * pow2<T>(n1) * pow2<T>(n - n1);
 }
 
 // exp(x) that never overflows, for terms that are summed, compared or multiplied into finite
@@ -317,8 +328,9 @@ FASTGEN_INLINE T vexp_saturating(T x) {
   using S = ScalarOf<T>;
   constexpr S LIMIT = S(ExpConsts<S>::SATURATE * kLn2);
   const auto below = x < -LIMIT;
-  const ExpReduced<T> a = exp_reduce(select(x > LIMIT, splat<T>(LIMIT), x));
-  return select(below, splat<T>(0), exp_poly<true>(a.r) * a.n.pow2());
+  T shifted;
+  const T r = exp_reduce(select(x > LIMIT, splat<T>(LIMIT), x), shifted);
+  return select(below, splat<T>(0), exp_poly<true>(r) * shifted_pow2(shifted));
 }
 
 // 2^t, saturating at 2^(+-SATURATE) (the normal range) instead of overflowing or flushing to
@@ -328,9 +340,9 @@ FASTGEN_INLINE T vexp2_saturating(T t) {
   using namespace vec_math_detail;
   using S = ScalarOf<T>;
   t = clamp(t, S(-ExpConsts<S>::SATURATE), S(ExpConsts<S>::SATURATE));
-  const Rounded<T> n(t);
-  const T r = t - n.value();  // in [-1/2, 1/2], exact
-  return (1 + r * horner(r, Exp2Poly<S>::c)) * n.pow2();
+  const T shifted = round_shifted(t);
+  const T r = t - (shifted - kShifter<S>);  // in [-1/2, 1/2], exact
+  return (1 + r * horner(r, Exp2Poly<S>::c)) * shifted_pow2(shifted);
 }
 
 // --------------------------------------------------------------------------------------- log
@@ -359,18 +371,18 @@ struct LogConsts<double> {
 
 namespace vec_math_detail {
 
-// log(x) - k_shift ln2 for positive normal x: x = 2^k m with m in [sqrt(1/2), sqrt(2)) (offsetting
-// the bits by those of sqrt(1/2) moves the exponent's boundary there), f = m - 1, s = f / (2 + f),
-// log1p(f) = f - f^2/2 + s (f^2/2 + R(s^2)).
+// log x from the bits of x = 2^k m, m in [sqrt(1/2), sqrt(2)) (offsetting the bits by those of
+// sqrt(1/2) moves the exponent's boundary there; the exponent field may be negative, see vlog):
+// f = m - 1, s = f / (2 + f), log1p(f) = f - f^2/2 + s (f^2/2 + R(s^2)).
 template <typename T>
-FASTGEN_INLINE T log_reduced(T x, IntOf<T> k_shift) {
+FASTGEN_INLINE T log_of_bits(UIntOf<T> bits) {
   using S = ScalarOf<T>;
   using U = UIntOf<T>;
   using C = FloatConsts<S>;
   using L = LogConsts<S>;
   constexpr typename C::UInt SQRT_HALF = std::bit_cast<typename C::UInt>(S(0.70710678118654752440));
-  const U offset = bits_as<U>(x) - SQRT_HALF;
-  const IntOf<T> k = (bits_as<IntOf<T>>(offset) >> C::MANT) - k_shift;  // arithmetic shift: signed
+  const U offset = bits - SQRT_HALF;
+  const IntOf<T> k = bits_as<IntOf<T>>(offset) >> C::MANT;  // arithmetic shift: signed
   const T f = bits_as<T>(U((offset & C::MANT_MASK) + SQRT_HALF)) - 1;
   const T s = f / (2 + f), z = s * s;
   const T R = z * horner(z, L::R);
@@ -383,7 +395,7 @@ FASTGEN_INLINE T log_reduced(T x, IntOf<T> k_shift) {
 // log x for positive normal x only (anything else gives garbage, NaN included).
 template <typename T>
 FASTGEN_INLINE T vlog_positive(T x) {
-  return vec_math_detail::log_reduced(x, IntOf<T>{});
+  return vec_math_detail::log_of_bits<T>(bits_as<UIntOf<T>>(x));
 }
 
 // log x: -inf at +-0, NaN below 0 and for NaN, inf at inf; subnormals are fine.
@@ -395,11 +407,12 @@ FASTGEN_INLINE T vlog(T x) {
   using UI = typename C::UInt;
   constexpr UI SUB = LogConsts<S>::SUBNORMAL_SCALE;
   const U bits = bits_as<U>(x);
-  // Positive subnormals are scaled into the normal range first, by 2^SUB, with integer
-  // arithmetic (a select here becomes a branch that GCC then cannot if-convert).
+  // Positive subnormals (and +0, sorted out below) as the bits of x 2^SUB less SUB in the
+  // exponent field (negative then), picked with mask arithmetic (a select here becomes a branch
+  // that GCC then cannot if-convert).
+  const U scaled = U(bits_as<U>(x * S(UI(1) << SUB)) - (SUB << C::MANT));
   const U subnormal = mask_bits<T>(bits < C::MIN_NORMAL);
-  const T xs = x * bits_as<T>(U(C::ONE + (subnormal & (SUB << C::MANT))));
-  const T r = vec_math_detail::log_reduced(xs, bits_as<IntOf<T>>(U(subnormal & SUB)));
+  const T r = vec_math_detail::log_of_bits<T>(U((scaled & subnormal) | (bits & ~subnormal)));
   // Negative (-0 included, fixed next), +inf or NaN: NaN for negatives, else x itself.
   const T special = select(bits > C::SIGN, splat<T>(std::numeric_limits<S>::quiet_NaN()), x);
   const T out = select(bits >= C::EXP_MASK, special, r);
