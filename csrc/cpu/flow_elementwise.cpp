@@ -3,14 +3,14 @@
 // log-determinant on the way; each backward is one pass that writes every input gradient
 // (the math is in fastgen/ops/affine_coupling.py, actnorm.py and logit_transform.py).
 //
-// Vectorization. exp and log below are inline polynomial versions (exp: Cody-Waite
-// reduction and a Taylor polynomial, log: the fdlibm/musl reduction to [sqrt(1/2), sqrt(2))),
-// plain arithmetic and bit casts that GCC vectorizes, where a call to std::exp would keep
-// the loop scalar; both are within 2 ulp of the correctly rounded result, keep the
-// special values (inf, 0, subnormals, NaN) and never trap. The loops are compiled three
-// times, in functions with AVX-512, AVX2 + FMA and baseline target attributes, and run in
-// the copy the tap-GEMM kernels chose for this CPU (fastgen._C.cpu_isa(); FASTGEN_CPU_ISA
-// overrides): every helper is always-inline, so it is vectorized for the caller's target.
+// Vectorization. The loops are written on scalars and vectorized by GCC (#pragma omp simd):
+// exp, log and the sigmoid's pieces are the inline polynomial versions of vec_math.h (plain
+// arithmetic, bit casts and bitwise selects, within 1.3 ulp, special values kept, no traps),
+// where a call to std::exp would keep the loop scalar. Each parallel task runs its loops
+// through with_isa() (isa_dispatch.h): compiled for AVX-512, AVX2 + FMA and the baseline,
+// run in the copy the tap-GEMM kernels chose for this CPU (fastgen._C.cpu_isa();
+// FASTGEN_CPU_ISA overrides); every helper is always-inline, so it is vectorized for the
+// caller's target.
 //
 // Coupling masks. The mask is shared by the batch, so each call turns it once into a plan:
 // the example's elements in aligned pairs (2k, 2k + 1), runs of pairs with both elements
@@ -31,217 +31,17 @@
 
 #include <algorithm>
 #include <array>
-#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <limits>
 #include <string_view>
 #include <tuple>
 #include <vector>
 
-#include "tap_gemm.h"
+#include "vec_math.h"
 
 namespace fastgen::cpu {
 namespace {
-
-#define FASTGEN_INLINE __attribute__((always_inline)) inline
-#define FASTGEN_INLINE_LAMBDA __attribute__((always_inline))
-
-// ---------------------------------------------------------------------------- vector math
-
-template <typename T>
-struct FloatBits;
-template <>
-struct FloatBits<float> {
-  using U = uint32_t;
-  using I = int32_t;
-  static constexpr int MANT = 23;
-  static constexpr U BIAS = 127;
-};
-template <>
-struct FloatBits<double> {
-  using U = uint64_t;
-  using I = int64_t;
-  static constexpr int MANT = 52;
-  static constexpr U BIAS = 1023;
-};
-
-// c ? a : b, bitwise. The vector math selects with this only: with ?:, GCC threads jumps
-// through the compares and sinks arithmetic into one side of a branch, which it then
-// cannot if-convert (a division or a multiplication may raise a floating-point flag), and
-// the loop stays scalar.
-template <typename T>
-FASTGEN_INLINE T blend(bool c, T a, T b) {
-  using U = typename FloatBits<T>::U;
-  const U m = U(0) - U(c);
-  return std::bit_cast<T>((std::bit_cast<U>(a) & m) | (std::bit_cast<U>(b) & ~m));
-}
-
-// 2^n for n in the normal exponent range.
-template <typename T>
-FASTGEN_INLINE T pow2(typename FloatBits<T>::I n) {
-  using U = typename FloatBits<T>::U;
-  return std::bit_cast<T>(U(U(n) + FloatBits<T>::BIAS) << FloatBits<T>::MANT);
-}
-
-// exp(x): x = n ln2 + r, |r| <= ln2 / 2, exp(x) = 2^n e^r with e^r by Taylor (degree 7 for
-// float, 13 for double: truncation below 0.1 ulp). 2^n is applied as two factors so that
-// results in the subnormal range come out right and overflow gives inf.
-template <typename T>
-FASTGEN_INLINE T exp_(T x) {
-  using B = FloatBits<T>;
-  using U = typename B::U;
-  using I = typename B::I;
-  constexpr bool F32 = sizeof(T) == 4;
-  // Beyond these exp is 0 or inf; clamping keeps n in range (NaN passes both compares).
-  constexpr T LO = F32 ? T(-104) : T(-746), HI = F32 ? T(89) : T(710);
-  x = blend(x < LO, LO, x);
-  x = blend(x > HI, HI, x);
-  // Adding 1.5 * 2^MANT rounds x log2(e) to an integer held in the low mantissa bits.
-  constexpr T SHIFTER = F32 ? T(12582912.0f) : T(6755399441055744.0);
-  const T t = x * T(1.4426950408889634) + SHIFTER;
-  const T n = t - SHIFTER;
-  const I ni = I(std::bit_cast<U>(t) - std::bit_cast<U>(SHIFTER));
-  // ln2 split in a head with trailing zero bits (n * head is exact) and a tail.
-  T r = x - n * (F32 ? T(0.693145751953125f) : T(6.93147180369123816490e-01));
-  r = r - n * (F32 ? T(1.428606765330187045e-06f) : T(1.90821492927058770002e-10));
-  T p;
-  if constexpr (F32) {
-    p = T(1.0 / 5040);
-    p = p * r + T(1.0 / 720);
-    p = p * r + T(1.0 / 120);
-    p = p * r + T(1.0 / 24);
-    p = p * r + T(1.0 / 6);
-  } else {
-    p = T(1.0 / 6227020800.0);
-    p = p * r + T(1.0 / 479001600.0);
-    p = p * r + T(1.0 / 39916800.0);
-    p = p * r + T(1.0 / 3628800.0);
-    p = p * r + T(1.0 / 362880.0);
-    p = p * r + T(1.0 / 40320.0);
-    p = p * r + T(1.0 / 5040.0);
-    p = p * r + T(1.0 / 720.0);
-    p = p * r + T(1.0 / 120.0);
-    p = p * r + T(1.0 / 24.0);
-    p = p * r + T(1.0 / 6.0);
-  }
-  p = p * r + T(0.5);
-  p = p * r + T(1);
-  p = p * r + T(1);
-  const I n1 = ni >> 1;
-  return p * pow2<T>(n1) * pow2<T>(ni - n1);
-}
-
-// log(x): x = 2^k m with m in [sqrt(1/2), sqrt(2)), log m = log1p(f) from s = f / (2 + f)
-// (fdlibm's log, as in musl: under 1 ulp). Zero, negatives, inf, NaN and subnormals are
-// sorted out on the bits, with integer compares.
-template <typename T>
-FASTGEN_INLINE T log_(T x) {
-  using B = FloatBits<T>;
-  using U = typename B::U;
-  using I = typename B::I;
-  constexpr bool F32 = sizeof(T) == 4;
-  constexpr U SIGN = U(1) << (8 * sizeof(T) - 1), EXP_MASK = ((U(1) << (8 * sizeof(T) - 1 - B::MANT)) - 1) << B::MANT;
-  constexpr U MIN_NORMAL = U(1) << B::MANT;
-  constexpr U ONE = F32 ? U(0x3f800000u) : U(0x3ff0000000000000ull);
-  constexpr U SQRT_HALF = F32 ? U(0x3f3504f3u) : U(0x3fe6a09e00000000ull);
-  const U bits = std::bit_cast<U>(x);
-  // Positive subnormals are scaled into the normal range first, by 2^SUB, with integer
-  // arithmetic (a select here becomes a branch that GCC then cannot if-convert).
-  constexpr U SUB = F32 ? 25 : 54;
-  const U subnormal = U(bits < MIN_NORMAL);
-  const T xs = x * std::bit_cast<T>(ONE + ((subnormal * SUB) << B::MANT));
-  U u = std::bit_cast<U>(xs) + (ONE - SQRT_HALF);
-  const I k = I(u >> B::MANT) - I(B::BIAS) - I(subnormal * SUB);
-  u = (u & ((U(1) << B::MANT) - 1)) + SQRT_HALF;
-  const T f = std::bit_cast<T>(u) - T(1);
-  const T s = f / (T(2) + f), z = s * s, w = z * z;
-  T R;
-  if constexpr (F32) {
-    R = z * (T(0.66666662693f) + w * T(0.28498786688f)) + w * (T(0.40000972152f) + w * T(0.24279078841f));
-  } else {
-    const T t1 = w * (T(3.999999999940941908e-01) + w * (T(2.222219843214978396e-01) + w * T(1.531383769920937332e-01)));
-    const T t2 = z * (T(6.666666666666735130e-01) +
-                      w * (T(2.857142874366239149e-01) + w * (T(1.818357216161805012e-01) + w * T(1.479819860511658591e-01))));
-    R = t1 + t2;
-  }
-  const T hfsq = T(0.5) * f * f, dk = T(k);
-  const T ln2_hi = F32 ? T(6.9313812256e-01f) : T(6.93147180369123816490e-01);
-  const T ln2_lo = F32 ? T(9.0580006145e-06f) : T(1.90821492927058770002e-10);
-  const T r = s * (hfsq + R) + dk * ln2_lo - hfsq + f + dk * ln2_hi;
-  // Negative (-0 included, fixed next), +inf or NaN: NaN for negatives, else x itself.
-  const T special = blend(bits > SIGN, std::numeric_limits<T>::quiet_NaN(), x);
-  const T out = blend(bits >= EXP_MASK, special, r);
-  return blend((bits & ~SIGN) == 0, -std::numeric_limits<T>::infinity(), out);
-}
-
-// The pieces of the logistic sigmoid s = 1 / (1 + exp(-z)) from e = exp(-|z|) in (0, 1],
-// never exp of a positive number: no overflow, no cancellation.
-template <typename T>
-struct Sigmoid {
-  T s;       // sigmoid(z)
-  T s_neg;   // 1 - s = sigmoid(-z)
-  T log1p_e;  // log(1 + e): log s = min(z, 0) - log1p_e, log(1 - s) = min(-z, 0) - log1p_e
-  T inv_s;    // 1 / s = 1 + exp(-z): 1 + e for z >= 0, (1 + e) / e below
-  FASTGEN_INLINE T log_s(T z) const { return blend(z < T(0), z, T(0)) - log1p_e; }
-};
-
-template <typename T>
-FASTGEN_INLINE Sigmoid<T> sigmoid_parts(T z) {
-  const T e = exp_(-std::abs(z)), d = T(1) + e, inv = T(1) / d, e_inv = e * inv;
-  const bool nonneg = z >= T(0);
-  Sigmoid<T> p;
-  p.s = blend(nonneg, inv, e_inv);
-  p.s_neg = blend(nonneg, e_inv, inv);
-  // log1p(e) = log(d) + (e - (d - 1)) / d: the second term restores what rounding 1 + e lost.
-  p.log1p_e = log_(d) + (e - (d - T(1))) * inv;
-  p.inv_s = blend(nonneg, d, d / e);
-  return p;
-}
-
-// ------------------------------------------------------------------------- instruction sets
-
-enum class Isa { base, avx2, avx512 };
-
-Isa isa_in_use() {
-  static const Isa isa = [] {
-    const std::string_view name = tap_gemm_set().isa;
-    return name == "avx512" ? Isa::avx512 : name == "avx2" ? Isa::avx2 : Isa::base;
-  }();
-  return isa;
-}
-
-// f is an always-inline lambda: its loops are vectorized for the target of the copy that runs it.
-template <class F>
-void run_base(const F& f) {
-  f();
-}
-#ifdef FASTGEN_X86_ISAS
-template <class F>
-__attribute__((target("avx2,fma"))) void run_avx2(const F& f) {
-  f();
-}
-template <class F>
-__attribute__((target("avx512f,avx512dq,avx512vl,avx2,fma"))) void run_avx512(const F& f) {
-  f();
-}
-#endif
-
-template <class F>
-void with_isa(const F& f) {
-#ifdef FASTGEN_X86_ISAS
-  switch (isa_in_use()) {
-    case Isa::avx512:
-      return run_avx512(f);
-    case Isa::avx2:
-      return run_avx2(f);
-    case Isa::base:
-      break;
-  }
-#endif
-  run_base(f);
-}
 
 // Elements of one example per task: even (a pair never straddles two chunks), and large
 // enough that a task amortizes its scheduling.
@@ -316,7 +116,7 @@ struct Coupling {
       *y = INVERSE ? x - t : x + t;
       return T(0);
     } else if constexpr (S == Scale::exp) {
-      const T m = exp_(INVERSE ? -l : l);
+      const T m = vexp(INVERSE ? -l : l);
       *y = INVERSE ? (x - t) * m : x * m + t;
       return INVERSE ? -l : l;
     } else {
@@ -339,7 +139,7 @@ struct Coupling {
     } else {
       T m, d;
       if constexpr (S == Scale::exp) {
-        m = exp_(INVERSE ? -l : l);
+        m = vexp(INVERSE ? -l : l);
         d = T(1);
       } else {
         const Sigmoid<T> p = sigmoid_parts(l + T(2));
@@ -355,13 +155,13 @@ struct Coupling {
 
 // An aligned pair of a paired run, at x[0], x[1] (and the same offsets of the other
 // arrays): the element picked by sec is transformed, the other passes through. Every
-// operand is loaded (vector loads of interleaved pairs) and picked by blends; the stores
+// operand is loaded (vector loads of interleaved pairs) and picked by selects; the stores
 // are unconditional, so GCC vectorizes.
 template <class C, typename T>
 FASTGEN_INLINE T pair_forward(bool sec, const T* x, const T* t, const T* l, T* y) {
   T yt;
-  const T term = C::forward(blend(sec, x[1], x[0]), blend(sec, t[1], t[0]), blend(sec, l[1], l[0]), &yt);
-  const T y0 = blend(sec, x[0], yt), y1 = blend(sec, yt, x[1]);
+  const T term = C::forward(select(sec, x[1], x[0]), select(sec, t[1], t[0]), select(sec, l[1], l[0]), &yt);
+  const T y0 = select(sec, x[0], yt), y1 = select(sec, yt, x[1]);
   y[0] = y0;
   y[1] = y1;
   return term;
@@ -372,11 +172,11 @@ template <class C, typename T>
 FASTGEN_INLINE void pair_backward(bool sec, const T* gy, T gld, const T* x, const T* t, const T* l, T* gx, T* gt,
                                   T* gl) {
   T a, b, c;
-  C::backward(blend(sec, gy[1], gy[0]), gld, blend(sec, x[1], x[0]), blend(sec, t[1], t[0]), blend(sec, l[1], l[0]),
+  C::backward(select(sec, gy[1], gy[0]), gld, select(sec, x[1], x[0]), select(sec, t[1], t[0]), select(sec, l[1], l[0]),
               &a, &b, &c);
-  const T gx0 = blend(sec, gy[0], a), gx1 = blend(sec, a, gy[1]);
-  const T gt0 = blend(sec, T(0), b), gt1 = blend(sec, b, T(0));
-  const T gl0 = blend(sec, T(0), c), gl1 = blend(sec, c, T(0));
+  const T gx0 = select(sec, gy[0], a), gx1 = select(sec, a, gy[1]);
+  const T gt0 = select(sec, T(0), b), gt1 = select(sec, b, T(0));
+  const T gl0 = select(sec, T(0), c), gl1 = select(sec, c, T(0));
   gx[0] = gx0;
   gx[1] = gx1;
   gt[0] = gt0;
@@ -826,9 +626,9 @@ struct Logit {
     if constexpr (INVERSE) {
       const Sigmoid<T> p = sigmoid_parts(x);
       *y = (p.s - a) / c;
-      return -std::abs(x) - T(2) * p.log1p_e;  // log sigma + log(1 - sigma)
+      return -vabs(x) - T(2) * p.log1p_e;  // log sigma + log(1 - sigma)
     } else {
-      const T log_p = log_(a + c * x), log_q = log_(a + c * (T(1) - x));
+      const T log_p = vlog(a + c * x), log_q = vlog(a + c * (T(1) - x));
       *y = log_p - log_q;
       return -(log_p + log_q);
     }

@@ -10,13 +10,13 @@
 // each component's affine map once per element and then runs all its iterations on that
 // scratch (L1) and on registers.
 //
-// Math functions are written once with GCC vector extensions (exp2 by rounding and a
-// polynomial, log by the exponent split and an atanh series, the normal CDF by an erfc fit),
-// generic in the vector type, and compiled per instruction set: each always_inline kernel is
-// instantiated with vectors of the register width (64, 32, 16 bytes) and inlined into a
-// target-attributed wrapper (AVX-512, AVX2, baseline), picked at run time with the
-// instruction set of fastgen's other CPU kernels (tap_gemm_set(), so FASTGEN_CPU_ISA selects
-// here too).
+// Math is written with GCC vector extensions, generic in the vector type: exp, exp2, log and
+// the sigmoid's pieces are vec_math.h's (shared with flow_elementwise.cpp; this file uses the
+// saturating exp variants where a term must not overflow), the normal CDF is an erfc fit here.
+// Each always_inline kernel is instantiated with vectors of the register width (64, 32, 16
+// bytes) and run through run_on<ISA> (isa_dispatch.h) in the copy compiled for that
+// instruction set (AVX-512, AVX2, baseline), picked at run time with the instruction set of
+// fastgen's other CPU kernels (tap_gemm_set(), so FASTGEN_CPU_ISA selects here too).
 //
 // Polynomial coefficients are Chebyshev-node least-squares fits (mpmath.chebyfit, 50 digits)
 // rounded to the working precision; each table states its function, interval and error.
@@ -30,44 +30,27 @@
 #include <limits>
 #include <string>
 #include <tuple>
-#include <type_traits>
-#include <utility>
 #include <vector>
 
-#include "tap_gemm.h"
-
-// The generic kernels pass wide vectors by value between always_inline functions that are
-// only ever inlined into the target-attributed wrappers: no call crosses an ABI.
+// The generic kernels pass wide vectors by value between always_inline functions (here and in
+// vec_math.h) that are only ever inlined into the target-attributed copies: no call crosses an ABI.
 #pragma GCC diagnostic ignored "-Wpsabi"
 
-#define FASTGEN_INLINE inline __attribute__((always_inline))
+#include "vec_math.h"
 
 namespace fastgen::cpu {
 namespace {
 
 enum class Kind { Logistic, Gaussian };
 
-// Per scalar type: the integer of the same size, the bit layout and the polynomial fits.
+// Per scalar type: the erfc fit and the quantile's Newton steps.
 template <typename T>
 struct Consts;
 
 template <>
 struct Consts<float> {
-  using Int = int32_t;
-  static constexpr int kMantissaBits = 23;
-  static constexpr float kRoundMagic = 0x1.8p23f;  // t + magic rounds t to an integer held in the low bits
-  static constexpr int32_t kOneBits = 0x3f800000;  // the bits of 1.0
-  static constexpr int32_t kSqrtHalfBits = 0x3f3504f3;  // sqrt(1/2), rounded
-  static constexpr int32_t kMantissaMask = 0x007fffff;
-  static constexpr float kExp2Limit = 126;  // 2^t stays normal
   // Erfc's argument is clamped here: its square stays finite and erfc is 0 long before.
   static constexpr float kErfcArgLimit = 1e18f;
-  // 2^r on [-1/2, 1/2], degree 5 (highest first): relative error 7.9e-8.
-  static constexpr float kExp2[] = {0.0013390863314270973f, 0.009676031768321991f, 0.055503569543361664f,
-                                    0.2402210682630539f, 0.6931471824645996f, 1.0000001192092896f};
-  // P(z) with log((1 + s) / (1 - s)) = 2s + s z P(z), z = s^2 in [0, ((sqrt 2 - 1) / (sqrt 2 + 1))^2],
-  // degree 2: relative error of the log below 3e-9.
-  static constexpr float kLog[] = {0.29579949378967285f, 0.3998878002166748f, 0.6666668653488159f};
   // G(y) with erfc(a) = (1 + y) / 2 exp(-a^2 + G(y)), y = (2 - a) / (2 + a) in [-1, 1] for a >= 0
   // (Numerical Recipes' form), degree 11: absolute error 1.4e-8, i.e. relative in erfc.
   static constexpr float kErfc[] = {-9.246457921108231e-05f, 8.508316568622831e-06f, 0.0005880717071704566f,
@@ -80,23 +63,7 @@ struct Consts<float> {
 
 template <>
 struct Consts<double> {
-  using Int = int64_t;
-  static constexpr int kMantissaBits = 52;
-  static constexpr double kRoundMagic = 0x1.8p52;
-  static constexpr int64_t kOneBits = 0x3ff0000000000000;
-  static constexpr int64_t kSqrtHalfBits = 0x3fe6a09e667f3bcd;
-  static constexpr int64_t kMantissaMask = 0x000fffffffffffff;
-  static constexpr double kExp2Limit = 1022;
   static constexpr double kErfcArgLimit = 1e150;
-  // 2^r on [-1/2, 1/2], degree 11: relative error 3.2e-18.
-  static constexpr double kExp2[] = {4.4558179083360645e-10, 7.074194297288521e-09, 1.0178057087733941e-07,
-                                     1.3215432535912375e-06, 1.5252733841556773e-05, 0.00015403530463724353,
-                                     0.001333355814640647,   0.009618129107587256,   0.055504108664821625,
-                                     0.24022650695910158,    0.6931471805599453,     1.0};
-  // As for float, degree 6: relative error of the log below 5e-18.
-  static constexpr double kLog[] = {0.14616449685043406, 0.15331721600556042, 0.18182889125261723,
-                                    0.2222221113479508,  0.28571428625975487, 0.39999999999899505,
-                                    0.666666666666667};
   // As for float, degree 25: absolute error 1.7e-16.
   static constexpr double kErfc[] = {
       -1.1141466421901909e-09, -1.2776506237493277e-08, 3.675878538183882e-08,   7.746001345360312e-08,
@@ -109,31 +76,11 @@ struct Consts<double> {
   static constexpr int kQuantileNewtonSteps = 3;
 };
 
-// A vector type V (GCC vector extension, as wide as the instruction set's registers: wider
-// ones are not split cleanly, GCC scalarizes their selects) and what goes with it.
-template <class V>
-struct Lanes {
-  using T = std::remove_cv_t<std::remove_reference_t<decltype(std::declval<V>()[0])>>;
-  using C = Consts<T>;
-  typedef typename C::Int I __attribute__((vector_size(sizeof(V))));
-  static constexpr int W = sizeof(V) / sizeof(T);
-};
-
-template <class V>
-using Scalar = typename Lanes<V>::T;
-
-template <typename T, int Bytes>
-struct VectorOf {
-  typedef T type __attribute__((vector_size(Bytes)));
-};
-
 // Elements per block: independent vectors in flight, to hide the exp -> divide latency.
 constexpr int kVectorsPerBlock = 4;
 template <class V>
-constexpr int kBlock = kVectorsPerBlock * Lanes<V>::W;
+constexpr int kBlock = kVectorsPerBlock * Lanes<V>::count;
 
-constexpr double kLog2e = 1.4426950408889634;
-constexpr double kLn2 = 0.6931471805599453;
 constexpr double kSqrtHalf = 0.7071067811865476;
 constexpr double kSqrt2Pi = 2.5066282746310002;
 constexpr double kHalfLog2Pi = 0.9189385332046728;
@@ -141,94 +88,15 @@ constexpr double kHalfLog2Pi = 0.9189385332046728;
 // ------------------------------------------------------------------------- vector helpers
 
 template <class V>
-FASTGEN_INLINE V splat(Scalar<V> v) {
-  return V{} + v;
-}
-
-template <class V>
-FASTGEN_INLINE V load(const Scalar<V>* p) {
+FASTGEN_INLINE V load(const ScalarOf<V>* p) {
   V v;
   std::memcpy(&v, p, sizeof v);
   return v;
 }
 
 template <class V>
-FASTGEN_INLINE void store(Scalar<V>* p, V v) {
+FASTGEN_INLINE void store(ScalarOf<V>* p, V v) {
   std::memcpy(p, &v, sizeof v);
-}
-
-template <class V>
-FASTGEN_INLINE V vmax(V a, V b) {
-  return a > b ? a : b;
-}
-
-template <class V>
-FASTGEN_INLINE V vmin(V a, V b) {
-  return a < b ? a : b;
-}
-
-template <class V>
-FASTGEN_INLINE V vabs(V a) {
-  return a < 0 ? -a : a;
-}
-
-// NaN stays NaN (a comparison with NaN is false). Selects are nested rather than made on
-// combined masks (a < lo | a > hi), which GCC scalarizes.
-template <class V>
-FASTGEN_INLINE V clamp(V a, Scalar<V> lo, Scalar<V> hi) {
-  a = a < lo ? splat<V>(lo) : a;
-  return a > hi ? splat<V>(hi) : a;
-}
-
-template <class V, size_t N>
-FASTGEN_INLINE V horner(V x, const Scalar<V> (&c)[N]) {
-  V p = splat<V>(c[0]);
-  for (size_t i = 1; i < N; ++i) p = p * x + c[i];
-  return p;
-}
-
-// 2^t, saturating at 2^(+-limit) (the normal range) instead of overflowing or flushing to 0:
-// for callers that only add the result to 1 or to larger terms. NaN stays NaN.
-template <class V>
-FASTGEN_INLINE V exp2_saturating(V t) {
-  using C = typename Lanes<V>::C;
-  using I = typename Lanes<V>::I;
-  t = clamp(t, -C::kExp2Limit, C::kExp2Limit);
-  const V shifted = t + C::kRoundMagic;
-  const V r = t - (shifted - C::kRoundMagic);  // t - round(t), in [-1/2, 1/2]
-  const I scale = ((I)shifted << C::kMantissaBits) + C::kOneBits;  // the bits of 2^round(t)
-  return horner(r, C::kExp2) * (V)scale;
-}
-
-// exp(x); 0 below the normal range (exp(-inf) = 0), saturating above it.
-template <class V>
-FASTGEN_INLINE V vexp(V x) {
-  const V t = x * Scalar<V>(kLog2e);
-  return t < -Lanes<V>::C::kExp2Limit ? V{} : exp2_saturating(t);
-}
-
-// log x for positive normal x (or NaN -> garbage): x = m 2^e with m in [sqrt(1/2), sqrt(2)),
-// log m = log((1 + s) / (1 - s)) with s = (m - 1) / (m + 1).
-template <class V>
-FASTGEN_INLINE V log_positive(V x) {
-  using C = typename Lanes<V>::C;
-  using I = typename Lanes<V>::I;
-  // Offsetting the bits by those of sqrt(1/2) moves the exponent's boundary there.
-  const I offset = (I)x - C::kSqrtHalfBits;
-  const I e = offset >> C::kMantissaBits;  // arithmetic shift: the signed exponent
-  const V m = (V)((offset & C::kMantissaMask) + C::kSqrtHalfBits);
-  const V s = (m - 1) / (m + 1);
-  const V z = s * s;
-  return __builtin_convertvector(e, V) * Scalar<V>(kLn2) + s * (2 + z * horner(z, C::kLog));
-}
-
-// log x: -inf at 0, NaN below 0 and for NaN, inf at inf; x must not be subnormal.
-template <class V>
-FASTGEN_INLINE V vlog(V x) {
-  using T = Scalar<V>;
-  constexpr T inf = std::numeric_limits<T>::infinity();
-  const V not_positive = x == 0 ? splat<V>(-inf) : splat<V>(std::numeric_limits<T>::quiet_NaN());
-  return x > 0 ? (x < inf ? log_positive(x) : x) : not_positive;
 }
 
 // erfc(c) = t exp(g - c^2) for c = |a|, with t = (1 + y) / 2 = 2 / (2 + c) and g = G(y): the
@@ -236,7 +104,7 @@ FASTGEN_INLINE V vlog(V x) {
 // overflow. c is clamped: huge arguments give erfc = 0 either way, and c^2 and y stay finite.
 template <class V>
 FASTGEN_INLINE void erfc_parts(V a, V& t, V& g, V& c2) {
-  using C = typename Lanes<V>::C;
+  using C = Consts<ScalarOf<V>>;
   const V c = clamp(vabs(a), 0, C::kErfcArgLimit);
   const V inv = 1 / (2 + c);
   t = 2 * inv;
@@ -250,7 +118,7 @@ template <class V>
 FASTGEN_INLINE V normal_cdf_of_scaled(V a) {
   V t, g, c2;
   erfc_parts(a, t, g, c2);
-  const V half_erfc = Scalar<V>(0.5) * t * vexp(g - c2);
+  const V half_erfc = ScalarOf<V>(0.5) * t * vexp_saturating(g - c2);
   return a >= 0 ? half_erfc : 1 - half_erfc;
 }
 
@@ -262,17 +130,15 @@ struct Component;
 
 template <class V>
 struct Component<V, Kind::Logistic> {
-  using T = Scalar<V>;
-  // F = sigmoid(z), log f = -|z| - 2 log(1 + e), score = -tanh(z / 2), with e = exp(-|z|) <= 1.
-  // log(1 + e) is computed as written: its absolute error (what log f needs) stays ~1 ulp.
+  using T = ScalarOf<V>;
+  // F = sigmoid(z), log f = -|z| - 2 log(1 + e), score = -tanh(z / 2), with e = exp(-|z|) <= 1
+  // (vec_math.h's sigmoid pieces; e saturates at 0 below the normal range, where F < 1e-38
+  // (float) is negligible in the mixture).
   static FASTGEN_INLINE void eval(V z, V& F, V& log_f, V& score) {
-    const V abs_z = vabs(z);
-    const V e = vexp(-abs_z);
-    const V r = 1 / (1 + e);
-    F = z >= 0 ? r : e * r;
-    log_f = -abs_z - 2 * log_positive(1 + e);
-    const V tanh_half = (1 - e) * r;
-    score = z >= 0 ? -tanh_half : tanh_half;
+    const Sigmoid<V> p = sigmoid_parts<SigmoidExp::saturating>(z);
+    F = p.s;
+    log_f = -vabs(z) - 2 * p.log1p_e;
+    score = z >= 0 ? -p.tanh_half : p.tanh_half;
   }
   // The bisection's CDF at mid from the affine map t = mid * A + B = -z log2(e).
   static FASTGEN_INLINE void affine(V loc, V inv_scale, V& A, V& B) {
@@ -280,12 +146,12 @@ struct Component<V, Kind::Logistic> {
     B = loc * inv_scale * T(kLog2e);
   }
   // exp2 saturates for |z| > 87 (float) where sigmoid is 1 or below 1e-38: negligible in F.
-  static FASTGEN_INLINE V cdf_of_affine(V t) { return 1 / (1 + exp2_saturating(t)); }
+  static FASTGEN_INLINE V cdf_of_affine(V t) { return 1 / (1 + vexp2_saturating(t)); }
 };
 
 template <class V>
 struct Component<V, Kind::Gaussian> {
-  using T = Scalar<V>;
+  using T = ScalarOf<V>;
   // F = Phi(z), log f = -z^2 / 2 - log(2 pi) / 2, score = -z.
   static FASTGEN_INLINE void eval(V z, V& F, V& log_f, V& score) {
     F = normal_cdf_of_scaled(z * T(-kSqrtHalf));
@@ -303,7 +169,7 @@ struct Component<V, Kind::Gaussian> {
 // The standard component's quantile at u in [tiny, 1 - eps/2].
 template <class V, Kind kind>
 FASTGEN_INLINE V component_quantile(V u) {
-  using T = Scalar<V>;
+  using T = ScalarOf<V>;
   if constexpr (kind == Kind::Logistic) {
     return vlog(u / (1 - u));
   } else {
@@ -314,20 +180,20 @@ FASTGEN_INLINE V component_quantile(V u) {
     const V one_minus = 1 - u;
     const V p = u < one_minus ? u : one_minus;
     const V log_p = vlog(p);
-    const V s = vexp(T(0.5) * vlog(T(-2) * log_p));  // sqrt(-2 log p)
+    const V s = vexp_saturating(T(0.5) * vlog(T(-2) * log_p));  // sqrt(-2 log p)
     const V num = T(2.515517) + s * (T(0.802853) + s * T(0.010328));
     const V den = 1 + s * (T(1.432788) + s * (T(0.189269) + s * T(0.001308)));
     V q = num / den - s;
-    for (int step = 0; step < Lanes<V>::C::kQuantileNewtonSteps; ++step) {
+    for (int step = 0; step < Consts<ScalarOf<V>>::kQuantileNewtonSteps; ++step) {
       const V a = q * T(-kSqrtHalf);
       V t, g, c2;
       erfc_parts(a, t, g, c2);
       // q <= 0 (a >= 0): Phi = t exp(g - c2) / 2 and phi = exp(-c2) / sqrt(2 pi). A start just
       // above 0 (p near 1/2) takes the direct form, where nothing underflows.
       const V lower_log_phi = vlog(T(0.5) * t) + g - c2;
-      const V lower_ratio = T(0.5 * kSqrt2Pi) * t * vexp(g);
-      const V upper_phi = 1 - T(0.5) * t * vexp(g - c2);
-      const V upper_ratio = upper_phi * T(kSqrt2Pi) * vexp(c2);
+      const V lower_ratio = T(0.5 * kSqrt2Pi) * t * vexp_saturating(g);
+      const V upper_phi = 1 - T(0.5) * t * vexp_saturating(g - c2);
+      const V upper_ratio = upper_phi * T(kSqrt2Pi) * vexp_saturating(c2);
       const V log_phi = a >= 0 ? lower_log_phi : vlog(upper_phi);
       const V ratio = a >= 0 ? lower_ratio : upper_ratio;
       q -= (log_phi - log_p) * ratio;
@@ -388,21 +254,21 @@ template <class V>
 using Group = std::array<V, kVectorsPerBlock>;
 
 template <class V>
-FASTGEN_INLINE Group<V> load_group(const Scalar<V>* p) {
+FASTGEN_INLINE Group<V> load_group(const ScalarOf<V>* p) {
   Group<V> g;
-  for (int v = 0; v < kVectorsPerBlock; ++v) g[v] = load<V>(p + v * Lanes<V>::W);
+  for (int v = 0; v < kVectorsPerBlock; ++v) g[v] = load<V>(p + v * Lanes<V>::count);
   return g;
 }
 
 template <class V>
-FASTGEN_INLINE void store_group(Scalar<V>* p, const Group<V>& g) {
-  for (int v = 0; v < kVectorsPerBlock; ++v) store(p + v * Lanes<V>::W, g[v]);
+FASTGEN_INLINE void store_group(ScalarOf<V>* p, const Group<V>& g) {
+  for (int v = 0; v < kVectorsPerBlock; ++v) store(p + v * Lanes<V>::count, g[v]);
 }
 
 // Per element: the logits' max, and exp(logit - max) into `weights` (unnormalized); returns
 // their sum. Arrays [K][BL].
 template <class V>
-FASTGEN_INLINE Group<V> softmax_parts(const Scalar<V>* logits, int64_t K, Scalar<V>* weights, Group<V>& max) {
+FASTGEN_INLINE Group<V> softmax_parts(const ScalarOf<V>* logits, int64_t K, ScalarOf<V>* weights, Group<V>& max) {
   constexpr int BL = kBlock<V>;
   max = load_group<V>(logits);
   for (int64_t k = 1; k < K; ++k) {
@@ -413,7 +279,7 @@ FASTGEN_INLINE Group<V> softmax_parts(const Scalar<V>* logits, int64_t K, Scalar
   for (int64_t k = 0; k < K; ++k) {
     Group<V> e = load_group<V>(logits + k * BL);
     for (int v = 0; v < kVectorsPerBlock; ++v) {
-      e[v] = vexp(e[v] - max[v]);
+      e[v] = vexp_saturating(e[v] - max[v]);
       sum[v] += e[v];
     }
     store_group(weights + k * BL, e);
@@ -423,13 +289,13 @@ FASTGEN_INLINE Group<V> softmax_parts(const Scalar<V>* logits, int64_t K, Scalar
 
 // Per element: log sum_k exp(terms_k) given their max (an all -inf set gives -inf, not NaN).
 template <class V>
-FASTGEN_INLINE Group<V> log_sum_exp(const Scalar<V>* terms, int64_t K, Group<V> max) {
+FASTGEN_INLINE Group<V> log_sum_exp(const ScalarOf<V>* terms, int64_t K, Group<V> max) {
   constexpr int BL = kBlock<V>;
-  for (int v = 0; v < kVectorsPerBlock; ++v) max[v] = max[v] == -std::numeric_limits<Scalar<V>>::infinity() ? V{} : max[v];
+  for (int v = 0; v < kVectorsPerBlock; ++v) max[v] = max[v] == -std::numeric_limits<ScalarOf<V>>::infinity() ? V{} : max[v];
   Group<V> sum{};
   for (int64_t k = 0; k < K; ++k) {
     const Group<V> t = load_group<V>(terms + k * BL);
-    for (int v = 0; v < kVectorsPerBlock; ++v) sum[v] += vexp(t[v] - max[v]);
+    for (int v = 0; v < kVectorsPerBlock; ++v) sum[v] += vexp_saturating(t[v] - max[v]);
   }
   for (int v = 0; v < kVectorsPerBlock; ++v) sum[v] = max[v] + vlog(sum[v]);
   return sum;
@@ -439,19 +305,19 @@ FASTGEN_INLINE Group<V> log_sum_exp(const Scalar<V>* terms, int64_t K, Group<V> 
 // log_scale_k (into `terms`, which holds the unnormalized weights on entry; their max into
 // `max`), F_k into `cdfs` when given. Arrays [K][BL]: 0 logits, 1 loc, 2 log_scale.
 template <class V, Kind kind>
-FASTGEN_INLINE Group<V> mixture_terms(Scalar<V>* const* arr, int64_t K, const Group<V>& x, const Group<V>& logit_max,
-                                      const Group<V>& sum_w, Scalar<V>* terms, Scalar<V>* cdfs, Group<V>& max) {
-  constexpr int BL = kBlock<V>, W = Lanes<V>::W;
+FASTGEN_INLINE Group<V> mixture_terms(ScalarOf<V>* const* arr, int64_t K, const Group<V>& x, const Group<V>& logit_max,
+                                      const Group<V>& sum_w, ScalarOf<V>* terms, ScalarOf<V>* cdfs, Group<V>& max) {
+  constexpr int BL = kBlock<V>, W = Lanes<V>::count;
   Group<V> log_norm, u{};
   for (int v = 0; v < kVectorsPerBlock; ++v) {
     log_norm[v] = logit_max[v] + vlog(sum_w[v]);
-    max[v] = splat<V>(-std::numeric_limits<Scalar<V>>::infinity());
+    max[v] = splat<V>(-std::numeric_limits<ScalarOf<V>>::infinity());
   }
   for (int64_t k = 0; k < K; ++k) {
     for (int v = 0; v < kVectorsPerBlock; ++v) {
       const int64_t o = k * BL + v * W;
       const V log_scale = load<V>(arr[2] + o);
-      const V z = (x[v] - load<V>(arr[1] + o)) * vexp(-log_scale);
+      const V z = (x[v] - load<V>(arr[1] + o)) * vexp_saturating(-log_scale);
       V F, log_f, score;
       Component<V, kind>::eval(z, F, log_f, score);
       u[v] += load<V>(terms + o) * F;
@@ -471,7 +337,7 @@ FASTGEN_INLINE Group<V> mixture_terms(Scalar<V>* const* arr, int64_t K, const Gr
 
 template <class V, Kind kind>
 struct CdfForward {
-  using T = Scalar<V>;
+  using T = ScalarOf<V>;
   static constexpr int BL = kBlock<V>;
   const Mixture<T>& m;
   const T* x;
@@ -505,8 +371,8 @@ struct CdfForward {
 //   du/dlogit_k = w_k (F_k - u),        dlog_pdf/dlogit_k = r_k - w_k
 template <class V, Kind kind>
 struct CdfBackward {
-  using T = Scalar<V>;
-  static constexpr int BL = kBlock<V>, W = Lanes<V>::W;
+  using T = ScalarOf<V>;
+  static constexpr int BL = kBlock<V>, W = Lanes<V>::count;
   const Mixture<T>& m;
   const T *grad_u, *grad_log_pdf, *x, *u, *log_pdf;
   T *grad_x, *grad_logits, *grad_loc, *grad_log_scale;  // null when not requested
@@ -532,18 +398,18 @@ struct CdfBackward {
       for (int v = 0; v < kVectorsPerBlock; ++v) {
         inv_sum_w[v] = 1 / sum_w[v];
         log_norm[v] = logit_max[v] + vlog(sum_w[v]);
-        gx[v] = gu_p[v] = gu[v] * vexp(L[v]);
+        gx[v] = gu_p[v] = gu[v] * vexp_saturating(L[v]);
       }
       for (int64_t k = 0; k < m.K; ++k) {
         for (int v = 0; v < kVectorsPerBlock; ++v) {
           const int64_t o = k * BL + v * W;
           const V logit = load<V>(arr[0] + o), log_scale = load<V>(arr[2] + o);
           const V w = load<V>(weights + o) * inv_sum_w[v];
-          const V inv_scale = vexp(-log_scale);
+          const V inv_scale = vexp_saturating(-log_scale);
           const V d = xv[v] - load<V>(arr[1] + o), z = d * inv_scale;
           V F, log_f, score;
           Component<V, kind>::eval(z, F, log_f, score);
-          const V r = vexp(logit - log_norm[v] + log_f - log_scale - L[v]);
+          const V r = vexp_saturating(logit - log_norm[v] + log_f - log_scale - L[v]);
           const V gl_score = gl[v] * score;
           gx[v] += r * gl_score * inv_scale;
           store(arr[0] + o, gu[v] * w * (F - uv[v]) + gl[v] * (r - w));
@@ -564,8 +430,8 @@ struct CdfBackward {
 // component quantiles loc_k + s_k Q(u), then `iters` halvings; x is the final bracket's middle.
 template <class V, Kind kind>
 struct Icdf {
-  using T = Scalar<V>;
-  static constexpr int B = kVectorsPerBlock, BL = kBlock<V>, W = Lanes<V>::W;
+  using T = ScalarOf<V>;
+  static constexpr int B = kVectorsPerBlock, BL = kBlock<V>, W = Lanes<V>::count;
   const Mixture<T>& m;
   const T* u;
   int64_t iters;
@@ -596,11 +462,11 @@ struct Icdf {
         for (int v = 0; v < B; ++v) {
           const int64_t o = k * BL + v * W;
           const V loc = load<V>(arr[1] + o), log_scale = load<V>(arr[2] + o);
-          const V quantile = loc + vexp(log_scale) * q[v];
+          const V quantile = loc + vexp_saturating(log_scale) * q[v];
           lo[v] = vmin(lo[v], quantile);
           hi[v] = vmax(hi[v], quantile);
           V a, c;
-          Component<V, kind>::affine(loc, vexp(-log_scale), a, c);
+          Component<V, kind>::affine(loc, vexp_saturating(-log_scale), a, c);
           store(A + o, a);
           store(Bc + o, c);
           store(weights + o, load<V>(weights + o) * inv_sum_w[v]);
@@ -642,8 +508,8 @@ struct Icdf {
 //   dx/dlog_s_k = r_k (x - loc_k).
 template <class V, Kind kind>
 struct IcdfBackward {
-  using T = Scalar<V>;
-  static constexpr int BL = kBlock<V>, W = Lanes<V>::W;
+  using T = ScalarOf<V>;
+  static constexpr int BL = kBlock<V>, W = Lanes<V>::count;
   const Mixture<T>& m;
   const T *grad_x, *x;
   T *grad_u, *grad_logits, *grad_loc, *grad_log_scale;  // null when not requested
@@ -668,14 +534,14 @@ struct IcdfBackward {
       Group<V> log_norm, g_over_p;
       for (int v = 0; v < kVectorsPerBlock; ++v) {
         log_norm[v] = logit_max[v] + vlog(sum_w[v]);
-        const V p = vexp(L[v]);
+        const V p = vexp_saturating(L[v]);
         g_over_p[v] = g[v] / (p > tiny ? p : splat<V>(tiny));
       }
       for (int64_t k = 0; k < m.K; ++k) {
         for (int v = 0; v < kVectorsPerBlock; ++v) {
           const int64_t o = k * BL + v * W;
-          const V w = vexp(load<V>(arr[0] + o) - log_norm[v]);
-          const V gr = g[v] * vexp(load<V>(terms + o) - L[v]);
+          const V w = vexp_saturating(load<V>(arr[0] + o) - log_norm[v]);
+          const V gr = g[v] * vexp_saturating(load<V>(terms + o) - L[v]);
           store(arr[0] + o, -g_over_p[v] * w * (load<V>(cdfs + o) - F[v]));
           store(arr[2] + o, gr * (xv[v] - load<V>(arr[1] + o)));
           store(arr[1] + o, gr);
@@ -692,47 +558,22 @@ struct IcdfBackward {
 
 // ----------------------------------------------------------------------------- dispatch
 
-template <class Kernel>
-__attribute__((target("avx512f,avx512dq,avx512vl,avx2,fma"))) void run_avx512(const Kernel& k, int64_t b0,
-                                                                              int64_t b1) {
-  k.run(b0, b1);
-}
-
-template <class Kernel>
-__attribute__((target("avx2,fma"))) void run_avx2(const Kernel& k, int64_t b0, int64_t b1) {
-  k.run(b0, b1);
-}
-
-template <class Kernel>
-void run_base(const Kernel& k, int64_t b0, int64_t b1) {
-  k.run(b0, b1);
-}
-
-// Runs `Kernel<V, kind>{args...}` over every block in parallel, through `wrapper`. A task gets
+// Runs `Kernel<V, kind>{args...}` over every block in parallel, in the copy of the instruction
+// set of fastgen's CPU kernels, with V a vector of its register width (as wide as the
+// registers: wider ones are not split cleanly, GCC scalarizes their selects). A task gets
 // enough blocks for about 1e5 component evaluations (`passes` per component and element), to
 // amortize its scratch and scheduling.
-template <template <class, Kind> class Kernel, class V, Kind kind, class... Args>
-void run_with(void (*wrapper)(const Kernel<V, kind>&, int64_t, int64_t), int64_t N, int64_t K, int64_t passes,
-              const Args&... args) {
-  const Kernel<V, kind> kernel{args...};
-  constexpr int64_t block = kBlock<V>;
-  const int64_t grain = std::max<int64_t>(1, 100000 / std::max<int64_t>(1, block * K * passes));
-  at::parallel_for(0, (N + block - 1) / block, grain, [&](int64_t b0, int64_t b1) { wrapper(kernel, b0, b1); });
-}
-
-// On the instruction set of fastgen's CPU kernels, with vectors of its register width.
 template <template <class, Kind> class Kernel, typename T, Kind kind, class... Args>
 void run_isa(int64_t N, int64_t K, int64_t passes, const Args&... args) {
-  using V64 = typename VectorOf<T, 64>::type;
-  using V32 = typename VectorOf<T, 32>::type;
-  using V16 = typename VectorOf<T, 16>::type;
-  const std::string isa = tap_gemm_set().isa;
-  if (isa == "avx512")
-    run_with<Kernel, V64, kind>(&run_avx512<Kernel<V64, kind>>, N, K, passes, args...);
-  else if (isa == "avx2")
-    run_with<Kernel, V32, kind>(&run_avx2<Kernel<V32, kind>>, N, K, passes, args...);
-  else
-    run_with<Kernel, V16, kind>(&run_base<Kernel<V16, kind>>, N, K, passes, args...);
+  dispatch_isa([&]<Isa ISA>() {
+    using V = typename VectorOf<T, vector_bytes(ISA)>::type;
+    const Kernel<V, kind> kernel{args...};
+    constexpr int64_t block = kBlock<V>;
+    const int64_t grain = std::max<int64_t>(1, 100000 / std::max<int64_t>(1, block * K * passes));
+    at::parallel_for(0, (N + block - 1) / block, grain, [&](int64_t b0, int64_t b1) {
+      run_on<ISA>([&]() FASTGEN_INLINE_LAMBDA { kernel.run(b0, b1); });
+    });
+  });
 }
 
 template <template <class, Kind> class Kernel, typename T, class... Args>

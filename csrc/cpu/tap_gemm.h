@@ -55,6 +55,10 @@ struct TapGemmSet {
 TapGemmSet tap_gemm_base();
 #if defined(__x86_64__) && defined(__GNUC__)
 #define FASTGEN_X86_ISAS 1
+// The function attributes that compile a copy for each instruction set (these kernels, and
+// the element-wise ones through isa_dispatch.h); tap_gemm_set() checks the same features.
+#define FASTGEN_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#define FASTGEN_TARGET_AVX512 __attribute__((target("avx512f,avx512dq,avx512vl,avx2,fma")))
 TapGemmSet tap_gemm_avx2();
 TapGemmSet tap_gemm_avx512();
 #endif

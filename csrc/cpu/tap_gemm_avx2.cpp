@@ -5,7 +5,7 @@
 #ifdef FASTGEN_X86_ISAS
 #define FASTGEN_ISA avx2
 #define FASTGEN_ISA_NAME "avx2"
-#define FASTGEN_TARGET __attribute__((target("avx2,fma")))
+#define FASTGEN_TARGET FASTGEN_TARGET_AVX2
 #define FASTGEN_VECTOR_BYTES 32
 #define FASTGEN_NR_MAX 6
 #define FASTGEN_PAIR_NR 2

@@ -5,7 +5,7 @@
 #ifdef FASTGEN_X86_ISAS
 #define FASTGEN_ISA avx512
 #define FASTGEN_ISA_NAME "avx512"
-#define FASTGEN_TARGET __attribute__((target("avx512f,avx512dq,avx512vl,avx2,fma")))
+#define FASTGEN_TARGET FASTGEN_TARGET_AVX512
 #define FASTGEN_VECTOR_BYTES 64
 #define FASTGEN_NR_MAX 14
 #define FASTGEN_PAIR_NR 4
