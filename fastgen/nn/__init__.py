@@ -6,6 +6,7 @@ from .dequantization import Logit, UniformDequantization, VariationalDequantizat
 from .flow import ActNorm, FlowSequential, InvConv1x1, Squeeze
 from .gated_pixelcnn import GatedPixelCNNLayer, GatedPixelCNNState
 from .masked_conv import MaskedConv2d
+from .masked_linear import MaskedLinear
 from .mixture_flow import ElementwiseMixtureCDFFlow
 from .wavenet import GatedResidualBlock
 
@@ -22,6 +23,7 @@ __all__ = [
     "InvConv1x1",
     "Logit",
     "MaskedConv2d",
+    "MaskedLinear",
     "MixtureCDFCoupling",
     "Squeeze",
     "UniformDequantization",

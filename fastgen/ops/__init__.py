@@ -17,6 +17,7 @@ from .gated_residual_block import (
 )
 from .logit_transform import logit_transform, logit_transform_ref
 from .masked_conv2d import masked_conv2d, masked_conv2d_mask, masked_conv2d_ref
+from .masked_linear import masked_linear, masked_linear_ref
 from .mixture_cdf import default_icdf_iters, mixture_cdf, mixture_cdf_ref, mixture_icdf, mixture_icdf_ref
 
 __all__ = [
@@ -41,6 +42,8 @@ __all__ = [
     "masked_conv2d",
     "masked_conv2d_mask",
     "masked_conv2d_ref",
+    "masked_linear",
+    "masked_linear_ref",
     "mixture_cdf",
     "mixture_cdf_ref",
     "mixture_icdf",

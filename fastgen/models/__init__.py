@@ -1,0 +1,8 @@
+"""The model zoo: every model is a :class:`DensityModel`, built by name with :func:`build`.
+
+``fastgen.models.available()`` lists the names.
+"""
+
+from .base import AutoregressiveModel, DensityModel, available, build, register, sample_categorical
+
+__all__ = ["AutoregressiveModel", "DensityModel", "available", "build", "register", "sample_categorical"]

@@ -1,0 +1,233 @@
+r"""The contract every zoo model follows, and the registry that builds them by name.
+
+- :class:`DensityModel`: ``log_prob`` (nats per example), ``loss`` (mean NLL in nats per
+  dimension), ``bits_per_dim`` and ``sample``.
+- :class:`AutoregressiveModel`: a discrete model over ``D`` dimensions with ``categories``
+  values each, factorized as :math:`p(x) = \prod_t p(x_{\pi_t} \mid x_{\pi_1}, \dots,
+  x_{\pi_{t-1}})` in a generation order :math:`\pi`. Subclasses give the conditionals of
+  every dimension at once (``logits``, for training) and one at a time from a cache
+  (``init_cache`` / ``step``, for sampling); the base derives ``log_prob`` and both kinds of
+  sampling from them.
+- :func:`register`, :func:`build`, :func:`available`: the zoo by name.
+
+Sampling draws one uniform per dimension up front, in data (raster/time) order, and turns
+the uniform of each dimension into its value by inverting the conditional's CDF
+(:func:`sample_categorical`). The cached and the naive loop therefore consume the
+randomness identically and give the same samples for the same generator, up to the
+rounding of the logits.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import torch
+from torch import nn
+
+__all__ = [
+    "AutoregressiveModel",
+    "DensityModel",
+    "available",
+    "build",
+    "register",
+    "sample_categorical",
+]
+
+
+class DensityModel(nn.Module):
+    """Base of every zoo model: an exact density (or probability mass) over examples of
+    shape ``event_shape``.
+
+    Subclasses set ``event_shape`` in ``__init__`` and implement :meth:`log_prob` and
+    :meth:`sample`; :meth:`loss` and :meth:`bits_per_dim` follow. ``cond`` is an optional
+    per-example conditioning input (class labels ``(B,)`` or features ``(B, F)``) for the
+    models that take one.
+    """
+
+    event_shape: tuple[int, ...]
+
+    @property
+    def num_dims(self) -> int:
+        """The number of dimensions of one example, ``prod(event_shape)``."""
+        return math.prod(self.event_shape)
+
+    def log_prob(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """Exact log-likelihood of each example, in nats: ``x (B, *event_shape) -> (B,)``."""
+        raise NotImplementedError
+
+    def loss(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean negative log-likelihood in nats per dimension (a scalar), the training loss."""
+        return -self.log_prob(x, cond).mean() / self.num_dims
+
+    def bits_per_dim(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean negative log-likelihood in bits per dimension (a scalar)."""
+        return self.loss(x, cond) / math.log(2)
+
+    def sample(
+        self, n: int, cond: torch.Tensor | None = None, generator: torch.Generator | None = None, **kwargs: Any
+    ) -> torch.Tensor:
+        """``n`` samples ``(n, *event_shape)``, drawn with ``generator`` (the default one if None)."""
+        raise NotImplementedError
+
+    def _device_dtype(self) -> tuple[torch.device, torch.dtype]:
+        """Device and floating dtype of the model's parameters and buffers (CPU float32 if it has none)."""
+        for t in [*self.parameters(), *self.buffers()]:
+            if t.is_floating_point():
+                return t.device, t.dtype
+        return torch.device("cpu"), torch.get_default_dtype()
+
+    def _check_n(self, n: object) -> int:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"{type(self).__name__}.sample: n must be a positive int, got {n!r}")
+        return n
+
+    def _check_cond(self, cond: torch.Tensor | None, batch: int, cond_shape: tuple[int, ...] | None) -> None:
+        """``cond`` must be None when the model takes no conditioning (``cond_shape`` None),
+        else a tensor ``(batch, *cond_shape)``."""
+        name = type(self).__name__
+        if cond_shape is None:
+            if cond is not None:
+                raise ValueError(f"{name}: this model takes no cond, got a {type(cond).__name__}")
+            return
+        if not isinstance(cond, torch.Tensor):
+            raise TypeError(f"{name}: cond must be a tensor of shape {(batch, *cond_shape)}, got {type(cond).__name__}")
+        if tuple(cond.shape) != (batch, *cond_shape):
+            raise ValueError(f"{name}: cond must have shape {(batch, *cond_shape)}, got {tuple(cond.shape)}")
+
+
+def sample_categorical(logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Invert the CDF of ``softmax(logits)`` at ``u``: ``(..., K), (...) -> (...)`` long.
+
+    The value is the first ``k`` whose cumulative probability exceeds ``u`` times the total
+    (so rounding in the total never picks a category of probability zero, and ``u`` in
+    ``[0, 1)`` always lands on one).
+    """
+    cdf = torch.softmax(logits, dim=-1).cumsum(-1)
+    target = (u.to(cdf.dtype) * cdf[..., -1]).unsqueeze(-1)
+    return torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp_max_(logits.shape[-1] - 1)
+
+
+class AutoregressiveModel(DensityModel):
+    """A discrete autoregressive model: ``x`` is a long tensor ``(B, *event_shape)`` with
+    values in ``[0, categories)``.
+
+    Subclasses set ``event_shape`` and ``categories`` (and ``cond_shape``, the shape of one
+    example's ``cond``, if they are conditional) and implement:
+
+    - :meth:`logits`: every conditional at once, ``x (B, *event_shape) -> (B, D, categories)``
+      over the flattened dimensions in data order, entry ``d`` depending only on the
+      dimensions before ``d`` in the generation order;
+    - :meth:`init_cache` and :meth:`step`: the incremental form, one dimension per call, each
+      step computing only what the new dimension needs;
+    - :meth:`generation_order` if it is not the data order.
+    """
+
+    categories: int
+    cond_shape: tuple[int, ...] | None = None
+
+    def logits(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits of every dimension's conditional: ``(B, *event_shape) -> (B, D, categories)``."""
+        raise NotImplementedError
+
+    def init_cache(self, batch: int, cond: torch.Tensor | None = None) -> Any:
+        """A fresh cache for generating ``batch`` examples (with their ``cond``)."""
+        raise NotImplementedError
+
+    def step(self, cache: Any, x_prev: torch.Tensor | None) -> torch.Tensor:
+        """Logits ``(B, categories)`` of the next dimension in the generation order, given the
+        value ``x_prev (B,)`` of the dimension generated last (None at the first step);
+        updates ``cache`` in place."""
+        raise NotImplementedError
+
+    def generation_order(self) -> list[int]:
+        """The flattened dimensions in the order they are generated (default: data order)."""
+        return list(range(self.num_dims))
+
+    def check_data(self, x: object, name: str = "x") -> torch.Tensor:
+        """``x`` must be an integer tensor ``(B, *event_shape)`` with values in ``[0, categories)``."""
+        model = type(self).__name__
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{model}: {name} must be a torch.Tensor, got {type(x).__name__}")
+        if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
+            raise TypeError(f"{model}: {name} must have an integer dtype (values 0..{self.categories - 1}), got {x.dtype}")
+        if x.dim() != 1 + len(self.event_shape) or tuple(x.shape[1:]) != tuple(self.event_shape):
+            raise ValueError(f"{model}: {name} must have shape (B, {', '.join(map(str, self.event_shape))}), got {tuple(x.shape)}")
+        if x.numel() and (int(x.min()) < 0 or int(x.max()) >= self.categories):
+            raise ValueError(
+                f"{model}: {name} must have values in [0, {self.categories}), got values in [{int(x.min())}, {int(x.max())}]"
+            )
+        return x
+
+    def log_prob(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.check_data(x)
+        self._check_cond(cond, x.shape[0], self.cond_shape)
+        logp = torch.log_softmax(self.logits(x, cond), dim=-1)  # (B, D, K)
+        return logp.gather(-1, x.reshape(x.shape[0], -1, 1).long()).squeeze(-1).sum(-1)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        cond: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        *,
+        cache: bool = True,
+    ) -> torch.Tensor:
+        """``n`` samples ``(n, *event_shape)`` long, one dimension at a time in
+        :meth:`generation_order`.
+
+        ``cache=True`` steps the model incrementally (:meth:`init_cache` / :meth:`step`);
+        ``cache=False`` recomputes the full :meth:`logits` for every dimension. Both turn the
+        same uniforms (drawn up front, one per dimension in data order) into values, so they
+        agree for the same ``generator``.
+        """
+        n = self._check_n(n)
+        if not isinstance(cache, bool):
+            raise TypeError(f"{type(self).__name__}.sample: cache must be a bool, got {type(cache).__name__}")
+        self._check_cond(cond, n, self.cond_shape)
+        device, dtype = self._device_dtype()
+        u = torch.rand(n, self.num_dims, generator=generator, device=device, dtype=dtype)
+        x = torch.zeros(n, self.num_dims, dtype=torch.long, device=device)
+        if cache:
+            state, prev = self.init_cache(n, cond), None
+            for d in self.generation_order():
+                x[:, d] = sample_categorical(self.step(state, prev), u[:, d])
+                prev = x[:, d]
+        else:
+            for d in self.generation_order():
+                logits = self.logits(x.view(n, *self.event_shape), cond)[:, d]
+                x[:, d] = sample_categorical(logits, u[:, d])
+        return x.view(n, *self.event_shape)
+
+
+# ------------------------------------------------------------------------------ registry
+
+_MODELS: dict[str, type[DensityModel]] = {}
+
+M = TypeVar("M", bound=type[DensityModel])
+
+
+def register(name: str) -> Callable[[M], M]:
+    """Class decorator: make a :class:`DensityModel` subclass buildable as ``build(name, ...)``."""
+
+    def decorate(cls: M) -> M:
+        if name in _MODELS:
+            raise ValueError(f"register: a model named {name!r} is already registered ({_MODELS[name].__name__})")
+        _MODELS[name] = cls
+        return cls
+
+    return decorate
+
+
+def available() -> list[str]:
+    """The names of every zoo model, sorted."""
+    return sorted(_MODELS)
+
+
+def build(name: str, **config: Any) -> DensityModel:
+    """The zoo model ``name`` constructed with ``config`` (its constructor's keyword arguments)."""
+    if not isinstance(name, str) or name not in _MODELS:
+        raise ValueError(f"build: unknown model {name!r}; available: {', '.join(available())}")
+    return _MODELS[name](**config)
