@@ -4,5 +4,15 @@
 """
 
 from .base import AutoregressiveModel, DensityModel, available, build, register, sample_categorical
+from .made import MADE, MADECache
 
-__all__ = ["AutoregressiveModel", "DensityModel", "available", "build", "register", "sample_categorical"]
+__all__ = [
+    "AutoregressiveModel",
+    "DensityModel",
+    "MADE",
+    "MADECache",
+    "available",
+    "build",
+    "register",
+    "sample_categorical",
+]
