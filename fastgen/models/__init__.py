@@ -4,5 +4,16 @@
 """
 
 from .base import AutoregressiveModel, DensityModel, available, build, register, sample_categorical
+from .bayes_net import BayesNet
+from .histogram import Histogram
 
-__all__ = ["AutoregressiveModel", "DensityModel", "available", "build", "register", "sample_categorical"]
+__all__ = [
+    "AutoregressiveModel",
+    "BayesNet",
+    "DensityModel",
+    "Histogram",
+    "available",
+    "build",
+    "register",
+    "sample_categorical",
+]
