@@ -5,13 +5,17 @@
 
 from .base import AutoregressiveModel, DensityModel, available, build, register, sample_categorical
 from .bayes_net import BayesNet
+from .discretized_logistic_mixture import DiscretizedMixtureOfLogistics
+from .gaussian_mixture import MixtureOfGaussians
 from .histogram import Histogram
 
 __all__ = [
     "AutoregressiveModel",
     "BayesNet",
     "DensityModel",
+    "DiscretizedMixtureOfLogistics",
     "Histogram",
+    "MixtureOfGaussians",
     "available",
     "build",
     "register",
