@@ -8,6 +8,7 @@ from .bayes_net import BayesNet
 from .discretized_logistic_mixture import DiscretizedMixtureOfLogistics
 from .gaussian_mixture import MixtureOfGaussians
 from .histogram import Histogram
+from .recurrent import RecurrentAR
 
 __all__ = [
     "AutoregressiveModel",
@@ -16,6 +17,7 @@ __all__ = [
     "DiscretizedMixtureOfLogistics",
     "Histogram",
     "MixtureOfGaussians",
+    "RecurrentAR",
     "available",
     "build",
     "register",
