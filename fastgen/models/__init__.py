@@ -4,13 +4,22 @@
 """
 
 from .base import AutoregressiveModel, DensityModel, available, build, register, sample_categorical
-from .made import MADE, MADECache
+from .bayes_net import BayesNet
+from .discretized_logistic_mixture import DiscretizedMixtureOfLogistics
+from .gaussian_mixture import MixtureOfGaussians
+from .histogram import Histogram
+from .made import MADE
+from .recurrent import RecurrentAR
 
 __all__ = [
     "AutoregressiveModel",
+    "BayesNet",
     "DensityModel",
+    "DiscretizedMixtureOfLogistics",
+    "Histogram",
     "MADE",
-    "MADECache",
+    "MixtureOfGaussians",
+    "RecurrentAR",
     "available",
     "build",
     "register",
