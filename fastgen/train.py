@@ -8,13 +8,13 @@ from __future__ import annotations
 import math
 import numbers
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 
 import torch
 from tqdm.auto import tqdm
 
+from ._atomic import write_atomic
 from .models.base import DensityModel
 from .ops._checks import check_bool, check_int
 
@@ -183,7 +183,8 @@ def fit(
             bar.set_postfix(postfix)
             history.seconds.append(time.perf_counter() - start)
             if checkpoint is not None:
-                _save_atomic(_checkpoint_state(model, optimizer, history, config, shuffle, device), checkpoint)
+                state = _checkpoint_state(model, optimizer, history, config, shuffle, device)
+                write_atomic(checkpoint, lambda file: torch.save(state, file))
     finally:
         bar.close()
         model.train(was_training)
@@ -224,29 +225,6 @@ def _checkpoint_state(
         "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
     }
-
-
-def _save_atomic(state: dict, path: str | os.PathLike) -> None:
-    """``torch.save(state, path)`` such that ``path`` is always either the old file or the
-    complete new one: write a temporary file in the same directory (a rename is atomic only
-    within one file system), make it durable, then rename it over ``path``."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())  # else a crash after the rename can leave the new name with no data
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    if os.name == "posix":  # makes the rename itself durable
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
 
 
 def _restore(

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import torch
-
 from ..models.bayes_net import BayesNet
 from ..ops._checks import check_int
+from ._split import check_fraction, make_split, seeded_generator
 from .base import DataSplit
 
 __all__ = ["alarm"]
@@ -17,8 +16,8 @@ def alarm(n: int = 10_000, *, test_fraction: float = 0.2, seed: int = 0) -> Data
     with a generator seeded by ``seed``; ``BayesNet.alarm().cpts()`` are the conditional
     probability tables they come from.
 
-    The last ``round(n * test_fraction)`` samples are the test set, the others the train set:
-    long tensors ``(N, 5)`` with values in ``{0, 1}``, ``categories = 2``, no labels.
+    A seeded shuffle puts ``round(n * test_fraction)`` samples in the test set, the others
+    in the train set: long tensors ``(N, 5)`` with values in ``{0, 1}``, ``categories = 2``, no labels.
 
     Example:
         >>> data = alarm(1000, seed=0)
@@ -26,13 +25,7 @@ def alarm(n: int = 10_000, *, test_fraction: float = 0.2, seed: int = 0) -> Data
         (torch.Size([800, 5]), torch.Size([200, 5]), 2)
     """
     check_int("alarm", "n", n, minimum=2)
-    check_int("alarm", "seed", seed, minimum=0)
-    if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)):
-        raise TypeError(f"alarm: test_fraction must be a float, got {type(test_fraction).__name__}")
-    if not 0 < test_fraction < 1:
-        raise ValueError(f"alarm: test_fraction must be in (0, 1), got {test_fraction}")
-    num_test = round(n * test_fraction)
-    if not 0 < num_test < n:
-        raise ValueError(f"alarm: test_fraction={test_fraction} of {n} examples leaves an empty train or test set")
-    x = BayesNet.alarm().double().sample(n, generator=torch.Generator().manual_seed(seed))
-    return DataSplit(name="alarm", train=x[: n - num_test], test=x[n - num_test :], categories=2)
+    test_fraction = check_fraction("alarm", "test_fraction", test_fraction)
+    generator = seeded_generator("alarm", seed)
+    x = BayesNet.alarm().double().sample(n, generator=generator)
+    return make_split("alarm", "alarm", x, None, test_fraction=test_fraction, generator=generator, categories=2)

@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from scipy.stats import chi2
 
-from fastgen.models import MADE, MADECache, build
+from fastgen.models import MADE, build
+from fastgen.models.made import MADECache
 from tests.helpers import tolerances
 
 TOL = tolerances(torch.float64)

@@ -1,0 +1,97 @@
+"""A grid of images saved as an 8-bit PNG, with nothing but :mod:`zlib` and :mod:`struct`
+(no Pillow, no matplotlib): for looking at data sets and model samples."""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+
+import torch
+
+from .._atomic import write_atomic
+from ..ops._checks import check_int, check_tensor
+
+__all__ = ["save_image_grid"]
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_COLOR_TYPES = {1: 0, 3: 2}  # channels -> PNG colour type: greyscale, truecolour (RGB)
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def save_image_grid(
+    images: torch.Tensor, path: str | os.PathLike, *, nrow: int = 8, levels: int | None = None, padding: int = 1
+) -> None:
+    """Saves ``images`` side by side, ``nrow`` per row, as one PNG at ``path``.
+
+    The grid has ``ceil(N / nrow)`` rows of ``min(N, nrow)`` images separated and surrounded by
+    ``padding`` black pixels; cells past the last image stay black. The file is written to a
+    temporary file in the same directory and renamed over ``path``, so that an interrupted
+    write never leaves a truncated image.
+
+    Args:
+        images: ``(N, C, H, W)`` with ``C = 1`` (grey) or ``C = 3`` (RGB), on any device: either
+            integer levels in ``[0, levels)`` (e.g. a :class:`DataSplit`'s ``categories``), level
+            ``v`` shown as ``round(255 v / (levels - 1))``, or floating values in ``[0, 1]``
+            shown as ``round(255 v)``.
+        path: file to write (``str`` or path-like); its directory must exist.
+        nrow: images per row, >= 1.
+        levels: number of levels of integer images, >= 2; must be None for floating images.
+        padding: pixels between and around the images, >= 0.
+
+    >>> import tempfile
+    >>> from fastgen.data import shapes
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     save_image_grid(shapes(16).train, os.path.join(folder, "shapes.png"), levels=2)
+    """
+    op = "save_image_grid"
+    check_tensor(op, "images", images, ("N", "C", "H", "W"), floating=False)
+    n, channels, height, width = images.shape
+    if channels not in _COLOR_TYPES:
+        raise ValueError(f"{op}: images must have 1 (grey) or 3 (RGB) channels, got shape {tuple(images.shape)}")
+    if n == 0 or height == 0 or width == 0:
+        raise ValueError(f"{op}: images must not be empty, got shape {tuple(images.shape)}")
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{op}: path must be a str or os.PathLike, got {type(path).__name__}")
+    nrow = check_int(op, "nrow", nrow, minimum=1)
+    padding = check_int(op, "padding", padding, minimum=0)
+    if images.is_floating_point():
+        if levels is not None:
+            raise ValueError(f"{op}: levels is for integer images; floating images are in [0, 1], got levels={levels}")
+        if not bool(((images >= 0) & (images <= 1)).all()):
+            raise ValueError(f"{op}: floating images must have values in [0, 1] (and no NaN)")
+        pixels = (images.double() * 255).round()
+    elif images.is_complex() or images.dtype == torch.bool:
+        raise TypeError(f"{op}: images must be integer levels or floating values, got dtype {images.dtype}")
+    else:
+        if levels is None:
+            raise ValueError(f"{op}: levels (the number of levels) is required for integer images")
+        levels = check_int(op, "levels", levels, minimum=2)
+        values = images.long()  # a uint8 tensor would compare with levels=256 in uint8
+        if not bool(((values >= 0) & (values < levels)).all()):
+            raise ValueError(f"{op}: images must have values in [0, levels={levels})")
+        # round half up in integers: no float rounding between the level and its grey value
+        pixels = (2 * 255 * values + levels - 1) // (2 * (levels - 1))
+
+    columns, rows = min(n, nrow), -(-n // nrow)
+    # each image with its top and left padding, then the grid's bottom and right padding
+    tiles = torch.zeros(rows * columns, channels, padding + height, padding + width, dtype=torch.uint8)
+    tiles[:n, :, padding:, padding:] = pixels.to(device="cpu", dtype=torch.uint8)
+    grid = tiles.reshape(rows, columns, channels, padding + height, padding + width).permute(2, 0, 3, 1, 4)
+    grid = torch.nn.functional.pad(grid.reshape(channels, rows * (padding + height), -1), (0, padding, 0, padding))
+    grid_height, grid_width = grid.shape[1:]
+    # each PNG scanline is a filter-type byte (0: none) then the row's pixels, channels interleaved
+    filters = torch.zeros(grid_height, 1, dtype=torch.uint8)
+    scanlines = torch.cat([filters, grid.permute(1, 2, 0).reshape(grid_height, -1)], dim=1)
+    header = struct.pack(">IIBBBBB", grid_width, grid_height, 8, _COLOR_TYPES[channels], 0, 0, 0)
+    png = (
+        _PNG_SIGNATURE
+        + _chunk(b"IHDR", header)
+        + _chunk(b"IDAT", zlib.compress(scanlines.numpy().tobytes()))
+        + _chunk(b"IEND", b"")
+    )
+
+    write_atomic(path, lambda file: file.write(png))
