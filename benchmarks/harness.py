@@ -45,7 +45,6 @@ import re
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -56,6 +55,7 @@ from typing import Any
 import torch
 
 import fastgen
+from fastgen._atomic import write_atomic
 
 __all__ = [
     "COMPILE",
@@ -66,6 +66,7 @@ __all__ = [
     "benchmark_with_pytest",
     "device_info",
     "discover_cases",
+    "environment",
     "fastgen_backends",
     "format_report",
     "format_table",
@@ -430,8 +431,8 @@ def _git_commit() -> str | None:
     return out.stdout.strip()
 
 
-def run_record(device: str, quick: bool, name_filter: str | None, results: Sequence[Result]) -> dict[str, Any]:
-    """One run as stored in the results file: environment and every (case, provider)."""
+def environment(device: str) -> dict[str, Any]:
+    """Where and on what a run was made: date, device, versions, threads, commit."""
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "device": device_info(device),
@@ -446,6 +447,13 @@ def run_record(device: str, quick: bool, name_filter: str | None, results: Seque
         "cpu_isa": fastgen._ext.cpu_isa(),
         "malloc": {k: os.environ.get(k) for k in PINNED_MALLOC},
         "git_commit": _git_commit(),
+    }
+
+
+def run_record(device: str, quick: bool, name_filter: str | None, results: Sequence[Result]) -> dict[str, Any]:
+    """One run as stored in the results file: environment and every (case, provider)."""
+    return {
+        **environment(device),
         "quick": quick,
         "filter": name_filter,
         "results": [asdict(r) for r in results],
@@ -453,7 +461,8 @@ def run_record(device: str, quick: bool, name_filter: str | None, results: Seque
 
 
 def save_run(record: dict[str, Any], path: Path) -> None:
-    """Appends ``record`` to the JSON list in ``path``, atomically (temp file, then rename)."""
+    """Appends ``record`` to the JSON list in ``path``; a crash mid-write leaves the previous
+    runs intact (:func:`fastgen._atomic.write_atomic`)."""
     runs: list[dict[str, Any]] = []
     if path.exists():
         try:
@@ -464,16 +473,7 @@ def save_run(record: dict[str, Any], path: Path) -> None:
             raise ValueError(f"{path} must hold a JSON list of runs; not overwriting it")
     runs.append(record)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # A crash mid-write must leave the previous runs intact: write beside it, then rename.
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as tmp:
-        try:
-            json.dump(runs, tmp, indent=2)
-            tmp.write("\n")
-        except BaseException:
-            os.unlink(tmp.name)
-            raise
-    os.chmod(tmp.name, 0o644)  # NamedTemporaryFile creates it readable by its owner only
-    os.replace(tmp.name, path)
+    write_atomic(path, lambda file: file.write((json.dumps(runs, indent=2) + "\n").encode()))
 
 
 # -------------------------------------------------------------------------------- pytest

@@ -4,7 +4,7 @@ old file or the complete new one, never a partial write."""
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from collections.abc import Callable
 from typing import BinaryIO
 
@@ -16,9 +16,10 @@ def write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
     only within one file system), make it durable, then rename it over ``path``. On any
     error or interrupt the temporary file is removed and ``path`` is left as it was."""
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    # A fresh name opened exclusively ("x"), with the permissions of any new file (umask).
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(8)}.tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "xb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())  # else a crash after the rename can leave the new name with no data

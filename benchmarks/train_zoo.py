@@ -1,0 +1,105 @@
+"""Trains every zoo recipe (:data:`fastgen.recipes.RECIPES`: a model, its built-in data set
+and its budget) and records each one's test bits/dim, the trivial baseline's and the
+training time in ``benchmarks/results/zoo/<device-slug>.json``, with samples of the image
+models as PNGs in ``benchmarks/results/zoo/samples/``.
+
+``python benchmarks/train_zoo.py`` (all recipes, about a minute on 2 CPU cores),
+``--recipe made`` (one), ``--no-save``, ``--report`` (the README table from the latest
+full run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fastgen import recipes
+from fastgen.data import save_image_grid
+from harness import RESULTS_DIR, environment, save_run
+
+ZOO_DIR = RESULTS_DIR / "zoo"
+SAMPLES = 64
+
+
+def train_all(names: Sequence[str], save_samples: bool) -> list[dict[str, Any]]:
+    rows = []
+    for name in names:
+        recipe = recipes.RECIPES[name]
+        print(f"[{name}] training {recipe.model} ...", file=sys.stderr, flush=True)
+        result = recipes.run(name)
+        row = {
+            "recipe": name,
+            "model": recipe.model,
+            "config": recipe.config,
+            "data": result.data_name,
+            "fit": "counts" if recipe.counts else {"epochs": result.epochs, "batch_size": recipe.batch_size, "lr": recipe.lr},
+            "test_bits_per_dim": result.test_bits_per_dim,
+            "baseline_bits_per_dim": result.baseline_bits_per_dim,
+            "bound": recipe.bound,
+            "seconds": result.seconds,
+        }
+        print(f"[{name}] test {result.test_bits_per_dim:.4f} bits/dim (baseline {result.baseline_bits_per_dim:.4f}) "
+              f"in {result.seconds:.1f} s", file=sys.stderr, flush=True)
+        if save_samples and len(result.event_shape) == 3:  # images: (C, H, W)
+            with torch.no_grad():
+                samples = result.model.sample(SAMPLES, generator=torch.Generator().manual_seed(0))
+            path = ZOO_DIR / "samples" / f"{name}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_image_grid(samples.view(SAMPLES, *result.event_shape), path, levels=result.categories)
+            row["samples"] = str(path.relative_to(RESULTS_DIR.parent.parent))
+        rows.append(row)
+    return rows
+
+
+def format_report(run: dict[str, Any]) -> str:
+    """A saved run as the README's markdown table."""
+    lines = [
+        "| recipe | model | data | training | test bits/dim | trivial baseline | train time (s) |",
+        "|---|---|---|---|---:|---:|---:|",
+    ]
+    for r in run["results"]:
+        fit = r["fit"] if r["fit"] == "counts" else f"{r['fit']['epochs']} epochs, batch {r['fit']['batch_size']}, lr {r['fit']['lr']:g}"
+        lines.append(f"| {r['recipe']} | `{r['model']}` | {r['data']} | {fit} | **{r['test_bits_per_dim']:.4f}** "
+                     f"| {r['baseline_bits_per_dim']:.4f} | {r['seconds']:.1f} |")
+    caption = (f"{run['device']['description']}, {run['date'][:10]}, torch {run['versions']['torch']}, "
+               f"fastgen {run['versions']['fastgen']} ({run['git_commit']}): `python benchmarks/train_zoo.py`")
+    return caption + "\n\n" + "\n".join(lines)
+
+
+def report() -> str:
+    """The latest full run of each device."""
+    sections = []
+    for path in sorted(ZOO_DIR.glob("*.json")):
+        full = [run for run in json.loads(path.read_text()) if run["recipes"] is None]
+        if full:
+            sections.append(f"`benchmarks/results/zoo/{path.name}`: " + format_report(full[-1]))
+    return "\n\n".join(sections)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Train every zoo recipe and record its test bits/dim.")
+    parser.add_argument("--recipe", action="append", choices=list(recipes.RECIPES), help="only this recipe (repeatable)")
+    parser.add_argument("--no-save", action="store_true", help="do not record the run or write sample PNGs")
+    parser.add_argument("--report", action="store_true", help="print the README table from the results and exit")
+    args = parser.parse_args(argv)
+    if args.report:
+        print(report())
+        return 0
+    rows = train_all(args.recipe or list(recipes.RECIPES), save_samples=not args.no_save)
+    record = {**environment("cpu"), "recipes": args.recipe, "results": rows}
+    print(format_report(record))
+    if not args.no_save:
+        path = ZOO_DIR / f"{record['device']['slug']}.json"
+        save_run(record, path)
+        print(f"appended to {path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""Recipes: each zoo model with the built-in data set it is trained on, its configuration
+and its training budget, and the baseline it must beat.
+
+:func:`run` trains one recipe and reports its test bits per dimension;
+``benchmarks/train_zoo.py`` runs them all for the README's table and
+``tests/test_recipes.py`` checks each one against its stated bound (on smaller budgets).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from . import data
+from .data import DataSplit
+from .models import DensityModel, build
+from .train import fit
+
+__all__ = ["RECIPES", "Recipe", "RecipeResult", "run", "trivial_baseline"]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One model on one built-in data set.
+
+    Attributes:
+        model: the zoo name (:func:`fastgen.models.build`) and ``config`` its arguments.
+        data: builds the :class:`~fastgen.data.DataSplit`; images are flattened to vectors
+            for models whose examples are vectors.
+        counts: fit by counting (``model.fit_counts``) instead of by SGD.
+        epochs, batch_size, lr: the :func:`~fastgen.train.fit` budget (SGD recipes).
+        fit_options: further arguments of :func:`~fastgen.train.fit` or ``fit_counts``.
+        bound: the test bits/dim the recipe must reach (at the full budget).
+    """
+
+    model: str
+    config: dict[str, Any]
+    data: Callable[[], DataSplit]
+    bound: float
+    counts: bool = False
+    epochs: int = 1
+    batch_size: int = 128
+    lr: float = 1e-3
+    fit_options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RecipeResult:
+    """What :func:`run` reports: the model trained, the data set's name, example shape
+    (before any flattening) and values per dimension, the test bits/dim, the trivial
+    baseline's (:func:`trivial_baseline`), the budget used (epochs, 0 for counting) and the
+    training time in seconds."""
+
+    model: DensityModel
+    data_name: str
+    event_shape: tuple[int, ...]
+    categories: int | None
+    test_bits_per_dim: float
+    baseline_bits_per_dim: float
+    epochs: int
+    seconds: float
+
+
+RECIPES: dict[str, Recipe] = {
+    "histogram": Recipe("histogram", {"num_bins": 100}, lambda: data.mixture_1d(bins=100), bound=6.05, counts=True,
+                        fit_options={"smoothing": 1.0}),
+    "histogram-sgd": Recipe(
+        "histogram", {"num_bins": 100}, lambda: data.mixture_1d(bins=100), bound=6.1, epochs=20, batch_size=256, lr=0.05
+    ),
+    "bayes_net": Recipe("bayes_net", {"parents": [[], [], [0, 1], [2], [2]], "cardinalities": [2] * 5},
+                        lambda: data.alarm(50_000), bound=0.085, counts=True),
+    "discretized_mixture_of_logistics": Recipe(
+        "discretized_mixture_of_logistics", {"num_bins": 100, "components": 4},
+        lambda: data.mixture_1d(bins=100), bound=6.1, epochs=20, batch_size=256, lr=0.05,
+    ),
+    "mixture_of_gaussians": Recipe(
+        "mixture_of_gaussians", {"dim": 2, "components": 8}, lambda: data.gaussian_mixture(), bound=1.45,
+        epochs=30, batch_size=256, lr=0.05,
+    ),
+    "made": Recipe(
+        "made", {"dim": 64, "hidden": [256, 256]}, lambda: data.digits(binarized=True), bound=0.45,
+        epochs=30, batch_size=64, lr=2e-3,
+    ),
+    "rnn": Recipe(
+        "rnn", {"dim": 64, "categories": 2, "hidden": 128}, lambda: data.digits(binarized=True), bound=0.45,
+        epochs=30, batch_size=64, lr=5e-3,
+    ),
+}
+
+
+def trivial_baseline(split: DataSplit) -> float:
+    """Test bits/dim of the trivial model a recipe must beat: uniform over the values for
+    one discrete dimension; independent dimensions, each its own histogram of the training
+    set (add-one smoothed, so no test value has probability 0), for several; one
+    full-covariance Gaussian fitted to the training set for continuous data."""
+    if split.categories is None:
+        train, test = split.train.double(), split.test.double()
+        gaussian = torch.distributions.MultivariateNormal(train.mean(0), torch.cov(train.T))
+        return float(-gaussian.log_prob(test).mean() / test.shape[1] / math.log(2))
+    if split.train.dim() == 1:
+        return math.log2(split.categories)
+    train, test = split.train.reshape(len(split.train), -1), split.test.reshape(len(split.test), -1)
+    counts = torch.zeros(train.shape[1], split.categories, dtype=torch.float64)
+    counts.scatter_add_(1, train.T, torch.ones_like(train.T, dtype=torch.float64)).add_(1)
+    log_probs = (counts / counts.sum(1, keepdim=True)).log()  # (D, K)
+    return float(-log_probs.gather(1, test.T).mean() / math.log(2))
+
+
+def run(name: str, *, epochs: int | None = None, progress: bool = False, seed: int = 0) -> RecipeResult:
+    """Train recipe ``name`` (a key of :data:`RECIPES`) from a model initialized with
+    ``seed``, for ``epochs`` (default: the recipe's budget), and evaluate it on the test set.
+
+    Example:
+        >>> result = run("histogram")
+        >>> result.test_bits_per_dim < result.baseline_bits_per_dim
+        True
+    """
+    if name not in RECIPES:
+        raise ValueError(f"run: unknown recipe {name!r}; available: {', '.join(RECIPES)}")
+    recipe = RECIPES[name]
+    epochs = recipe.epochs if epochs is None else epochs
+    torch.manual_seed(seed)
+    model = build(recipe.model, **recipe.config)
+    split = recipe.data()
+    train, test = split.train, split.test
+    if len(model.event_shape) == 1 and train.dim() > 2:
+        train, test = train.flatten(1), test.flatten(1)
+    start = time.perf_counter()
+    if recipe.counts:
+        model.fit_counts(train, **recipe.fit_options)
+        epochs = 0
+    else:
+        fit(model, train, epochs=epochs, batch_size=recipe.batch_size, lr=recipe.lr, progress=progress, seed=seed,
+            **recipe.fit_options)
+    seconds = time.perf_counter() - start
+    model.eval()
+    with torch.no_grad():
+        bits = float(model.bits_per_dim(test))
+    baseline = trivial_baseline(split)
+    return RecipeResult(model, split.name, split.event_shape, split.categories, bits, baseline, epochs, seconds)
