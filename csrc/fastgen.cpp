@@ -83,6 +83,15 @@ TORCH_LIBRARY(fastgen, m) {
   m.def(
       "logit_transform_backward(Tensor grad_y, Tensor grad_logdet, Tensor x, float alpha, bool inverse) -> Tensor");
 
+  // Masked linear layer (fastgen/ops/masked_linear.py): y = x (weight * mask)^T + bias, mask
+  // bool (out_features, in_features).
+  m.def("masked_linear(Tensor x, Tensor weight, Tensor? bias, Tensor mask) -> Tensor");
+  // Returns (grad_x, grad_weight, grad_bias), grad_weight zero where mask is false; an entry
+  // whose output_mask is False is an empty tensor.
+  m.def(
+      "masked_linear_backward(Tensor grad_out, Tensor x, Tensor weight, Tensor mask, bool[3] output_mask) "
+      "-> (Tensor, Tensor, Tensor)");
+
   // Mixture CDF and its inverse (fastgen/ops/mixture_cdf.py); kind is "logistic" or "gaussian".
   // Returns (u, log_pdf), both of x's shape.
   m.def("mixture_cdf(Tensor x, Tensor logits, Tensor loc, Tensor log_scale, str kind) -> (Tensor, Tensor)");
