@@ -1,10 +1,11 @@
-"""Autograd of a convolution op pair, shared by masked_conv2d and causal_conv1d.
+"""Autograd of a convolution-like op pair (bilinear in x and weight), shared by
+masked_conv2d, causal_conv1d and masked_linear.
 
-Each convolution has a forward op ``(x, weight, bias, *args) -> out`` and a backward op
+Each op has a forward op ``(x, weight, bias, *args) -> out`` and a backward op
 ``(grad_out, x, weight, *args, output_mask) -> (grad_x, grad_weight, grad_bias)`` whose
-unrequested entries are empty tensors; ``args`` are the op's non-tensor settings (mask type,
-dilation, groups, ...). :func:`register` registers their fakes and the autograd of both,
-the backward's (double backward) built again from the two ops.
+unrequested entries are empty tensors; ``args`` are the op's other settings (mask type,
+dilation, groups, masked_linear's mask tensor, ...). :func:`register` registers their fakes
+and the autograd of both, the backward's (double backward) built again from the two ops.
 """
 
 from __future__ import annotations
