@@ -50,7 +50,7 @@ def train_all(names: Sequence[str], save_samples: bool) -> list[dict[str, Any]]:
                 samples = result.model.sample(SAMPLES, generator=torch.Generator().manual_seed(0))
             path = ZOO_DIR / "samples" / f"{name}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
-            save_image_grid(samples.view(SAMPLES, *result.event_shape), path, levels=result.categories)
+            save_image_grid(samples.view(SAMPLES, *result.event_shape), path, levels=result.categories, scale=4)
             row["samples"] = str(path.relative_to(RESULTS_DIR.parent.parent))
         rows.append(row)
     return rows

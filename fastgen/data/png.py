@@ -23,7 +23,13 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
 
 
 def save_image_grid(
-    images: torch.Tensor, path: str | os.PathLike, *, nrow: int = 8, levels: int | None = None, padding: int = 1
+    images: torch.Tensor,
+    path: str | os.PathLike,
+    *,
+    nrow: int = 8,
+    levels: int | None = None,
+    padding: int = 1,
+    scale: int = 1,
 ) -> None:
     """Saves ``images`` side by side, ``nrow`` per row, as one PNG at ``path``.
 
@@ -41,6 +47,8 @@ def save_image_grid(
         nrow: images per row, >= 1.
         levels: number of levels of integer images, >= 2; must be None for floating images.
         padding: pixels between and around the images, >= 0.
+        scale: each image pixel drawn as a ``scale x scale`` block (small images such as
+            8x8 digits are unreadable at 1), >= 1; ``padding`` is not scaled.
 
     >>> import tempfile
     >>> from fastgen.data import shapes
@@ -58,6 +66,7 @@ def save_image_grid(
         raise TypeError(f"{op}: path must be a str or os.PathLike, got {type(path).__name__}")
     nrow = check_int(op, "nrow", nrow, minimum=1)
     padding = check_int(op, "padding", padding, minimum=0)
+    scale = check_int(op, "scale", scale, minimum=1)
     if images.is_floating_point():
         if levels is not None:
             raise ValueError(f"{op}: levels is for integer images; floating images are in [0, 1], got levels={levels}")
@@ -76,6 +85,8 @@ def save_image_grid(
         # round half up in integers: no float rounding between the level and its grey value
         pixels = (2 * 255 * values + levels - 1) // (2 * (levels - 1))
 
+    pixels = pixels.repeat_interleave(scale, dim=2).repeat_interleave(scale, dim=3)
+    height, width = height * scale, width * scale
     columns, rows = min(n, nrow), -(-n // nrow)
     # each image with its top and left padding, then the grid's bottom and right padding
     tiles = torch.zeros(rows * columns, channels, padding + height, padding + width, dtype=torch.uint8)

@@ -56,6 +56,13 @@ def _expected_grid(pixels: list, nrow: int, padding: int) -> list:
     return grid
 
 
+def test_scale_draws_each_pixel_as_a_block(tmp_path):
+    images = torch.tensor([[[[0, 1], [1, 0]]]])
+    save_image_grid(images, tmp_path / "big.png", levels=2, padding=1, scale=3)
+    blocks = [[255 * ((y // 3 + x // 3) % 2) for x in range(6)] for y in range(6)]
+    assert _read_png(tmp_path / "big.png") == _expected_grid([[blocks]], 8, 1)
+
+
 @pytest.mark.parametrize("n, nrow, padding", [(5, 2, 1), (3, 8, 2), (4, 4, 0), (1, 1, 3)])
 def test_grey_levels_are_scaled_and_laid_out_exactly(tmp_path, n, nrow, padding):
     levels = 17
@@ -134,6 +141,7 @@ def test_overwrites_atomically_and_leaves_no_temporary_file(tmp_path, monkeypatc
         (torch.zeros(2, 1, 8, 8), dict(nrow=0), ValueError, "nrow must be >= 1"),
         (torch.zeros(2, 1, 8, 8), dict(padding=-1), ValueError, "padding must be >= 0"),
         (torch.zeros(2, 1, 8, 8), dict(padding=1.0), TypeError, "padding must be an int"),
+        (torch.zeros(2, 1, 8, 8), dict(scale=0), ValueError, "scale must be >= 1"),
     ],
 )
 def test_arguments_are_checked_and_nothing_is_written(tmp_path, images, kwargs, error, match):
