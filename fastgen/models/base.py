@@ -26,6 +26,8 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
+from ..ops._checks import check_integer_values
+
 __all__ = [
     "AutoregressiveModel",
     "DensityModel",
@@ -148,17 +150,9 @@ class AutoregressiveModel(DensityModel):
     def check_data(self, x: object, name: str = "x") -> torch.Tensor:
         """``x`` must be an integer tensor ``(B, *event_shape)`` with values in ``[0, categories)``."""
         model = type(self).__name__
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"{model}: {name} must be a torch.Tensor, got {type(x).__name__}")
-        if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
-            raise TypeError(f"{model}: {name} must have an integer dtype (values 0..{self.categories - 1}), got {x.dtype}")
-        if x.dim() != 1 + len(self.event_shape) or tuple(x.shape[1:]) != tuple(self.event_shape):
+        if isinstance(x, torch.Tensor) and (x.dim() != 1 + len(self.event_shape) or x.shape[1:] != self.event_shape):
             raise ValueError(f"{model}: {name} must have shape (B, {', '.join(map(str, self.event_shape))}), got {tuple(x.shape)}")
-        if x.numel() and (int(x.min()) < 0 or int(x.max()) >= self.categories):
-            raise ValueError(
-                f"{model}: {name} must have values in [0, {self.categories}), got values in [{int(x.min())}, {int(x.max())}]"
-            )
-        return x
+        return check_integer_values(model, name, x, self.categories)
 
     def log_prob(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         x = self.check_data(x)

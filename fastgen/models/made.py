@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..nn import MaskedLinear
-from ..ops._checks import check_choice, check_int
+from ..ops._checks import check_choice, check_int, check_integer_values
 from .base import AutoregressiveModel, register
 
 __all__ = ["MADE", "MADECache"]
@@ -294,15 +294,9 @@ class MADE(AutoregressiveModel):
         return state.out[t * K : (t + 1) * K].t()
 
     def _check_x_prev(self, x_prev: object, batch: int) -> torch.Tensor:
-        if not isinstance(x_prev, torch.Tensor):
-            raise TypeError(f"MADE.step: x_prev must be a torch.Tensor ({batch},), got {type(x_prev).__name__}")
-        if x_prev.dtype.is_floating_point or x_prev.dtype.is_complex or x_prev.dtype == torch.bool:
-            raise TypeError(f"MADE.step: x_prev must have an integer dtype, got {x_prev.dtype}")
-        if tuple(x_prev.shape) != (batch,):
+        if isinstance(x_prev, torch.Tensor) and tuple(x_prev.shape) != (batch,):
             raise ValueError(f"MADE.step: x_prev must have shape ({batch},), got {tuple(x_prev.shape)}")
-        if bool(((x_prev < 0) | (x_prev >= self.categories)).any()):
-            raise ValueError(f"MADE.step: x_prev must have values in [0, {self.categories})")
-        return x_prev.long()
+        return check_integer_values("MADE.step", "x_prev", x_prev, self.categories).long()
 
     @torch.no_grad()
     def step(self, cache: MADECache, x_prev: torch.Tensor | None) -> torch.Tensor:

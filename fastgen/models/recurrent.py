@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..ops._checks import check_int
+from ..ops._checks import check_int, check_integer_values
 from .base import AutoregressiveModel, register
 
 __all__ = ["RecurrentAR", "RecurrentCache"]
@@ -102,11 +102,5 @@ class RecurrentAR(AutoregressiveModel):
         checked by the base)."""
         if self.label_embedding is None:
             return None
-        if cond.dtype.is_floating_point or cond.dtype.is_complex or cond.dtype == torch.bool:
-            raise TypeError(f"RecurrentAR: cond must hold integer class labels, got dtype {cond.dtype}")
-        if cond.numel() and (int(cond.min()) < 0 or int(cond.max()) >= self.num_classes):
-            raise ValueError(
-                f"RecurrentAR: cond must hold class labels in [0, {self.num_classes}), "
-                f"got values in [{int(cond.min())}, {int(cond.max())}]"
-            )
+        check_integer_values("RecurrentAR", "cond (class labels)", cond, self.num_classes)
         return self.label_embedding(cond.long())

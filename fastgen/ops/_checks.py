@@ -13,6 +13,7 @@ __all__ = [
     "check_choice",
     "check_floating",
     "check_int",
+    "check_integer_values",
     "check_like",
     "check_same_device",
     "check_tensor",
@@ -90,6 +91,19 @@ def check_int(op: str, name: str, value: object, *, minimum: int) -> int:
         raise TypeError(f"{op}: {name} must be an int, got {type(value).__name__}")
     if value < minimum:
         raise ValueError(f"{op}: {name} must be >= {minimum}, got {value}")
+    return value
+
+
+def check_integer_values(op: str, name: str, value: object, high: int) -> torch.Tensor:
+    """``value`` must be a tensor of an integer dtype (not bool) with values in ``[0, high)``:
+    class labels, discrete data, quantized levels."""
+    _check_is_tensor(op, name, value)
+    if value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
+        raise TypeError(f"{op}: {name} must have an integer dtype, got {value.dtype}")
+    if value.numel():
+        lo, hi = (int(v) for v in torch.aminmax(value))
+        if lo < 0 or hi >= high:
+            raise ValueError(f"{op}: {name} must have values in [0, {high}), got values in [{lo}, {hi}]")
     return value
 
 

@@ -132,7 +132,7 @@ def test_bad_data_and_cond():
         labelled.log_prob(x)
     with pytest.raises(ValueError, match=r"cond must have shape \(3,\)"):
         labelled.log_prob(x, torch.zeros(3, 1, dtype=torch.long))
-    with pytest.raises(TypeError, match="integer class labels"):
+    with pytest.raises(TypeError, match=r"cond \(class labels\) must have an integer dtype"):
         labelled.log_prob(x, torch.zeros(3))
-    with pytest.raises(ValueError, match=r"class labels in \[0, 5\)"):
+    with pytest.raises(ValueError, match=r"cond \(class labels\) must have values in \[0, 5\)"):
         labelled.sample(2, torch.tensor([0, 5]))
