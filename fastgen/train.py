@@ -6,7 +6,6 @@ so that an interrupted run resumes to exactly the parameters of an uninterrupted
 from __future__ import annotations
 
 import math
-import numbers
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -16,7 +15,7 @@ from tqdm.auto import tqdm
 
 from ._atomic import write_atomic
 from .models.base import DensityModel
-from .ops._checks import check_bool, check_int
+from .ops._checks import check_bool, check_int, check_real
 
 __all__ = ["History", "fit"]
 
@@ -279,15 +278,6 @@ def _restore(
 # ------------------------------------------------------------------------------ argument checks
 
 
-def _check_real(name: str, value: object, *, positive: bool) -> float:
-    """``value`` must be a finite real number, > 0 if ``positive`` else >= 0."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"fit: {name} must be a real number, got {type(value).__name__}")
-    if not math.isfinite(value) or value < 0 or (positive and value == 0):
-        raise ValueError(f"fit: {name} must be finite and {'> 0' if positive else '>= 0'}, got {value!r}")
-    return float(value)
-
-
 def _check_part(what: str, t: object, device: torch.device) -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"fit: {what} must be a torch.Tensor, got {type(t).__name__}")
@@ -330,10 +320,10 @@ def _check_arguments(
         raise ValueError(f"fit: model ({type(model).__name__}) has no trainable parameters")
     check_int("fit", "epochs", epochs, minimum=1)
     check_int("fit", "batch_size", batch_size, minimum=1)
-    _check_real("lr", lr, positive=True)
-    _check_real("weight_decay", weight_decay, positive=False)
+    check_real("fit", "lr", lr, above=0)
+    check_real("fit", "weight_decay", weight_decay, at_least=0)
     if grad_clip is not None:
-        _check_real("grad_clip", grad_clip, positive=True)
+        check_real("fit", "grad_clip", grad_clip, above=0)
     check_int("fit", "warmup_steps", warmup_steps, minimum=0)
     check_bool("fit", "progress", progress)
     check_bool("fit", "resume", resume)

@@ -8,16 +8,7 @@ import torch
 from ..ops._checks import check_int
 from .base import DataSplit
 
-__all__ = ["check_fraction", "make_split", "seeded_generator"]
-
-
-def check_fraction(op: str, name: str, value: object) -> float:
-    """``value`` must be a real number strictly between 0 and 1."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{op}: {name} must be a float, got {type(value).__name__}")
-    if not 0 < value < 1:
-        raise ValueError(f"{op}: {name} must be in (0, 1), got {value}")
-    return float(value)
+__all__ = ["make_split", "seeded_generator"]
 
 
 def seeded_generator(op: str, seed: object) -> torch.Generator:

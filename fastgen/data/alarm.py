@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from ..models.bayes_net import BayesNet
-from ..ops._checks import check_int
-from ._split import check_fraction, make_split, seeded_generator
+from ..ops._checks import check_int, check_real
+from ._split import make_split, seeded_generator
 from .base import DataSplit
 
 __all__ = ["alarm"]
@@ -25,7 +25,7 @@ def alarm(n: int = 10_000, *, test_fraction: float = 0.2, seed: int = 0) -> Data
         (torch.Size([800, 5]), torch.Size([200, 5]), 2)
     """
     check_int("alarm", "n", n, minimum=2)
-    test_fraction = check_fraction("alarm", "test_fraction", test_fraction)
+    test_fraction = check_real("alarm", "test_fraction", test_fraction, above=0, below=1)
     generator = seeded_generator("alarm", seed)
     x = BayesNet.alarm().double().sample(n, generator=generator)
     return make_split("alarm", "alarm", x, None, test_fraction=test_fraction, generator=generator, categories=2)

@@ -14,8 +14,8 @@ import math
 
 import torch
 
-from ..ops._checks import check_floating, check_int, check_integer_values
-from ._split import check_fraction, make_split, seeded_generator
+from ..ops._checks import check_floating, check_int, check_integer_values, check_real
+from ._split import make_split, seeded_generator
 from .base import DataSplit
 
 __all__ = ["AUDIO_KINDS", "mu_law_decode", "mu_law_encode", "synthetic_audio"]
@@ -133,7 +133,7 @@ def synthetic_audio(n: int = 2000, *, length: int = 512, test_fraction: float = 
     """
     n = check_int("synthetic_audio", "n", n, minimum=2)
     length = check_int("synthetic_audio", "length", length, minimum=2)
-    test_fraction = check_fraction("synthetic_audio", "test_fraction", test_fraction)
+    test_fraction = check_real("synthetic_audio", "test_fraction", test_fraction, above=0, below=1)
     generator = seeded_generator("synthetic_audio", seed)
     labels = torch.randint(len(AUDIO_KINDS), (n,), generator=generator)
     peak = 0.3 + 0.6 * torch.rand(n, 1, generator=generator, dtype=torch.float32)

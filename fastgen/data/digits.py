@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import torch
 
-from ..ops._checks import check_bool
-from ._split import check_fraction, make_split, seeded_generator
+from ..ops._checks import check_bool, check_real
+from ._split import make_split, seeded_generator
 from .base import DataSplit
 
 __all__ = ["digits"]
@@ -35,7 +35,7 @@ def digits(*, binarized: bool = False, test_fraction: float = 0.2, seed: int = 0
     2
     """
     binarized = check_bool("digits", "binarized", binarized)
-    test_fraction = check_fraction("digits", "test_fraction", test_fraction)
+    test_fraction = check_real("digits", "test_fraction", test_fraction, above=0, below=1)
     generator = seeded_generator("digits", seed)
     # scikit-learn takes about a second to import: only when the set is asked for
     from sklearn.datasets import load_digits

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from ..ops._checks import check_int
-from ._split import check_fraction, make_split, seeded_generator
+from ..ops._checks import check_int, check_real
+from ._split import make_split, seeded_generator
 from .base import DataSplit
 
 __all__ = ["mixture_1d", "mixture_1d_probs", "smiley_2d", "smiley_2d_probs"]
@@ -67,7 +67,7 @@ def mixture_1d(n: int = 10000, *, bins: int = 100, test_fraction: float = 0.2, s
     """
     probs = mixture_1d_probs(check_int("mixture_1d", "bins", bins, minimum=2))
     n = check_int("mixture_1d", "n", n, minimum=2)
-    test_fraction = check_fraction("mixture_1d", "test_fraction", test_fraction)
+    test_fraction = check_real("mixture_1d", "test_fraction", test_fraction, above=0, below=1)
     generator = seeded_generator("mixture_1d", seed)
     draws = torch.multinomial(probs, n, replacement=True, generator=generator)
     return make_split(
@@ -126,7 +126,7 @@ def smiley_2d(n: int = 10000, *, size: int = 32, test_fraction: float = 0.2, see
     """
     probs = smiley_2d_probs(check_int("smiley_2d", "size", size, minimum=8))
     n = check_int("smiley_2d", "n", n, minimum=2)
-    test_fraction = check_fraction("smiley_2d", "test_fraction", test_fraction)
+    test_fraction = check_real("smiley_2d", "test_fraction", test_fraction, above=0, below=1)
     generator = seeded_generator("smiley_2d", seed)
     cells = torch.multinomial(probs.flatten(), n, replacement=True, generator=generator)  # row-major index
     return make_split(

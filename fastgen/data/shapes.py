@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import torch
 
-from ..ops._checks import check_int
-from ._split import check_fraction, make_split, seeded_generator
+from ..ops._checks import check_int, check_real
+from ._split import make_split, seeded_generator
 from .base import DataSplit
 
 __all__ = ["SHAPE_KINDS", "colored_shapes", "shapes"]
@@ -71,7 +71,7 @@ def shapes(n: int = 4000, *, size: int = 20, test_fraction: float = 0.2, seed: i
     >>> data.train.shape, data.train.dtype, data.categories, data.num_classes
     (torch.Size([80, 1, 20, 20]), torch.int64, 2, 4)
     """
-    test_fraction = check_fraction("shapes", "test_fraction", test_fraction)
+    test_fraction = check_real("shapes", "test_fraction", test_fraction, above=0, below=1)
     generator = seeded_generator("shapes", seed)
     masks, labels = _draw("shapes", n, size, generator)
     return make_split(
@@ -106,7 +106,7 @@ def colored_shapes(n: int = 4000, *, size: int = 20, test_fraction: float = 0.2,
     >>> data.test.shape, data.categories, int(data.test.max()) <= 3
     (torch.Size([20, 3, 20, 20]), 4, True)
     """
-    test_fraction = check_fraction("colored_shapes", "test_fraction", test_fraction)
+    test_fraction = check_real("colored_shapes", "test_fraction", test_fraction, above=0, below=1)
     generator = seeded_generator("colored_shapes", seed)
     masks, labels = _draw("colored_shapes", n, size, generator)
     colors = _COLOR_LEVELS**3

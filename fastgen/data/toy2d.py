@@ -10,8 +10,8 @@ from collections.abc import Callable
 
 import torch
 
-from ..ops._checks import check_int
-from ._split import check_fraction, make_split, seeded_generator
+from ..ops._checks import check_int, check_real
+from ._split import make_split, seeded_generator
 from .base import DataSplit
 
 __all__ = ["checkerboard", "gaussian_mixture", "rings", "two_moons"]
@@ -30,7 +30,7 @@ def _points(
 ) -> DataSplit:
     """``draw(n, generator) -> (n, 2)`` float32 points, checked arguments, split."""
     n = check_int(op, "n", n, minimum=2)
-    test_fraction = check_fraction(op, "test_fraction", test_fraction)
+    test_fraction = check_real(op, "test_fraction", test_fraction, above=0, below=1)
     generator = seeded_generator(op, seed)
     points = draw(n, generator)
     return make_split(op, op, points, None, test_fraction=test_fraction, generator=generator, categories=None)

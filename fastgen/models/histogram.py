@@ -8,7 +8,7 @@ import math
 import torch
 from torch import nn
 
-from ..ops._checks import check_int
+from ..ops._checks import check_int, check_real
 from .base import AutoregressiveModel, register
 
 __all__ = ["Histogram", "log_frequencies"]
@@ -23,11 +23,7 @@ def log_frequencies(counts: torch.Tensor, smoothing: float, op: str) -> torch.Te
     it gets the uniform distribution. Values never counted get ``-inf`` when ``smoothing = 0``.
     ``op`` names the caller in the error for a bad ``smoothing``.
     """
-    if isinstance(smoothing, bool) or not isinstance(smoothing, (int, float)):
-        raise TypeError(f"{op}: smoothing must be a float, got {type(smoothing).__name__}")
-    if not math.isfinite(smoothing) or smoothing < 0:
-        raise ValueError(f"{op}: smoothing must be a finite number >= 0, got {smoothing!r}")
-    counts = counts + smoothing
+    counts = counts + check_real(op, "smoothing", smoothing, at_least=0)
     total = counts.sum(-1, keepdim=True)
     uniform = torch.full_like(counts, -math.log(counts.shape[-1]))
     return torch.where(total > 0, counts.log() - total.log(), uniform)

@@ -3,6 +3,8 @@ argument, what was expected and what was received, before any kernel runs."""
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -14,6 +16,7 @@ __all__ = [
     "check_floating",
     "check_int",
     "check_integer_values",
+    "check_real",
     "check_like",
     "check_same_device",
     "check_tensor",
@@ -105,6 +108,30 @@ def check_integer_values(op: str, name: str, value: object, high: int) -> torch.
         if lo < 0 or hi >= high:
             raise ValueError(f"{op}: {name} must have values in [0, {high}), got values in [{lo}, {hi}]")
     return value
+
+
+def check_real(
+    op: str,
+    name: str,
+    value: object,
+    *,
+    above: float | None = None,
+    at_least: float | None = None,
+    below: float | None = None,
+) -> float:
+    """``value`` must be a finite real number (an int or a float, not a bool), ``> above``,
+    ``>= at_least`` and ``< below`` where given; returned as a float."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{op}: {name} must be a real number, got {type(value).__name__}")
+    bounds = [(above, ">"), (at_least, ">="), (below, "<")]
+    ok = math.isfinite(value) and all(
+        bound is None or (value > bound if sign == ">" else value >= bound if sign == ">=" else value < bound)
+        for bound, sign in bounds
+    )
+    if not ok:
+        limits = " and ".join(f"{sign} {bound:g}" for bound, sign in bounds if bound is not None)
+        raise ValueError(f"{op}: {name} must be a finite real number{' ' + limits if limits else ''}, got {value!r}")
+    return float(value)
 
 
 def check_bool(op: str, name: str, value: object) -> bool:

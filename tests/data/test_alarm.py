@@ -51,9 +51,9 @@ def test_distributed_as_the_network():
         (dict(n=1), ValueError, "n must be >= 2"),
         (dict(n=10.0), TypeError, "n must be an int"),
         (dict(n=10, seed=-1), ValueError, "seed must be >= 0"),
-        (dict(n=10, test_fraction=0.0), ValueError, r"test_fraction must be in \(0, 1\)"),
-        (dict(n=10, test_fraction=1.0), ValueError, r"test_fraction must be in \(0, 1\)"),
-        (dict(n=10, test_fraction="0.2"), TypeError, "test_fraction must be a float"),
+        (dict(n=10, test_fraction=0.0), ValueError, r"test_fraction must be a finite real number > 0 and < 1"),
+        (dict(n=10, test_fraction=1.0), ValueError, r"test_fraction must be a finite real number > 0 and < 1"),
+        (dict(n=10, test_fraction="0.2"), TypeError, "test_fraction must be a real number"),
         (dict(n=10, test_fraction=0.01), ValueError, "leaves an empty train or test set"),
     ],
 )
