@@ -3,7 +3,7 @@
 ``fastgen.models.available()`` lists the names.
 """
 
-from .base import AutoregressiveModel, DensityModel, available, build, register, sample_categorical
+from .base import AutoregressiveModel, DensityModel, available, build, register
 from .bayes_net import BayesNet
 from .discretized_logistic_mixture import DiscretizedMixtureOfLogistics
 from .gaussian_mixture import MixtureOfGaussians
@@ -23,5 +23,4 @@ __all__ = [
     "available",
     "build",
     "register",
-    "sample_categorical",
 ]

@@ -10,11 +10,7 @@ r"""The contract every zoo model follows, and the registry that builds them by n
   sampling from them.
 - :func:`register`, :func:`build`, :func:`available`: the zoo by name.
 
-Sampling draws one uniform per dimension up front, in data (raster/time) order, and turns
-the uniform of each dimension into its value by inverting the conditional's CDF
-(:func:`sample_categorical`). The cached and the naive loop therefore consume the
-randomness identically and give the same samples for the same generator, up to the
-rounding of the logits.
+Sampling (cached or naive, the same uniforms for both) is :mod:`fastgen.sampling`'s.
 """
 
 from __future__ import annotations
@@ -26,6 +22,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
+from .. import sampling
 from ..ops._checks import check_integer_values
 
 __all__ = [
@@ -34,7 +31,6 @@ __all__ = [
     "available",
     "build",
     "register",
-    "sample_categorical",
 ]
 
 
@@ -99,18 +95,6 @@ class DensityModel(nn.Module):
             raise ValueError(f"{name}: cond must have shape {(batch, *cond_shape)}, got {tuple(cond.shape)}")
 
 
-def sample_categorical(logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """Invert the CDF of ``softmax(logits)`` at ``u``: ``(..., K), (...) -> (...)`` long.
-
-    The value is the first ``k`` whose cumulative probability exceeds ``u`` times the total
-    (so rounding in the total never picks a category of probability zero, and ``u`` in
-    ``[0, 1)`` always lands on one).
-    """
-    cdf = torch.softmax(logits, dim=-1).cumsum(-1)
-    target = (u.to(cdf.dtype) * cdf[..., -1]).unsqueeze(-1)
-    return torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp_max_(logits.shape[-1] - 1)
-
-
 class AutoregressiveModel(DensityModel):
     """A discrete autoregressive model: ``x`` is a long tensor ``(B, *event_shape)`` with
     values in ``[0, categories)``.
@@ -160,7 +144,6 @@ class AutoregressiveModel(DensityModel):
         logp = torch.log_softmax(self.logits(x, cond), dim=-1)  # (B, D, K)
         return logp.gather(-1, x.reshape(x.shape[0], -1, 1).long()).squeeze(-1).sum(-1)
 
-    @torch.no_grad()
     def sample(
         self,
         n: int,
@@ -168,32 +151,25 @@ class AutoregressiveModel(DensityModel):
         generator: torch.Generator | None = None,
         *,
         cache: bool = True,
+        progress: bool = False,
     ) -> torch.Tensor:
         """``n`` samples ``(n, *event_shape)`` long, one dimension at a time in
-        :meth:`generation_order`.
+        :meth:`generation_order` (:func:`fastgen.sampling.sample`).
 
         ``cache=True`` steps the model incrementally (:meth:`init_cache` / :meth:`step`);
         ``cache=False`` recomputes the full :meth:`logits` for every dimension. Both turn the
         same uniforms (drawn up front, one per dimension in data order) into values, so they
-        agree for the same ``generator``.
+        agree for the same ``generator``. ``progress`` shows a bar over the dimensions.
         """
         n = self._check_n(n)
-        if not isinstance(cache, bool):
-            raise TypeError(f"{type(self).__name__}.sample: cache must be a bool, got {type(cache).__name__}")
+        for name, flag in (("cache", cache), ("progress", progress)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{type(self).__name__}.sample: {name} must be a bool, got {type(flag).__name__}")
         self._check_cond(cond, n, self.cond_shape)
         device, dtype = self._device_dtype()
-        u = torch.rand(n, self.num_dims, generator=generator, device=device, dtype=dtype)
-        x = torch.zeros(n, self.num_dims, dtype=torch.long, device=device)
-        if cache:
-            state, prev = self.init_cache(n, cond), None
-            for d in self.generation_order():
-                x[:, d] = sample_categorical(self.step(state, prev), u[:, d])
-                prev = x[:, d]
-        else:
-            for d in self.generation_order():
-                logits = self.logits(x.view(n, *self.event_shape), cond)[:, d]
-                x[:, d] = sample_categorical(logits, u[:, d])
-        return x.view(n, *self.event_shape)
+        return sampling.sample(
+            self, n, cond, generator, cache=cache, progress=progress, device=device, dtype=dtype
+        )
 
 
 # ------------------------------------------------------------------------------ registry

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from ..ops._checks import check_int, check_tensor
-from .base import DensityModel, register, sample_categorical
+from ..sampling import sample_categorical
+from .base import DensityModel, register
 
 __all__ = ["MixtureOfGaussians"]
 

@@ -1,0 +1,90 @@
+"""Checks every autoregressive zoo model must pass (DESIGN.md, Tests): causality by
+Jacobian, exhaustive normalization, the cached step against the full forward, and cached
+against naive sampling."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+
+import torch
+
+from fastgen.models import AutoregressiveModel
+from tests.helpers import tolerances
+
+__all__ = [
+    "assert_cached_equals_naive",
+    "assert_normalized",
+    "assert_respects_order",
+    "assert_step_equals_full",
+    "dependencies",
+    "every_x",
+]
+
+
+def every_x(model: AutoregressiveModel) -> torch.Tensor:
+    """Every example of a tiny model, ``(categories ** D, *event_shape)`` long."""
+    values = itertools.product(range(model.categories), repeat=model.num_dims)
+    return torch.tensor(list(values)).view(-1, *model.event_shape)
+
+
+def assert_normalized(model: AutoregressiveModel, cond: torch.Tensor | None = None) -> None:
+    """The probabilities of every example sum to 1 (``cond``: one example's, or None)."""
+    x = every_x(model)
+    if cond is not None:
+        cond = cond.expand(len(x), *cond.shape[1:])
+    total = model.log_prob(x, cond).double().exp().sum()
+    torch.testing.assert_close(total, torch.tensor(1.0, dtype=torch.float64), **tolerances(model_dtype(model)))
+
+
+def model_dtype(model: torch.nn.Module) -> torch.dtype:
+    return next(p.dtype for p in model.parameters() if p.is_floating_point())
+
+
+def dependencies(
+    logits_of: Callable[[torch.Tensor], torch.Tensor], inp: torch.Tensor, dims_of: Callable[[torch.Tensor], torch.Tensor]
+) -> torch.Tensor:
+    """``(D, D)`` bool: entry ``[d, e]`` says whether the logits of dimension ``d`` depend on
+    input dimension ``e``, by the Jacobian of ``logits_of(inp) (B, D, K)`` with respect to
+    the float input ``inp``; ``dims_of`` maps a gradient of ``inp``'s shape to ``(B, D)``
+    (summing the absolute gradient over whatever of ``inp`` belongs to each dimension)."""
+    inp = inp.detach().requires_grad_()
+    logits = logits_of(inp)
+    weights = torch.randn(logits.shape[0], logits.shape[2], dtype=logits.dtype, generator=torch.Generator().manual_seed(0))
+    rows = []
+    for d in range(logits.shape[1]):
+        (grad,) = torch.autograd.grad((logits[:, d] * weights).sum(), inp, retain_graph=True)
+        rows.append(dims_of(grad.abs()).sum(0) > 0)
+    return torch.stack(rows)
+
+
+def assert_respects_order(depends: torch.Tensor, order: list[int]) -> None:
+    """No dimension's logits depend on an input at or after it in the generation ``order``."""
+    position = torch.empty(len(order), dtype=torch.long)
+    position[torch.tensor(order)] = torch.arange(len(order))
+    allowed = position[None, :] < position[:, None]  # [d, e]: e is generated before d
+    bad = (depends & ~allowed).nonzero().tolist()
+    assert not bad, f"(dimension, input) pairs that break the order: {bad[:10]}"
+
+
+def assert_step_equals_full(
+    model: AutoregressiveModel, x: torch.Tensor, cond: torch.Tensor | None = None, tol: dict | None = None
+) -> None:
+    """Stepping the cache through ``x`` in the generation order gives the full forward's
+    logits at every dimension (float32 or float64 tolerance of the model's dtype)."""
+    tol = tol or tolerances(model_dtype(model))
+    with torch.no_grad():
+        full = model.logits(x, cond)  # (B, D, K)
+        flat = x.reshape(len(x), -1)
+        cache, prev = model.init_cache(len(x), cond), None
+        for d in model.generation_order():
+            torch.testing.assert_close(model.step(cache, prev), full[:, d], **tol, msg=lambda m: f"dimension {d}: {m}")
+            prev = flat[:, d]
+
+
+def assert_cached_equals_naive(model: AutoregressiveModel, n: int, cond: torch.Tensor | None = None, seed: int = 0) -> None:
+    """Cached and naive sampling give identical samples for the same generator (use float64)."""
+    cached = model.sample(n, cond, torch.Generator().manual_seed(seed), cache=True)
+    naive = model.sample(n, cond, torch.Generator().manual_seed(seed), cache=False)
+    assert cached.shape == (n, *model.event_shape)
+    assert torch.equal(cached, naive)
