@@ -33,6 +33,7 @@ class Recipe:
         data: builds the :class:`~fastgen.data.DataSplit`; images are flattened to vectors
             for models whose examples are vectors.
         counts: fit by counting (``model.fit_counts``) instead of by SGD.
+        conditional: train and evaluate on the data set's class labels (``cond``).
         epochs, batch_size, lr: the :func:`~fastgen.train.fit` budget (SGD recipes).
         fit_options: further arguments of :func:`~fastgen.train.fit` or ``fit_counts``.
         bound: the test bits/dim the recipe must reach (at the full budget).
@@ -43,6 +44,7 @@ class Recipe:
     data: Callable[[], DataSplit]
     bound: float
     counts: bool = False
+    conditional: bool = False
     epochs: int = 1
     batch_size: int = 128
     lr: float = 1e-3
@@ -130,16 +132,17 @@ def run(name: str, *, epochs: int | None = None, progress: bool = False, seed: i
     train, test = split.train, split.test
     if len(model.event_shape) == 1 and train.dim() > 2:
         train, test = train.flatten(1), test.flatten(1)
+    train_cond, test_cond = (split.train_labels, split.test_labels) if recipe.conditional else (None, None)
     start = time.perf_counter()
     if recipe.counts:
         model.fit_counts(train, **recipe.fit_options)
         epochs = 0
     else:
-        fit(model, train, epochs=epochs, batch_size=recipe.batch_size, lr=recipe.lr, progress=progress, seed=seed,
+        fit(model, train if train_cond is None else (train, train_cond), epochs=epochs, batch_size=recipe.batch_size, lr=recipe.lr, progress=progress, seed=seed,
             **recipe.fit_options)
     seconds = time.perf_counter() - start
     model.eval()
     with torch.no_grad():
-        bits = float(model.bits_per_dim(test))
+        bits = float(model.bits_per_dim(test, test_cond))
     baseline = trivial_baseline(split)
     return RecipeResult(model, split.name, split.event_shape, split.categories, bits, baseline, epochs, seconds)
