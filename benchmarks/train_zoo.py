@@ -24,6 +24,7 @@ from harness import RESULTS_DIR, environment, save_run
 
 ZOO_DIR = RESULTS_DIR / "zoo"
 SAMPLES = 64
+GRID_ROW = 8  # images per row of the sample grids
 
 
 def train_all(names: Sequence[str], save_samples: bool) -> list[dict[str, Any]]:
@@ -46,11 +47,13 @@ def train_all(names: Sequence[str], save_samples: bool) -> list[dict[str, Any]]:
         print(f"[{name}] test {result.test_bits_per_dim:.4f} bits/dim (baseline {result.baseline_bits_per_dim:.4f}) "
               f"in {result.seconds:.1f} s", file=sys.stderr, flush=True)
         if save_samples and len(result.event_shape) == 3:  # images: (C, H, W)
+            # conditional models: one class per row of the grid (GRID_ROW images), in turn
+            cond = None if result.num_classes is None else torch.arange(SAMPLES) // GRID_ROW % result.num_classes
             with torch.no_grad():
-                samples = result.model.sample(SAMPLES, generator=torch.Generator().manual_seed(0))
+                samples = result.model.sample(SAMPLES, cond, generator=torch.Generator().manual_seed(0))
             path = ZOO_DIR / "samples" / f"{name}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
-            save_image_grid(samples.view(SAMPLES, *result.event_shape), path, levels=result.categories, scale=4)
+            save_image_grid(samples.view(SAMPLES, *result.event_shape), path, nrow=GRID_ROW, levels=result.categories, scale=4)
             row["samples"] = str(path.relative_to(RESULTS_DIR.parent.parent))
         rows.append(row)
     return rows

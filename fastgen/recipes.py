@@ -54,14 +54,16 @@ class Recipe:
 @dataclass(frozen=True)
 class RecipeResult:
     """What :func:`run` reports: the model trained, the data set's name, example shape
-    (before any flattening) and values per dimension, the test bits/dim, the trivial
-    baseline's (:func:`trivial_baseline`), the budget used (epochs, 0 for counting) and the
-    training time in seconds."""
+    (before any flattening) and values per dimension, the number of class labels the model
+    is conditioned on (None if it is not), the test bits/dim, the trivial baseline's
+    (:func:`trivial_baseline`), the budget used (epochs, 0 for counting) and the training
+    time in seconds."""
 
     model: DensityModel
     data_name: str
     event_shape: tuple[int, ...]
     categories: int | None
+    num_classes: int | None
     test_bits_per_dim: float
     baseline_bits_per_dim: float
     epochs: int
@@ -145,4 +147,5 @@ def run(name: str, *, epochs: int | None = None, progress: bool = False, seed: i
     with torch.no_grad():
         bits = float(model.bits_per_dim(test, test_cond))
     baseline = trivial_baseline(split)
-    return RecipeResult(model, split.name, split.event_shape, split.categories, bits, baseline, epochs, seconds)
+    num_classes = split.num_classes if recipe.conditional else None
+    return RecipeResult(model, split.name, split.event_shape, split.categories, num_classes, bits, baseline, epochs, seconds)
