@@ -1,7 +1,7 @@
 """Trains every zoo recipe (:data:`fastgen.recipes.RECIPES`: a model, its built-in data set
 and its budget) and records each one's test bits/dim, the trivial baseline's and the
 training time in ``benchmarks/results/zoo/<device-slug>.json``, with samples of the image
-models as PNGs in ``benchmarks/results/zoo/samples/``.
+and audio models as PNGs (image grids, waveform plots) in ``benchmarks/results/zoo/samples/``.
 
 ``python benchmarks/train_zoo.py`` (all recipes, about a minute on 2 CPU cores),
 ``--recipe made`` (one), ``--no-save``, ``--report`` (the README table from the latest
@@ -19,12 +19,32 @@ from typing import Any
 import torch
 
 from fastgen import recipes
-from fastgen.data import save_image_grid
+from fastgen.data import mu_law_decode, save_image_grid, save_waveforms
 from harness import RESULTS_DIR, environment, save_run
 
 ZOO_DIR = RESULTS_DIR / "zoo"
-SAMPLES = 64
+SAMPLES = 64  # images per sample grid
 GRID_ROW = 8  # images per row of the sample grids
+AUDIO_SAMPLES = 8  # waveforms per plot
+
+
+def save_samples_png(name: str, result: recipes.RecipeResult) -> str:
+    """Samples of a trained image or audio model as ``samples/<name>.png``: a grid of images,
+    or waveform plots; conditional models get one class per row (image grid) or per
+    waveform, in turn. Returns the path relative to the repository."""
+    audio = len(result.event_shape) == 1
+    n = AUDIO_SAMPLES if audio else SAMPLES
+    per_class = 1 if audio else GRID_ROW
+    cond = None if result.num_classes is None else torch.arange(n) // per_class % result.num_classes
+    with torch.no_grad():
+        samples = result.model.sample(n, cond, generator=torch.Generator().manual_seed(0))
+    path = ZOO_DIR / "samples" / f"{name}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if audio:
+        save_waveforms(mu_law_decode(samples, result.categories), path)
+    else:
+        save_image_grid(samples.view(n, *result.event_shape), path, nrow=GRID_ROW, levels=result.categories, scale=4)
+    return str(path.relative_to(RESULTS_DIR.parent.parent))
 
 
 def train_all(names: Sequence[str], save_samples: bool) -> list[dict[str, Any]]:
@@ -46,15 +66,8 @@ def train_all(names: Sequence[str], save_samples: bool) -> list[dict[str, Any]]:
         }
         print(f"[{name}] test {result.test_bits_per_dim:.4f} bits/dim (baseline {result.baseline_bits_per_dim:.4f}) "
               f"in {result.seconds:.1f} s", file=sys.stderr, flush=True)
-        if save_samples and len(result.event_shape) == 3:  # images: (C, H, W)
-            # conditional models: one class per row of the grid (GRID_ROW images), in turn
-            cond = None if result.num_classes is None else torch.arange(SAMPLES) // GRID_ROW % result.num_classes
-            with torch.no_grad():
-                samples = result.model.sample(SAMPLES, cond, generator=torch.Generator().manual_seed(0))
-            path = ZOO_DIR / "samples" / f"{name}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            save_image_grid(samples.view(SAMPLES, *result.event_shape), path, nrow=GRID_ROW, levels=result.categories, scale=4)
-            row["samples"] = str(path.relative_to(RESULTS_DIR.parent.parent))
+        if save_samples and (len(result.event_shape) == 3 or result.data_name == "synthetic_audio"):
+            row["samples"] = save_samples_png(name, result)
         rows.append(row)
     return rows
 

@@ -10,7 +10,7 @@ fixed seed and split into train and test (:class:`DataSplit`).
 - Audio: :func:`synthetic_audio` (8-bit mu-law), with :func:`mu_law_encode` /
   :func:`mu_law_decode`.
 - Discrete variables of a Bayes net: :func:`alarm` (the lecture's burglary network).
-- :func:`save_image_grid`: images (data or samples) to a PNG.
+- :func:`save_image_grid`: images (data or samples) to a PNG; :func:`save_waveforms`: audio.
 """
 
 from .alarm import alarm
@@ -18,7 +18,7 @@ from .audio import AUDIO_KINDS, mu_law_decode, mu_law_encode, synthetic_audio
 from .base import DataSplit
 from .digits import digits
 from .discrete import mixture_1d, mixture_1d_probs, smiley_2d, smiley_2d_probs
-from .png import save_image_grid
+from .png import save_image_grid, save_waveforms
 from .shapes import SHAPE_KINDS, colored_shapes, shapes
 from .toy2d import checkerboard, gaussian_mixture, rings, two_moons
 
@@ -37,6 +37,7 @@ __all__ = [
     "mu_law_encode",
     "rings",
     "save_image_grid",
+    "save_waveforms",
     "shapes",
     "smiley_2d",
     "smiley_2d_probs",

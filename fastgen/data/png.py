@@ -1,5 +1,6 @@
-"""A grid of images saved as an 8-bit PNG, with nothing but :mod:`zlib` and :mod:`struct`
-(no Pillow, no matplotlib): for looking at data sets and model samples."""
+"""A grid of images, or a stack of waveform plots, saved as an 8-bit PNG with nothing but
+:mod:`zlib` and :mod:`struct` (no Pillow, no matplotlib): for looking at data sets and model
+samples."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch
 from .._atomic import write_atomic
 from ..ops._checks import check_int, check_tensor
 
-__all__ = ["save_image_grid"]
+__all__ = ["save_image_grid", "save_waveforms"]
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _COLOR_TYPES = {1: 0, 3: 2}  # channels -> PNG colour type: greyscale, truecolour (RGB)
@@ -106,3 +107,34 @@ def save_image_grid(
     )
 
     write_atomic(path, lambda file: file.write(png))
+
+
+def save_waveforms(waveforms: torch.Tensor, path: str | os.PathLike, *, height: int = 64) -> None:
+    """Plots each waveform as a white trace on black, one strip of ``height`` pixels per
+    waveform and one pixel column per sample, the strips stacked in one PNG at ``path``
+    (written like :func:`save_image_grid`).
+
+    Args:
+        waveforms: ``(N, T)`` floating, values in ``[-1, 1]`` (e.g. :func:`mu_law_decode` of
+            audio samples); +1 is drawn at the top of a strip, -1 at the bottom.
+        path: file to write; its directory must exist.
+        height: pixels per strip, >= 2.
+
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     save_waveforms(torch.sin(torch.linspace(0, 20, 300)).expand(3, -1), os.path.join(folder, "w.png"))
+    """
+    op = "save_waveforms"
+    check_tensor(op, "waveforms", waveforms, ("N", "T"), floating=True)
+    height = check_int(op, "height", height, minimum=2)
+    if waveforms.shape[0] == 0 or waveforms.shape[1] == 0:
+        raise ValueError(f"{op}: waveforms must not be empty, got shape {tuple(waveforms.shape)}")
+    if not bool(((waveforms >= -1) & (waveforms <= 1)).all()):
+        raise ValueError(f"{op}: waveforms must have values in [-1, 1] (and no NaN)")
+    rows = ((1 - waveforms.detach().cpu().double()) / 2 * (height - 1)).round().long()  # (N, T)
+    previous = torch.cat([rows[:, :1], rows[:, :-1]], dim=1)
+    # each column lights the rows between the previous sample's and this one's: a connected trace
+    low, high = torch.minimum(rows, previous), torch.maximum(rows, previous)
+    r = torch.arange(height)[None, :, None]
+    strips = ((r >= low[:, None]) & (r <= high[:, None])).double()  # (N, height, T)
+    save_image_grid(strips[:, None], path, nrow=1)

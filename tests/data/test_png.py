@@ -1,5 +1,6 @@
 """save_image_grid: the PNG it writes decodes (chunks, CRCs, zlib, unfiltering) to exactly
-the expected grid of pixels, and it is written atomically."""
+the expected grid of pixels, and it is written atomically; save_waveforms draws connected
+traces at the documented rows."""
 
 import os
 import struct
@@ -9,7 +10,7 @@ from fractions import Fraction
 import pytest
 import torch
 
-from fastgen.data import save_image_grid
+from fastgen.data import save_image_grid, save_waveforms
 
 
 def _read_png(path) -> list:
@@ -153,3 +154,32 @@ def test_arguments_are_checked_and_nothing_is_written(tmp_path, images, kwargs, 
 def test_path_is_checked(tmp_path):
     with pytest.raises(TypeError, match="path must be a str or os.PathLike"):
         save_image_grid(torch.zeros(1, 1, 2, 2), 3)
+
+
+def test_waveforms_are_connected_traces_at_the_documented_rows(tmp_path):
+    # height 5: +1 -> row 0, 0 -> row 2, -1 -> row 4
+    waveforms = torch.tensor([[1.0, 1.0, -1.0, 0.0], [0.0, 0.2, 0.3, -0.4]])
+    save_waveforms(waveforms, tmp_path / "w.png", height=5)
+    lit = [  # (row, column) of each strip's white pixels: each column spans from the previous sample's row
+        {(0, 0), (0, 1), (0, 2), (1, 2), (2, 2), (3, 2), (4, 2), (2, 3), (3, 3), (4, 3)},
+        {(2, 0), (2, 1), (1, 2), (2, 2), (1, 3), (2, 3), (3, 3)},  # rows 2, 2, 1, 3
+    ]
+    pixels = [[[[255 if (y, x) in strip else 0 for x in range(4)] for y in range(5)]] for strip in lit]
+    assert _read_png(tmp_path / "w.png") == _expected_grid(pixels, 1, 1)
+
+
+@pytest.mark.parametrize(
+    "waveforms, kwargs, error, match",
+    [
+        (torch.zeros(4), {}, ValueError, r"waveforms must have shape \(N, T\)"),
+        (torch.zeros(2, 4, dtype=torch.long), {}, TypeError, "floating"),
+        (torch.zeros(0, 4), {}, ValueError, "must not be empty"),
+        (torch.full((2, 4), 1.5), {}, ValueError, r"values in \[-1, 1\]"),
+        (torch.full((2, 4), float("nan")), {}, ValueError, r"values in \[-1, 1\]"),
+        (torch.zeros(2, 4), dict(height=1), ValueError, "height must be >= 2"),
+    ],
+)
+def test_waveform_arguments_are_checked_and_nothing_is_written(tmp_path, waveforms, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        save_waveforms(waveforms, tmp_path / "w.png", **kwargs)
+    assert os.listdir(tmp_path) == []
