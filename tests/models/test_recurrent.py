@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from fastgen.models import RecurrentAR, build
+from tests.models.autoregressive import assert_cached_equals_naive, assert_normalized
 
 
 def _model(num_classes: int | None = None, num_layers: int = 2) -> RecurrentAR:
@@ -23,11 +24,8 @@ def _all_states() -> torch.Tensor:
 @pytest.mark.parametrize("num_classes", [None, 5])
 def test_probabilities_sum_to_one(num_classes):
     model = _model(num_classes)
-    x = _all_states()
     for label in [None] if num_classes is None else [0, 4]:
-        cond = None if label is None else torch.full((len(x),), label)
-        total = model.log_prob(x, cond).exp().sum()
-        torch.testing.assert_close(total, torch.tensor(1.0, dtype=torch.float64), atol=1e-13, rtol=0)
+        assert_normalized(model, None if label is None else torch.tensor([label]))
 
 
 def test_labels_change_the_distribution():
@@ -67,11 +65,9 @@ def test_steps_equal_the_full_forward_and_log_prob(num_classes):
 def test_cached_and_naive_sampling_agree(num_classes):
     model = _model(num_classes)
     cond = None if num_classes is None else torch.arange(300) % num_classes
-    a = model.sample(300, cond, generator=torch.Generator().manual_seed(3), cache=True)
-    b = model.sample(300, cond, generator=torch.Generator().manual_seed(3), cache=False)
-    assert a.shape == (300, 4) and a.dtype == torch.long
-    assert torch.equal(a, b)
-    assert len(torch.unique(a, dim=0)) > 20  # the samples vary
+    assert_cached_equals_naive(model, 300, cond, seed=3)
+    a = model.sample(300, cond, generator=torch.Generator().manual_seed(3))
+    assert a.dtype == torch.long and len(torch.unique(a, dim=0)) > 20  # the samples vary
 
 
 def test_sgd_reaches_the_entropy_of_a_markov_chain():
