@@ -94,6 +94,10 @@ RECIPES: dict[str, Recipe] = {
         "rnn", {"dim": 64, "categories": 2, "hidden": 128}, lambda: data.digits(binarized=True), bound=0.45,
         epochs=30, batch_size=64, lr=5e-3,
     ),
+    "pixel_transformer": Recipe(
+        "pixel_transformer", {"shape": (1, 8, 8), "levels": 2, "d_model": 32, "heads": 4, "layers": 2},
+        lambda: data.digits(binarized=True), bound=0.435, epochs=30, batch_size=64, lr=3e-3,
+    ),
 }
 
 

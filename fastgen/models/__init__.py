@@ -9,6 +9,7 @@ from .discretized_logistic_mixture import DiscretizedMixtureOfLogistics
 from .gaussian_mixture import MixtureOfGaussians
 from .histogram import Histogram
 from .made import MADE
+from .pixel_transformer import PixelTransformer, PixelTransformerCache
 from .recurrent import RecurrentAR
 
 __all__ = [
@@ -19,6 +20,8 @@ __all__ = [
     "Histogram",
     "MADE",
     "MixtureOfGaussians",
+    "PixelTransformer",
+    "PixelTransformerCache",
     "RecurrentAR",
     "available",
     "build",

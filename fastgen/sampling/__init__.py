@@ -21,7 +21,9 @@ from typing import Any, Protocol
 import torch
 from tqdm.auto import tqdm
 
-__all__ = ["IncrementalModel", "sample", "sample_categorical"]
+from .kv_cache import KVCache
+
+__all__ = ["IncrementalModel", "KVCache", "sample", "sample_categorical"]
 
 
 class IncrementalModel(Protocol):
