@@ -223,7 +223,8 @@ class GatedPixelCNN(AutoregressiveModel):
         if x_prev is not None:
             x_prev = self._check_x_prev(x_prev, cache.batch)
             pixel, c = divmod(t - 1, C)
-            states[0].h_in[:, c, pixel // W, pixel % W] = x_prev * (2 / (self.levels - 1)) - 1
+            image = states[0].h_in
+            image[:, c, pixel // W, pixel % W] = x_prev.to(image.dtype) * (2 / (self.levels - 1)) - 1
         cache.position = t + 1
         pixel, c = divmod(t, C)
         i, j = divmod(pixel, W)
