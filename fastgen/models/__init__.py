@@ -6,6 +6,7 @@
 from .base import AutoregressiveModel, DensityModel, available, build, register
 from .bayes_net import BayesNet
 from .discretized_logistic_mixture import DiscretizedMixtureOfLogistics
+from .gated_pixelcnn import GatedPixelCNN
 from .gaussian_mixture import MixtureOfGaussians
 from .histogram import Histogram
 from .made import MADE
@@ -17,6 +18,7 @@ __all__ = [
     "BayesNet",
     "DensityModel",
     "DiscretizedMixtureOfLogistics",
+    "GatedPixelCNN",
     "Histogram",
     "MADE",
     "MixtureOfGaussians",

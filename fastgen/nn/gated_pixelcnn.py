@@ -19,19 +19,38 @@ __all__ = ["GatedPixelCNNLayer", "GatedPixelCNNState"]
 
 @dataclass
 class GatedPixelCNNState:
-    """Incremental-sampling buffers of one :class:`GatedPixelCNNLayer`, preallocated per batch.
+    """Incremental-sampling buffers of one :class:`GatedPixelCNNLayer`, preallocated per batch
+    by :meth:`GatedPixelCNNLayer.init_state`.
 
     Attributes:
         v_in, h_in: ``(B, C_in, H, W)``: the layer's vertical and horizontal inputs; the
             model writes each row / pixel here as it becomes known (the image itself for a
-            first layer, the previous layer's outputs otherwise).
+            first layer, the previous layer's outputs otherwise). ``h_in`` is a view of
+            ``h_padded``.
         v_pre: ``(B, 2p, W)``: the vertical pre-activations of the current row, set by
-            :meth:`GatedPixelCNNLayer.step_row` and read by ``step_pixel`` (the link).
+            :meth:`GatedPixelCNNLayer.step_row`.
+        h_padded: ``(B, C_in, H, c + W)``: ``h_in`` after ``c = k // 2`` zero columns, so that
+            the horizontal window of every pixel is a slice (no padding per pixel).
+        h_base: ``(B, W, 2p)``: the horizontal pre-activations of the current row that do
+            not depend on ``h_in``: the link of ``v_pre`` plus the horizontal bias, set by
+            ``step_row`` (one GEMM per row instead of one per pixel).
+        h_matrix: ``((c + 1) * C_in, 2p)``: the horizontal convolution as a matrix over the
+            flattened window (the current pixel's taps colour-masked).
+        out_matrix, out_bias: ``(p, p + S)``, ``(p + S,)``: the masked residual and skip
+            1x1s side by side, one GEMM for both.
+
+    The matrices are the layer's weights when the state was made: make a new state after
+    changing them.
     """
 
     v_in: torch.Tensor
     h_in: torch.Tensor
     v_pre: torch.Tensor
+    h_padded: torch.Tensor
+    h_base: torch.Tensor
+    h_matrix: torch.Tensor
+    out_matrix: torch.Tensor
+    out_bias: torch.Tensor
 
 
 class GatedPixelCNNLayer(nn.Module):
@@ -169,17 +188,37 @@ class GatedPixelCNNLayer(nn.Module):
         self, batch: int, height: int, width: int, *, dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
     ) -> GatedPixelCNNState:
-        """Zeroed buffers for sampling ``batch`` images of ``height x width``."""
+        """Zeroed buffers for sampling ``batch`` images of ``height x width``, and the
+        layer's weights in the layout of :meth:`step_pixel`."""
         f = dict(dtype=dtype or self.v_weight.dtype, device=device or self.v_weight.device)
-        shape = (batch, self.in_channels, height, width)
+        p, c, c_in = self.channels, self.kernel_size // 2, self.in_channels
+        centre, res_mask, skip_mask = gated_pixelcnn_masks(
+            p, c_in, self.skip_channels or 0, first_layer=self.first_layer, color_channels=self.color_channels,
+            dtype=self.h_weight.dtype, device=self.h_weight.device,
+        )
+        h_weight = self.h_weight[:, :, 0].clone()  # (2p, C_in, c+1)
+        h_weight[:, :, c] *= centre
+        out_matrix, out_bias = self.res_weight * res_mask, self.res_bias
+        if self.skip_weight is not None:
+            out_matrix = torch.cat([out_matrix, self.skip_weight * skip_mask])
+            out_bias = torch.cat([out_bias, self.skip_bias])
+        h_padded = torch.zeros(batch, c_in, height, c + width, **f)
         return GatedPixelCNNState(
-            torch.zeros(shape, **f), torch.zeros(shape, **f), torch.zeros(batch, 2 * self.channels, width, **f)
+            v_in=torch.zeros(batch, c_in, height, width, **f),
+            h_in=h_padded[:, :, :, c:],
+            v_pre=torch.zeros(batch, 2 * p, width, **f),
+            h_padded=h_padded,
+            h_base=torch.zeros(batch, width, 2 * p, **f),
+            h_matrix=h_weight.reshape(2 * p, -1).t().to(**f).contiguous(),
+            out_matrix=out_matrix.t().to(**f).contiguous(),
+            out_bias=out_bias.to(**f),
         )
 
     def step_row(self, state: GatedPixelCNNState, i: int, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Row ``i`` of the vertical stack from the buffered rows of ``state.v_in`` above it
         (and row ``i`` itself in later layers). Stores the row's pre-activations in
-        ``state.v_pre`` for the link and returns ``v_out[:, :, i]`` ``(B, p, W)``."""
+        ``state.v_pre`` and their link in ``state.h_base``, and returns ``v_out[:, :, i]``
+        ``(B, p, W)``."""
         c = self.kernel_size // 2
         top = i - c - 1 if self.first_layer else i - c  # input row of kernel row 0
         rows = state.v_in[:, :, max(top, 0) : top + c + 1]
@@ -189,33 +228,30 @@ class GatedPixelCNNLayer(nn.Module):
         if v_cond is not None:
             v_pre = v_pre + v_cond[:, :, None]
         state.v_pre.copy_(v_pre)
+        # (B, W, 2p): h_bias + L v_pre at every pixel of the row
+        state.h_base.copy_(torch.matmul(v_pre.transpose(1, 2), self.link_weight.t()).add_(self.h_bias))
         p = self.channels
         return torch.tanh(v_pre[:, :p]) * torch.sigmoid(v_pre[:, p:])
 
     def step_pixel(self, state: GatedPixelCNNState, i: int, j: int, labels: torch.Tensor | None = None):
-        """The horizontal stack at pixel ``(i, j)`` from ``state.h_in[:, :, i, :j+1]`` and
-        ``state.v_pre`` (row ``i``, set by :meth:`step_row`). Returns ``h_out`` ``(B, p)``, or
-        ``(h_out, skip)`` with skip channels. Pure in the state: after writing another
+        """The horizontal stack at pixel ``(i, j)`` from ``state.h_in[:, :, i, j-c : j+1]``
+        and ``state.h_base`` (row ``i``, set by :meth:`step_row`). Returns ``h_out`` ``(B, p)``,
+        or ``(h_out, skip)`` with skip channels. Pure in the state: after writing another
         colour of pixel ``(i, j)`` into ``h_in``, call it again for the next colour group."""
-        p, c, n = self.channels, self.kernel_size // 2, self.color_channels
-        centre, res_mask, skip_mask = gated_pixelcnn_masks(
-            p, self.in_channels, self.skip_channels or 0, first_layer=self.first_layer, color_channels=n,
-            dtype=self.h_weight.dtype, device=self.h_weight.device,
-        )
-        h_row = state.h_in[:, :, i]
-        x = F.pad(h_row[:, :, max(j - c, 0) : j + 1], (c - min(j, c), 0))  # (B, C_in, c+1)
-        weight = torch.cat([self.h_weight[:, :, 0, :c], (self.h_weight[:, :, 0, c] * centre)[:, :, None]], 2)
-        h_pre = torch.einsum("bik,oik->bo", x, weight) + self.h_bias + state.v_pre[:, :, j] @ self.link_weight.T
+        p, c = self.channels, self.kernel_size // 2
+        window = state.h_padded[:, :, i, j : j + c + 1].reshape(len(state.h_padded), -1)  # (B, C_in * (c+1))
+        h_pre = torch.addmm(state.h_base[:, j], window, state.h_matrix)  # (B, 2p)
         _, h_cond = self._conds(labels)
         if h_cond is not None:
-            h_pre = h_pre + h_cond
+            h_pre += h_cond
         g = torch.tanh(h_pre[:, :p]) * torch.sigmoid(h_pre[:, p:])
-        h_out = g @ (self.res_weight * res_mask).T + self.res_bias
+        out = torch.addmm(state.out_bias, g, state.out_matrix)  # (B, p + S)
+        h_out = out[:, :p]
         if not self.first_layer:
-            h_out = h_out + h_row[:, :, j]
+            h_out += state.h_in[:, :, i, j]
         if self.skip_weight is None:
             return h_out
-        return h_out, g @ (self.skip_weight * skip_mask).T + self.skip_bias
+        return h_out, out[:, p:]
 
     def extra_repr(self) -> str:
         s = f"{self.channels}, kernel_size={self.kernel_size}, first_layer={self.first_layer}"

@@ -1,0 +1,249 @@
+r"""Gated PixelCNN (van den Oord et al. 2016, "Conditional Image Generation with PixelCNN
+Decoders"): a PixelCNN whose layers are gated and split into a vertical and a horizontal
+stack, so that it has no blind spot, with optional class conditioning.
+
+The original PixelCNN's stacked masked convolutions never see the pixels above and to the
+right of the current one beyond the first layer's reach (the *blind spot*). The gated
+version replaces each masked convolution by two stacks (:class:`fastgen.nn.GatedPixelCNNLayer`):
+a vertical stack that sees every pixel of the rows above within its reach (a shifted,
+unmasked convolution) and a horizontal stack that sees the current row up to the pixel and
+reads the vertical stack through a 1x1 *link*. Sampling is incremental: at the start of
+each row every layer's vertical stack computes that row once, and at each pixel every
+layer's horizontal stack computes that one pixel (van den Oord et al.'s caching, as in
+Ramachandran et al. 2017, "Fast Generation for Convolutional Autoregressive Models").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..nn import GatedPixelCNNLayer, GatedPixelCNNState, MaskedConv2d
+from ..ops._checks import check_int, check_integer_values
+from ..ops.masked_conv2d import masked_conv2d_mask
+from .base import AutoregressiveModel, register
+
+__all__ = ["GatedPixelCNN", "GatedPixelCNNCache"]
+
+
+@dataclass
+class GatedPixelCNNCache:
+    """What :meth:`GatedPixelCNN.step` carries from one dimension to the next, preallocated
+    for the batch by :meth:`GatedPixelCNN.init_cache` and updated in place.
+
+    Attributes:
+        position: the index in the generation order of the next dimension to generate.
+        batch: ``B``.
+        labels: ``(B,)`` long class labels, or None.
+        states: each layer's :class:`~fastgen.nn.GatedPixelCNNState`. The first layer's
+            vertical and horizontal inputs are one buffer, the image scaled to ``[-1, 1]``;
+            every later layer's are the previous layer's outputs.
+        hidden: ``(B, S)``: the head's hidden units at the current pixel (scratch).
+        head: the head's two colour-masked 1x1 weights as matrices ``(S, S)`` and
+            ``(S, C * levels)`` and their biases, taken when the cache was made.
+    """
+
+    position: int
+    batch: int
+    labels: torch.Tensor | None
+    states: list[GatedPixelCNNState]
+    hidden: torch.Tensor
+    head: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+@register("gated_pixelcnn")
+class GatedPixelCNN(AutoregressiveModel):
+    r"""Gated PixelCNN (van den Oord et al. 2016) over images ``(C, H, W)`` with ``levels``
+    values per channel:
+
+    .. math::
+
+        p(x \mid y) = \prod_{i, j} \prod_{c=1}^{C} p(x_{c,i,j} \mid x_{:,<(i,j)},\, x_{<c,i,j},\, y)
+
+    over pixels in raster order and, within a pixel, colours in order (R, G, B). The image,
+    scaled to ``[-1, 1]``, is both inputs of a first :class:`~fastgen.nn.GatedPixelCNNLayer`
+    (``first_layer=True``: its vertical stack sees the rows above, its horizontal stack the
+    pixels to the left and, through colour masks, the earlier colours of the pixel), followed
+    by ``layers`` further layers. Each layer's skip output :math:`s_l` is summed and the head
+    gives the logits
+
+    .. math:: \text{logits} = W_2\, \mathrm{ReLU}\big(W_1\, \mathrm{ReLU}(\textstyle\sum_l s_l) + b_1\big) + b_2
+
+    with ``W_1, W_2`` 1x1 convolutions colour-masked like mask B (output colour group
+    :math:`\ge` input group), ``levels`` logits per channel. Stacked layers have no blind
+    spot: the conditional of a pixel depends on every earlier pixel within the receptive
+    field, the rows above on both sides included. With ``num_classes`` the model is
+    class-conditional: every layer adds a learned per-class bias to its gates and ``cond``
+    is a long tensor ``(B,)`` of labels.
+
+    Sampling with ``cache=True`` does, at the start of each row, one row of every layer's
+    vertical stack (layer ``l + 1``'s vertical input row ``i`` is layer ``l``'s output row
+    ``i``), then at each pixel (and again for each colour of it) one pixel of every layer's
+    horizontal stack and of the head: the work per generated value does not grow with the
+    image.
+
+    Args:
+        shape: ``(C, H, W)``; ``C`` is 1 (grey) or the number of colour channels.
+        levels: values per channel (2 for binary images), ``>= 2``.
+        channels: ``p``, each layer's channels (``C`` must divide it).
+        layers: the number of layers after the first, ``>= 0``.
+        kernel_size: odd kernel of the later layers.
+        first_kernel_size: odd kernel of the first layer.
+        num_classes: class-conditional with this many classes, or None.
+        skip_channels: channels of the skip outputs and of the head's hidden layer
+            (default ``channels``; ``C`` must divide it).
+
+    Shape:
+        ``x``: ``(B, C, H, W)`` long in ``[0, levels)``; ``cond``: ``(B,)`` long or None;
+        :meth:`logits`: ``(B, C * H * W, levels)`` in data (channel-major) order.
+
+    Example:
+        >>> model = GatedPixelCNN((1, 6, 6), levels=2, channels=8, layers=2)
+        >>> x = model.sample(3, generator=torch.Generator().manual_seed(0))
+        >>> x.shape, model.log_prob(x).shape
+        (torch.Size([3, 1, 6, 6]), torch.Size([3]))
+        >>> rgb = GatedPixelCNN((3, 4, 4), levels=4, channels=12, layers=1, num_classes=5)
+        >>> rgb.sample(2, cond=torch.tensor([1, 4])).shape
+        torch.Size([2, 3, 4, 4])
+    """
+
+    def __init__(
+        self,
+        shape: Sequence[int],
+        levels: int,
+        channels: int,
+        layers: int,
+        kernel_size: int = 3,
+        first_kernel_size: int = 7,
+        num_classes: int | None = None,
+        skip_channels: int | None = None,
+    ):
+        super().__init__()
+        name = "GatedPixelCNN"
+        if isinstance(shape, (str, bytes)) or not isinstance(shape, Sequence) or len(shape) != 3:
+            raise TypeError(f"{name}: shape must be a sequence (C, H, W) of three ints, got {shape!r}")
+        C, H, W = (check_int(name, f"shape[{d}]", s, minimum=1) for d, s in enumerate(shape))
+        self.levels = self.categories = check_int(name, "levels", levels, minimum=2)
+        p = check_int(name, "channels", channels, minimum=1)
+        self.num_layers = check_int(name, "layers", layers, minimum=0)
+        for arg, k in (("kernel_size", kernel_size), ("first_kernel_size", first_kernel_size)):
+            if check_int(name, arg, k, minimum=1) % 2 == 0:
+                raise ValueError(f"{name}: {arg} must be odd, got {k}")
+        if num_classes is not None:
+            check_int(name, "num_classes", num_classes, minimum=1)
+        S = p if skip_channels is None else check_int(name, "skip_channels", skip_channels, minimum=1)
+        if p % C or S % C:
+            raise ValueError(f"{name}: the {C} colour channels must divide channels and skip_channels, got {p} and {S}")
+        self.event_shape = (C, H, W)
+        self.cond_shape = None if num_classes is None else ()
+        self.channels, self.skip_channels, self.num_classes = p, S, num_classes
+        self.kernel_size, self.first_kernel_size = kernel_size, first_kernel_size
+        common = dict(num_classes=num_classes, color_channels=C, skip_channels=S)
+        self.layers = nn.ModuleList(
+            [GatedPixelCNNLayer(p, first_kernel_size, first_layer=True, in_channels=C, **common)]
+            + [GatedPixelCNNLayer(p, kernel_size, **common) for _ in range(layers)]
+        )
+        self.head_hidden = MaskedConv2d(S, S, 1, mask_type="B", color_channels=C)
+        self.head_out = MaskedConv2d(S, C * levels, 1, mask_type="B", color_channels=C)
+
+    def generation_order(self) -> list[int]:
+        """Pixel by pixel in raster order, the channels of each pixel in turn (data order is channel-major)."""
+        C, H, W = self.event_shape
+        return [c * H * W + pixel for pixel in range(H * W) for c in range(C)]
+
+    # -------------------------------------------------------------------- full forward
+
+    def _labels(self, cond: torch.Tensor | None, batch: int, op: str) -> torch.Tensor | None:
+        self._check_cond(cond, batch, self.cond_shape)
+        if cond is None:
+            return None
+        return check_integer_values(f"GatedPixelCNN.{op}", "cond", cond, self.num_classes).long()
+
+    def _scale(self, x: torch.Tensor) -> torch.Tensor:
+        """Values ``[0, levels)`` to floats in ``[-1, 1]`` of the model's dtype."""
+        return x.to(self._device_dtype()[1]) * (2 / (self.levels - 1)) - 1
+
+    def logits_of_image(self, image: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """The network on a float image ``(B, C, H, W)`` (the data scaled to ``[-1, 1]``,
+        differentiable) and labels ``(B,)`` or None: logits ``(B, C * H * W, levels)``."""
+        v_out, h_out, skip = self.layers[0]((image, image), labels)
+        for layer in self.layers[1:]:
+            v_out, h_out, s = layer((v_out, h_out), labels)
+            skip = skip + s
+        out = self.head_out(torch.relu(self.head_hidden(torch.relu(skip))))  # (B, C * levels, H, W)
+        B, (C, H, W) = image.shape[0], self.event_shape
+        return out.view(B, C, self.levels, H, W).permute(0, 1, 3, 4, 2).reshape(B, C * H * W, self.levels)
+
+    def logits(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.check_data(x)
+        return self.logits_of_image(self._scale(x), self._labels(cond, x.shape[0], "logits"))
+
+    # ---------------------------------------------------------------- incremental step
+
+    @torch.no_grad()
+    def init_cache(self, batch: int, cond: torch.Tensor | None = None) -> GatedPixelCNNCache:
+        """A fresh :class:`GatedPixelCNNCache` for ``batch`` images (with labels ``cond``)."""
+        batch = check_int("GatedPixelCNN.init_cache", "batch", batch, minimum=1)
+        labels = self._labels(cond, batch, "init_cache")
+        _, H, W = self.event_shape
+        states = [layer.init_state(batch, H, W) for layer in self.layers]
+        states[0].v_in = states[0].h_in  # the first layer reads the image in both stacks: one buffer
+        device, dtype = self._device_dtype()
+        head = (self._head_matrix(self.head_hidden), self.head_hidden.bias,
+                self._head_matrix(self.head_out), self.head_out.bias)
+        hidden = torch.empty(batch, self.skip_channels, device=device, dtype=dtype)
+        return GatedPixelCNNCache(0, batch, labels, states, hidden, head)
+
+    def _head_matrix(self, conv: MaskedConv2d) -> torch.Tensor:
+        """A colour-masked 1x1 convolution's weight as a matrix ``(C_in, C_out)``."""
+        mask = masked_conv2d_mask(conv.out_channels, conv.in_channels, 1, "B", self.event_shape[0],
+                                  dtype=conv.weight.dtype, device=conv.weight.device)
+        return (conv.weight * mask)[:, :, 0, 0].t().contiguous()
+
+    def _check_x_prev(self, x_prev: object, batch: int) -> torch.Tensor:
+        if isinstance(x_prev, torch.Tensor) and tuple(x_prev.shape) != (batch,):
+            raise ValueError(f"GatedPixelCNN.step: x_prev must have shape ({batch},), got {tuple(x_prev.shape)}")
+        return check_integer_values("GatedPixelCNN.step", "x_prev", x_prev, self.levels)
+
+    @torch.no_grad()
+    def step(self, cache: GatedPixelCNNCache, x_prev: torch.Tensor | None) -> torch.Tensor:
+        """Logits ``(B, levels)`` of the next value in :meth:`generation_order`, given
+        ``x_prev (B,)``, the value generated last (None at the first step); updates ``cache``."""
+        if not isinstance(cache, GatedPixelCNNCache):
+            raise TypeError(f"GatedPixelCNN.step: cache must be a GatedPixelCNNCache from init_cache, got {type(cache).__name__}")
+        C, H, W = self.event_shape
+        t, states, labels = cache.position, cache.states, cache.labels
+        if t >= self.num_dims:
+            raise ValueError(f"GatedPixelCNN.step: all {self.num_dims} values were already generated")
+        if (x_prev is None) != (t == 0):
+            raise ValueError("GatedPixelCNN.step: x_prev must be None at the first step and a tensor (B,) after it")
+        if x_prev is not None:
+            x_prev = self._check_x_prev(x_prev, cache.batch)
+            pixel, c = divmod(t - 1, C)
+            image = states[0].h_in
+            image[:, c, pixel // W, pixel % W] = x_prev.to(image.dtype) * (2 / (self.levels - 1)) - 1
+        cache.position = t + 1
+        pixel, c = divmod(t, C)
+        i, j = divmod(pixel, W)
+        last = len(self.layers) - 1
+        if c == 0 and j == 0:
+            for n, (layer, state) in enumerate(zip(self.layers, states)):
+                v_row = layer.step_row(state, i, labels)  # (B, p, W)
+                if n < last:
+                    states[n + 1].v_in[:, :, i] = v_row
+        skip = None
+        for n, (layer, state) in enumerate(zip(self.layers, states)):
+            h_out, s = layer.step_pixel(state, i, j, labels)
+            if n < last:
+                states[n + 1].h_in[:, :, i, j] = h_out
+            skip = s if skip is None else skip.add_(s)
+        w1, b1, w2, b2 = cache.head
+        hidden = torch.addmm(b1, skip.relu_(), w1, out=cache.hidden).relu_()
+        L = self.levels
+        return torch.addmm(b2[c * L : (c + 1) * L], hidden, w2[:, c * L : (c + 1) * L])
+
+    def extra_repr(self) -> str:
+        return f"shape={self.event_shape}, levels={self.levels}"
