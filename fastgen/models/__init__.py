@@ -10,6 +10,7 @@ from .gaussian_mixture import MixtureOfGaussians
 from .histogram import Histogram
 from .made import MADE
 from .recurrent import RecurrentAR
+from .wavenet import WaveNet, WaveNetCache
 
 __all__ = [
     "AutoregressiveModel",
@@ -20,6 +21,8 @@ __all__ = [
     "MADE",
     "MixtureOfGaussians",
     "RecurrentAR",
+    "WaveNet",
+    "WaveNetCache",
     "available",
     "build",
     "register",
