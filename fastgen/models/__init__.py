@@ -12,6 +12,7 @@ from .histogram import Histogram
 from .made import MADE
 from .pixel_transformer import PixelTransformer, PixelTransformerCache
 from .recurrent import RecurrentAR
+from .wavenet import WaveNet, WaveNetCache
 
 __all__ = [
     "AutoregressiveModel",
@@ -25,6 +26,8 @@ __all__ = [
     "PixelTransformer",
     "PixelTransformerCache",
     "RecurrentAR",
+    "WaveNet",
+    "WaveNetCache",
     "available",
     "build",
     "register",
