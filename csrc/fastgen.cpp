@@ -15,6 +15,12 @@ TORCH_LIBRARY(fastgen, m) {
   m.def(
       "masked_conv2d_backward(Tensor grad_out, Tensor x, Tensor weight, str mask_type, int color_channels, "
       "int dilation, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+  // Its output at one pixel (i, j), (B, C_out), from a zero-padded channels-last buffer of the
+  // layer's input (B, H + P, W + 2P, C_in), P = dilation * (kernel_size // 2), and the weight's
+  // kept taps packed as (taps * C_in, C_out) (fastgen/ops/masked_conv2d.py, masked_conv2d_step).
+  m.def(
+      "masked_conv2d_step(Tensor buffer, Tensor packed_weight, Tensor? bias, int i, int j, int kernel_size, "
+      "str mask_type, int color_channels, int dilation) -> Tensor");
 
   // Causal dilated conv1d (fastgen/ops/causal_conv1d.py) and its one-step form, which
   // reads and updates `state` in place.

@@ -1,13 +1,13 @@
-"""Masked convolution layer of PixelCNN (van den Oord et al. 2016)."""
+"""Masked convolution layer of PixelCNN (van den Oord et al. 2016), with its one-pixel step form."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from ..ops import masked_conv2d
+from ..ops import masked_conv2d, masked_conv2d_step, masked_conv2d_step_buffer, masked_conv2d_step_pack
 from ..ops._checks import check_int
-from ..ops.masked_conv2d import check_mask_args
+from ..ops.masked_conv2d import check_mask_args, masked_conv2d_step_write
 
 __all__ = ["MaskedConv2d"]
 
@@ -25,6 +25,13 @@ class MaskedConv2d(nn.Conv2d):
     The weight is never masked in place: masked taps keep their values and receive zero
     gradient, and the masked product is never materialized by the fast backends.
 
+    For incremental sampling (one pixel at a time in raster order), :meth:`init_state`
+    preallocates the layer's input buffer for a batch (zero-padded, channels last; see
+    :func:`fastgen.ops.masked_conv2d_step`), :meth:`write_state` stores one input pixel in
+    it and :meth:`step` returns the output at one pixel, reading only the taps the mask
+    keeps, as one GEMM against the weight packed once (:meth:`packed_weight`, cached until
+    the weight changes). The step has no autograd.
+
     Args:
         in_channels: ``C_in``.
         out_channels: ``C_out``.
@@ -36,12 +43,20 @@ class MaskedConv2d(nn.Conv2d):
         backend: default backend of this layer's calls (None: the global choice).
 
     Shape:
-        ``(B, C_in, H, W) -> (B, C_out, H, W)``.
+        ``(B, C_in, H, W) -> (B, C_out, H, W)``; step: a state ``(B, H + P, W + 2P, C_in)``,
+        ``P = dilation * (kernel_size // 2)``, and a pixel ``(i, j)`` -> ``(B, C_out)``.
 
     Example:
         >>> layer = MaskedConv2d(3, 48, 7, mask_type="A", color_channels=3)
-        >>> layer(torch.randn(8, 3, 20, 20)).shape
+        >>> x = torch.randn(8, 3, 20, 20)
+        >>> layer(x).shape
         torch.Size([8, 48, 20, 20])
+        >>> state = layer.init_state(8, 20, 20)
+        >>> for j in range(3):
+        ...     layer.write_state(state, x[:, :, 0, j], 0, j)
+        >>> y = layer.step(state, 0, 2)  # equals layer(x)[:, :, 0, 2]
+        >>> torch.allclose(y, layer(x)[:, :, 0, 2], atol=1e-5)
+        True
     """
 
     def __init__(
@@ -77,6 +92,7 @@ class MaskedConv2d(nn.Conv2d):
         self.mask_type = mask_type
         self.color_channels = color_channels
         self.backend = backend
+        self._packed: tuple[tuple, torch.Tensor] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return masked_conv2d(
@@ -87,6 +103,52 @@ class MaskedConv2d(nn.Conv2d):
             color_channels=self.color_channels,
             dilation=self.dilation[0],
             backend=self.backend,
+        )
+
+    # ------------------------------------------------------------------ incremental form
+
+    @property
+    def state_padding(self) -> int:
+        """``P = dilation * (kernel_size // 2)``: the zero rows on top and columns each side of
+        the step state."""
+        return self.dilation[0] * (self.kernel_size[0] // 2)
+
+    def packed_weight(self) -> torch.Tensor:
+        """The step's GEMM weight ``(T * C_in, C_out)`` (:func:`fastgen.ops.masked_conv2d_step_pack`),
+        detached; packed once and reused until the weight changes (in place, e.g. by an
+        optimizer step, or by a move to another dtype or device)."""
+        w = self.weight
+        key = (w._version, w.data_ptr(), w.dtype, w.device, w.shape)
+        if self._packed is None or self._packed[0] != key:
+            packed = masked_conv2d_step_pack(w, mask_type=self.mask_type, color_channels=self.color_channels)
+            self._packed = (key, packed)
+        return self._packed[1]
+
+    def init_state(
+        self, batch: int, height: int, width: int, *, dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> torch.Tensor:
+        """A zero step state ``(batch, height + P, width + 2P, C_in)`` for ``height x width``
+        images; dtype and device default to the weight's."""
+        return masked_conv2d_step_buffer(
+            batch, height, width, self.in_channels, self.kernel_size[0], dilation=self.dilation[0],
+            dtype=dtype if dtype is not None else self.weight.dtype,
+            device=device if device is not None else self.weight.device,
+        )
+
+    def write_state(self, state: torch.Tensor, x_t: torch.Tensor, i: int, j: int, channel: int = 0) -> None:
+        """Stores input pixel ``(i, j)``, ``x_t`` ``(B, n)``, in ``state`` at channels
+        ``channel .. channel + n - 1`` (all ``C_in`` by default)."""
+        masked_conv2d_step_write(
+            state, x_t, i, j, kernel_size=self.kernel_size[0], dilation=self.dilation[0], channel=channel
+        )
+
+    def step(self, state: torch.Tensor, i: int, j: int) -> torch.Tensor:
+        """The output ``(B, C_out)`` at pixel ``(i, j)`` from the inputs stored in ``state``:
+        equal to ``self(x)[:, :, i, j]`` once every pixel the mask lets ``(i, j)`` see is stored."""
+        return masked_conv2d_step(
+            state, self.weight, self.bias, i=i, j=j, mask_type=self.mask_type, color_channels=self.color_channels,
+            dilation=self.dilation[0], packed_weight=self.packed_weight(), backend=self.backend,
         )
 
     def extra_repr(self) -> str:

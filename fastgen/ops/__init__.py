@@ -16,7 +16,16 @@ from .gated_residual_block import (
     gated_residual_block_step_ref,
 )
 from .logit_transform import logit_transform, logit_transform_ref
-from .masked_conv2d import masked_conv2d, masked_conv2d_mask, masked_conv2d_ref
+from .masked_conv2d import (
+    masked_conv2d,
+    masked_conv2d_mask,
+    masked_conv2d_ref,
+    masked_conv2d_step,
+    masked_conv2d_step_buffer,
+    masked_conv2d_step_pack,
+    masked_conv2d_step_ref,
+    masked_conv2d_step_write,
+)
 from .masked_linear import masked_linear, masked_linear_ref
 from .mixture_cdf import default_icdf_iters, mixture_cdf, mixture_cdf_ref, mixture_icdf, mixture_icdf_ref
 
@@ -42,6 +51,11 @@ __all__ = [
     "masked_conv2d",
     "masked_conv2d_mask",
     "masked_conv2d_ref",
+    "masked_conv2d_step",
+    "masked_conv2d_step_buffer",
+    "masked_conv2d_step_pack",
+    "masked_conv2d_step_ref",
+    "masked_conv2d_step_write",
     "masked_linear",
     "masked_linear_ref",
     "mixture_cdf",

@@ -75,3 +75,37 @@ def test_compiles_without_graph_breaks():
     torch.testing.assert_close(compiled(x), model(x))
     compiled(x).sum().backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.parametrize("mask,colour,dilation", [("A", 3, 1), ("B", 1, 2)])
+@pytest.mark.parametrize("backend", ["ref"] + fast_backends("masked_conv2d_step", "cpu"))
+def test_step_equals_forward_pixel_by_pixel(backend, mask, colour, dilation):
+    """init_state / write_state / step in raster order reproduce the forward at every pixel,
+    writing each input pixel before its step as a sampler does."""
+    torch.manual_seed(0)
+    layer = MaskedConv2d(3, 6, 3, mask_type=mask, color_channels=colour, dilation=dilation, backend=backend).double()
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64)
+    full = layer(x)
+    state = layer.init_state(2, 4, 5)
+    P = layer.state_padding
+    assert P == dilation and state.shape == (2, 4 + P, 5 + 2 * P, 3) and state.dtype == torch.float64
+    for i in range(4):
+        for j in range(5):
+            layer.write_state(state, x[:, :, i, j], i, j)
+            y = layer.step(state, i, j)
+            assert not y.requires_grad
+            torch.testing.assert_close(y, full[:, :, i, j], atol=1e-10, rtol=1e-10)
+
+
+def test_packed_weight_is_cached_until_the_weight_changes():
+    torch.manual_seed(0)
+    layer = MaskedConv2d(3, 6, 5, mask_type="B", color_channels=3).double()
+    packed = layer.packed_weight()
+    assert layer.packed_weight() is packed, "repacked an unchanged weight"
+    state = layer.init_state(1, 3, 3).normal_()
+    y0, bias = layer.step(state, 2, 2), layer.bias.detach().clone()
+    with torch.no_grad():
+        layer.weight.mul_(2)  # in place, as an optimizer step does
+    assert layer.packed_weight() is not packed
+    torch.testing.assert_close(layer.step(state, 2, 2), 2 * y0 - bias, atol=1e-12, rtol=1e-12)
+    assert layer.float().packed_weight().dtype == torch.float32

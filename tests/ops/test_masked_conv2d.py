@@ -4,6 +4,11 @@ Outputs and all gradients over a grid (kernel 1/3/5/7, mask A/B, colour 1/3, bat
 odd image sizes, channel counts that are not multiples of 8, non-contiguous inputs,
 float32/float64); the exact set of taps each output sees (causality through the
 Jacobian); opcheck, gradcheck and torch.compile(fullgraph=True); bad inputs.
+
+masked_conv2d_step (the one-pixel form on a padded channels-last buffer): every backend
+against the step reference and the full op at every pixel, with the buffer filled as a
+sampler fills it (pixels up to the current one) and filled completely (a step that read a
+masked tap would differ); packing, the write helper, strided buffers, opcheck, bad inputs.
 """
 
 import itertools
@@ -11,11 +16,22 @@ import itertools
 import pytest
 import torch
 
-from fastgen.ops import masked_conv2d, masked_conv2d_mask, masked_conv2d_ref
+from fastgen.ops import (
+    masked_conv2d,
+    masked_conv2d_mask,
+    masked_conv2d_ref,
+    masked_conv2d_step,
+    masked_conv2d_step_buffer,
+    masked_conv2d_step_pack,
+    masked_conv2d_step_ref,
+    masked_conv2d_step_write,
+)
+from fastgen.ops.masked_conv2d import masked_conv2d_step_taps
 
 from ..helpers import DEVICES, fast_backends, tolerances
 
 OP = "masked_conv2d"
+STEP_OP = "masked_conv2d_step"
 
 
 def backend_device_dtype_params():
@@ -279,3 +295,232 @@ def test_cpp_op_called_directly_checks_its_arguments():
         op(x.half(), w.half(), None, "A", 1, 1)
     with pytest.raises(ValueError, match="grad_out"):
         backward(torch.randn(2, 6, 5, 4), x, w, "A", 1, 1, [True, True, True])
+
+
+# --------------------------------------------------------------------------------- step
+
+
+def fill_buffer(x, k, dilation):
+    """The step buffer (B, H + P, W + 2P, C) holding all of x (B, C, H, W)."""
+    B, C, H, W = x.shape
+    buffer = masked_conv2d_step_buffer(B, H, W, C, k, dilation=dilation, dtype=x.dtype, device=x.device)
+    pad = dilation * (k // 2)
+    buffer[:, pad:, pad : pad + W] = x.permute(0, 2, 3, 1)
+    return buffer
+
+
+def assert_steps_equal_full(backend, x, weight, bias, *, mask_type, colour, dilation, pixels=None):
+    """At every pixel (raster order), the step equals the full op: on a buffer filled up to
+    and including that pixel (as in sampling) and on one holding the whole image."""
+    B, C, H, W = x.shape
+    k = weight.shape[2]
+    kw = dict(mask_type=mask_type, color_channels=colour, dilation=dilation)
+    full = masked_conv2d_ref(x, weight, bias, **kw)
+    tol = tolerances(x.dtype)
+    whole = fill_buffer(x, k, dilation)
+    packed = masked_conv2d_step_pack(weight, mask_type=mask_type, color_channels=colour)
+    progressive = masked_conv2d_step_buffer(B, H, W, C, k, dilation=dilation, dtype=x.dtype)
+    for i, j in itertools.product(range(H), range(W)):
+        masked_conv2d_step_write(progressive, x[:, :, i, j], i, j, kernel_size=k, dilation=dilation)
+        if pixels is not None and (i, j) not in pixels:
+            continue
+        for buffer in (progressive, whole):
+            y = masked_conv2d_step(buffer, weight, bias, i=i, j=j, packed_weight=packed, backend=backend, **kw)
+            assert y.shape == (B, weight.shape[0]) and y.dtype == x.dtype
+            torch.testing.assert_close(y, full[:, :, i, j], **tol, msg=lambda m: f"pixel ({i}, {j}): {m}")
+            y_ref = masked_conv2d_step_ref(buffer, weight, bias, i=i, j=j, **kw)
+            torch.testing.assert_close(y, y_ref, **tol, msg=lambda m: f"pixel ({i}, {j}) vs step ref: {m}")
+
+
+STEP_GRID = [
+    pytest.param(k, mask, colour, dilation, id=f"k{k}{mask}-col{colour}-d{dilation}")
+    for k, mask, colour, dilation in itertools.product((3, 5, 7), "AB", (1, 3), (1, 2))
+]
+
+
+def step_backend_dtype_params():
+    params = [pytest.param("ref", torch.float64, id="ref-float64")]
+    for dtype in (torch.float32, torch.float64):
+        params += [pytest.param(b, dtype, id=f"{b}-{str(dtype)[6:]}") for b in fast_backends(STEP_OP, "cpu", dtype) if b != "triton"]
+    return params
+
+
+@pytest.mark.parametrize("k,mask,colour,dilation", STEP_GRID)
+@pytest.mark.parametrize("backend,dtype", step_backend_dtype_params())
+def test_step_equals_full_at_every_pixel(backend, dtype, k, mask, colour, dilation):
+    """Odd image sizes (every pixel: the borders, the corners, taps reaching into the padding);
+    batch 1 and 3 alternate over the grid."""
+    B = 1 if (k + dilation) % 2 else 3
+    x, weight, bias = (t.detach() for t in make_inputs(B, 3, 6, 5, 7, k, dtype=dtype, device="cpu"))
+    assert_steps_equal_full(backend, x, weight, bias, mask_type=mask, colour=colour, dilation=dilation)
+
+
+@pytest.mark.skipif("triton" not in fast_backends(STEP_OP, "cpu"), reason="needs triton (interpreted on CPU)")
+@pytest.mark.parametrize(
+    "k,mask,colour,dilation,dtype",
+    [(3, "A", 1, 1, torch.float32), (5, "B", 3, 2, torch.float64), (7, "A", 3, 1, torch.float32), (3, "B", 1, 2, torch.float64)],
+)
+def test_step_equals_full_triton(k, mask, colour, dilation, dtype):
+    """The interpreter is slow: a tiny image, a few pixels (corners, borders, the middle)."""
+    B = 3 if dtype == torch.float32 else 1
+    x, weight, bias = (t.detach() for t in make_inputs(B, 3, 6, 3, 4, k, dtype=dtype, device="cpu"))
+    pixels = [(0, 0), (0, 1), (0, 3), (1, 0), (1, 2), (2, 3)]
+    assert_steps_equal_full("triton", x, weight, bias, mask_type=mask, colour=colour, dilation=dilation, pixels=pixels)
+
+
+@pytest.mark.parametrize("backend", ["ref"] + fast_backends(STEP_OP, "cpu"))
+def test_step_many_channels_and_strided_inputs(backend):
+    """Output channels spanning several SIMD lane blocks with a partial last one (the CPU
+    kernel's tail panel) and more batch rows than one register tile; the buffer a strided
+    view into a larger tensor, weight and bias strided, the packing made on the fly."""
+    B, c_in, c_out, H, W, k = 17, 5, 37, 3, 4, 3
+    x, weight, bias = (t.detach() for t in make_inputs(B, c_in, c_out, H, W, k, dtype=torch.float32, device="cpu", contiguous=False))
+    big = torch.randn(B + 1, H + 2, W + 4, 2 * c_in + 1)
+    buffer = big[1:, 1:, 1:-1, 1::2]  # (B, H + 1, W + 2, c_in), no unit stride
+    buffer.zero_()
+    buffer[:, 1:, 1 : W + 1] = x.permute(0, 2, 3, 1)
+    before = big.clone()
+    full = masked_conv2d_ref(x, weight, bias, mask_type="B", color_channels=1)
+    for i, j in [(0, 0), (1, 3), (2, 2)]:
+        y = masked_conv2d_step(buffer, weight, bias, i=i, j=j, mask_type="B", backend=backend)
+        torch.testing.assert_close(y, full[:, :, i, j], **tolerances(torch.float32))
+    assert torch.equal(big, before), "the step wrote into its input"
+
+
+def test_step_pack_layout():
+    """Row t * C_in + i of the packing is kept tap t (raster order) of input channel i; the
+    colour rule zeroes the centre's hidden pairs; masked taps never appear."""
+    weight = torch.randn(6, 3, 5, 5, dtype=torch.float64)
+    for mask, colour in [("A", 1), ("B", 1), ("A", 3), ("B", 3)]:
+        packed = masked_conv2d_step_pack(weight, mask_type=mask, color_channels=colour)
+        T = masked_conv2d_step_taps(5, mask, colour)
+        assert T == (12 if mask == "A" and colour == 1 else 13)
+        assert packed.shape == (T * 3, 6) and packed.is_contiguous()
+        kept = (weight * masked_conv2d_mask(6, 3, 5, mask, colour, dtype=weight.dtype)).flatten(2)[:, :, :T]
+        assert torch.equal(packed.view(T, 3, 6), kept.permute(2, 1, 0))
+    assert not masked_conv2d_step_pack(weight.requires_grad_(), mask_type="A").requires_grad
+
+
+def test_step_write_helper():
+    buffer = masked_conv2d_step_buffer(2, 4, 3, 3, 5, dilation=2, dtype=torch.float64)
+    assert buffer.shape == (2, 8, 11, 3) and not buffer.any()
+    masked_conv2d_step_write(buffer, torch.ones(2, 2), 3, 2, kernel_size=5, dilation=2, channel=1)
+    expected = torch.zeros_like(buffer)
+    expected[:, 4 + 3, 4 + 2, 1:] = 1
+    assert torch.equal(buffer, expected)
+    with pytest.raises(ValueError, match=r"channel \+ n <= C_in = 3"):
+        masked_conv2d_step_write(buffer, torch.ones(2, 2), 0, 0, kernel_size=5, dilation=2, channel=2)
+    with pytest.raises(ValueError, match=r"value must be \(B, n\) = \(2, n\)"):
+        masked_conv2d_step_write(buffer, torch.ones(3, 1), 0, 0, kernel_size=5, dilation=2)
+    with pytest.raises(ValueError, match=r"pixel \(i, j\) = \(4, 0\) is outside the 4x3 image"):
+        masked_conv2d_step_write(buffer, torch.ones(2, 3), 4, 0, kernel_size=5, dilation=2)
+    with pytest.raises(ValueError, match="buffer must have shape"):
+        masked_conv2d_step_write(buffer, torch.ones(2, 3), 0, 0, kernel_size=9, dilation=2)
+
+
+def test_step_has_no_autograd():
+    """The step is for sampling: it records no graph, even for inputs that require grad."""
+    weight, bias = torch.randn(4, 3, 3, 3, requires_grad=True), torch.randn(4, requires_grad=True)
+    buffer = torch.randn(2, 4, 6, 3, requires_grad=True)
+    for backend in ["ref"] + fast_backends(STEP_OP, "cpu"):
+        y = masked_conv2d_step(buffer, weight, bias, i=1, j=1, mask_type="B", backend=backend)
+        assert not y.requires_grad
+
+
+@pytest.mark.parametrize("backend,device", [pytest.param(b, d, id=f"{b}-{d}") for d in DEVICES for b in fast_backends(STEP_OP, d)])
+def test_opcheck_step(backend, device):
+    op = getattr(torch.ops.fastgen, {"cpp": "masked_conv2d_step", "triton": "masked_conv2d_step_triton"}[backend]).default
+    g = torch.Generator().manual_seed(0)
+    weight, bias = torch.randn(6, 3, 3, 3, generator=g).to(device), torch.randn(6, generator=g).to(device)
+    buffer = torch.randn(2, 5, 6, 3, generator=g).to(device)  # a 4x4 image, P = 1
+    torch.library.opcheck(op, (buffer, masked_conv2d_step_pack(weight, mask_type="B", color_channels=3), bias, 3, 0, 3, "B", 3, 1))
+    torch.library.opcheck(op, (buffer, masked_conv2d_step_pack(weight, mask_type="A"), None, 0, 3, 3, "A", 1, 1))
+    buffer2 = torch.randn(1, 7, 10, 3, generator=g).to(device)  # dilation 3: a 4x4 image, P = 3
+    torch.library.opcheck(op, (buffer2, masked_conv2d_step_pack(weight, mask_type="A"), bias, 2, 1, 3, "A", 1, 3))
+
+
+@pytest.mark.skipif("cpp" not in fast_backends(STEP_OP, "cpu"), reason="needs the extension")
+def test_step_torch_compile_fullgraph():
+    torch._dynamo.reset()
+    weight, bias = torch.randn(6, 3, 3, 3), torch.randn(6)
+    packed = masked_conv2d_step_pack(weight, mask_type="B", color_channels=3)
+
+    def f(buffer, i, j):
+        y = masked_conv2d_step(buffer, weight, bias, i=i, j=j, mask_type="B", color_channels=3, packed_weight=packed)
+        return torch.relu(y)
+
+    buffer = torch.randn(2, 5, 6, 3)
+    torch.testing.assert_close(torch.compile(f, fullgraph=True)(buffer, 2, 3), f(buffer, 2, 3))
+
+
+def good_step_args():
+    # k = 3, P = 1: a 4x5 image
+    return dict(
+        buffer=torch.zeros(2, 5, 7, 3), weight=torch.randn(6, 3, 3, 3), bias=torch.randn(6), i=3, j=4,
+        mask_type="A", color_channels=3, dilation=1,
+    )
+
+
+BAD_STEP = [
+    ("buffer-type", dict(buffer=[0.0]), TypeError, "buffer must be a torch.Tensor"),
+    ("buffer-rank", dict(buffer=torch.zeros(2, 5, 7)), ValueError, r"buffer must have shape \(B, H \+ P, W \+ 2P, C_in\)"),
+    ("buffer-int", dict(buffer=torch.zeros(2, 5, 7, 3, dtype=torch.int64)), TypeError, "buffer must have a floating-point dtype"),
+    ("buffer-too-small", dict(buffer=torch.zeros(2, 5, 2, 3)), ValueError, r"P = dilation \* \(k // 2\) = 1 .* got shape \(2, 5, 2, 3\)"),
+    ("buffer-too-small-dilation", dict(dilation=5), ValueError, r"P = dilation \* \(k // 2\) = 5"),
+    ("buffer-channels", dict(buffer=torch.zeros(2, 5, 7, 4)), ValueError, r"C_in = buffer.shape\[3\] = 4"),
+    ("weight-dtype", dict(weight=torch.randn(6, 3, 3, 3, dtype=torch.float64)), TypeError, "weight has dtype torch.float64"),
+    ("weight-even", dict(weight=torch.randn(6, 3, 2, 2)), ValueError, "square kernel of odd size"),
+    ("weight-device", dict(weight=torch.randn(6, 3, 3, 3, device="meta")), ValueError, "weight is on meta"),
+    ("bias-shape", dict(bias=torch.randn(5)), ValueError, r"bias must have shape \(6,\)"),
+    ("mask", dict(mask_type="C"), ValueError, "mask_type must be one of"),
+    ("colour", dict(color_channels=2), ValueError, "color_channels=2 must divide"),
+    ("dilation", dict(dilation=0), ValueError, "dilation must be >= 1"),
+    ("i-range", dict(i=4), ValueError, r"pixel \(i, j\) = \(4, 4\) is outside the 4x5 image"),
+    ("j-negative", dict(j=-1), ValueError, r"pixel \(i, j\) = \(3, -1\) is outside"),
+    ("i-float", dict(i=1.0), TypeError, "i must be an int"),
+    ("j-bool", dict(j=True), TypeError, "j must be an int"),
+    ("j-tensor", dict(j=torch.tensor(1)), TypeError, "j must be an int, got Tensor"),
+    ("packed-shape", dict(packed_weight=torch.randn(12, 6)), ValueError, r"packed_weight must be .* = \(15, 6\), got \(12, 6\)"),
+    ("packed-dtype", dict(packed_weight=torch.randn(15, 6, dtype=torch.float64)), TypeError, "packed_weight has dtype"),
+    ("backend", dict(backend="fast"), ValueError, "backend must be one of"),
+]
+
+
+@pytest.mark.parametrize("change,error,match", [pytest.param(c, e, m, id=i) for i, c, e, m in BAD_STEP])
+def test_step_bad_input_raises_before_any_kernel(change, error, match):
+    args = good_step_args() | change
+    buffer, weight = args.pop("buffer"), args.pop("weight")
+    with pytest.raises(error, match=match):
+        masked_conv2d_step(buffer, weight, **args)
+
+
+@pytest.mark.skipif("cpp" not in fast_backends(STEP_OP, "cpu"), reason="needs the extension")
+def test_cpp_step_called_directly_checks_its_arguments():
+    """torch.ops.fastgen.masked_conv2d_step bypasses the Python checks: it must still refuse
+    anything it could read out of bounds, with a ValueError/TypeError."""
+    step = torch.ops.fastgen.masked_conv2d_step.default
+    buffer, w = torch.zeros(2, 5, 7, 3), torch.randn(6, 3, 3, 3)
+    packed = masked_conv2d_step_pack(w, mask_type="A")  # 4 taps
+    assert step(buffer, packed, None, 3, 4, 3, "A", 1, 1).shape == (2, 6)
+    with pytest.raises(ValueError, match="outside the 4x5 image"):
+        step(buffer, packed, None, 4, 0, 3, "A", 1, 1)
+    with pytest.raises(ValueError, match="outside the 4x5 image"):
+        step(buffer, packed, None, 0, -1, 3, "A", 1, 1)
+    with pytest.raises(ValueError, match="packed_weight must be"):
+        step(buffer, packed, None, 0, 0, 3, "B", 1, 1)  # mask B keeps 5 taps
+    with pytest.raises(ValueError, match="too small"):
+        step(buffer, packed, None, 0, 0, 3, "A", 1, 4)  # P = 4: W + 2P = 7 leaves no column
+    with pytest.raises(ValueError, match="too small"):
+        step(buffer, packed, None, 0, 0, 3, "A", 1, 2**62)
+    with pytest.raises(ValueError, match="kernel_size must be odd"):
+        step(buffer, packed, None, 0, 0, 2, "A", 1, 1)
+    with pytest.raises(ValueError, match="mask_type"):
+        step(buffer, packed, None, 0, 0, 3, "Z", 1, 1)
+    with pytest.raises(ValueError, match="color_channels"):
+        step(buffer, packed, None, 0, 0, 3, "A", 2, 1)
+    with pytest.raises(ValueError, match="bias"):
+        step(buffer, packed, torch.randn(5), 0, 0, 3, "A", 1, 1)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        step(buffer.double(), packed, None, 0, 0, 3, "A", 1, 1)
+    with pytest.raises(ValueError, match="buffer must be"):
+        step(buffer[0], packed, None, 0, 0, 3, "A", 1, 1)

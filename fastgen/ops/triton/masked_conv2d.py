@@ -16,6 +16,11 @@ reduced tile (grad_weight), and channel chunks it zeroes entirely are skipped.
 - ``_masked_conv2d_weight_grad_kernel``: a program owns one kept tap and one
   ``BLOCK_CO x BLOCK_CI`` tile of the weight gradient and reduces
   ``grad_out[channels, pixels] @ x[pixels + offset, chunk]`` over a range of pixels.
+- ``_masked_conv2d_step_kernel``: the one-pixel form, ``(B, taps * C_in) @ (taps * C_in,
+  C_out)``: a program computes ``BLOCK_B`` batch rows x ``BLOCK_CO`` output channels,
+  reading each ``BLOCK_K`` chunk of the flattened (tap, channel) axis straight out of the
+  padded channels-last buffer (every tap in bounds, so only the batch and k edges are
+  masked) against rows of the packed weight.
 
 Accumulation is in float32 (float64 for float64 inputs). Inputs may have any strides.
 """
@@ -26,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["masked_conv2d_backward", "masked_conv2d_forward"]
+__all__ = ["masked_conv2d_backward", "masked_conv2d_forward", "masked_conv2d_step"]
 
 
 @triton.jit
@@ -362,3 +367,99 @@ def masked_conv2d_backward(
     grad_weight = _weight_grad(grad_out, x, weight, **args) if need_weight else x.new_empty(0)
     grad_bias = grad_out.sum((0, 2, 3)) if need_bias else x.new_empty(0)
     return grad_x, grad_weight, grad_bias
+
+
+@triton.jit
+def _masked_conv2d_step_kernel(
+    buf_ptr,  # (B, H + P, W + 2P, C_IN), zero padded: every kept tap of pixel (i, j) is inside
+    w_ptr,  # (N_TAPS * C_IN, C_OUT): the packed weight
+    bias_ptr,  # (C_OUT,), read only when HAS_BIAS
+    y_ptr,  # (B, C_OUT)
+    B, C_IN, C_OUT, ROW0, COL0, DILATION, N_K,
+    stride_bb, stride_bh, stride_bw, stride_bc,
+    stride_wk, stride_wo,
+    stride_bias,
+    stride_yb, stride_yo,
+    K: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    ACC_DTYPE: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_CO: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    pid_b = tl.program_id(0)
+    pid_co = tl.program_id(1)
+    offs_b = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
+    b_ok = offs_b < B
+    offs_co = pid_co * BLOCK_CO + tl.arange(0, BLOCK_CO)
+    co_ok = offs_co < C_OUT
+    row_base = offs_b.to(tl.int64) * stride_bb + ROW0 * stride_bh + COL0 * stride_bw
+    acc = tl.zeros((BLOCK_B, BLOCK_CO), dtype=ACC_DTYPE)
+    for k0 in range(0, N_K, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        k_ok = offs_k < N_K
+        tap = offs_k // C_IN
+        ci = offs_k % C_IN
+        # Taps in raster order: K // 2 full rows above the centre, then the centre row.
+        above = tap < (K // 2) * K
+        kh = tl.where(above, tap // K, K // 2)
+        kw = tl.where(above, tap % K, tap - (K // 2) * K)
+        k_off = (kh * DILATION).to(tl.int64) * stride_bh + (kw * DILATION).to(tl.int64) * stride_bw + ci * stride_bc
+        x_tile = tl.load(buf_ptr + row_base[:, None] + k_off[None, :], mask=b_ok[:, None] & k_ok[None, :], other=0.0)
+        w_tile = tl.load(
+            w_ptr + offs_k.to(tl.int64)[:, None] * stride_wk + offs_co[None, :] * stride_wo,
+            mask=k_ok[:, None] & co_ok[None, :],
+            other=0.0,
+        )
+        acc = tl.dot(x_tile, w_tile, acc, input_precision=INPUT_PRECISION)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_co * stride_bias, mask=co_ok, other=0.0)
+        acc += bias.to(ACC_DTYPE)[None, :]
+    tl.store(
+        y_ptr + offs_b.to(tl.int64)[:, None] * stride_yb + offs_co[None, :] * stride_yo,
+        acc.to(y_ptr.dtype.element_ty),
+        mask=b_ok[:, None] & co_ok[None, :],
+    )
+
+
+def masked_conv2d_step(
+    buffer: torch.Tensor,
+    packed_weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    i: int,
+    j: int,
+    kernel_size: int,
+    mask_type: str,
+    color_channels: int,
+    dilation: int,
+) -> torch.Tensor:
+    """The output ``(B, C_out)`` at pixel ``(i, j)``; arguments already checked by
+    :func:`fastgen.ops.masked_conv2d_step` (the buffer's padding puts every kept tap in bounds)."""
+    batch, c_in = buffer.shape[0], buffer.shape[3]
+    n_k, c_out = packed_weight.shape
+    y = torch.empty((batch, c_out), dtype=buffer.dtype, device=buffer.device)
+    if batch == 0 or c_out == 0:
+        return y
+    if n_k == 0:
+        return y.copy_(bias.expand(batch, c_out)) if bias is not None else y.zero_()
+    interpret = buffer.device.type != "cuda"
+    exact = interpret or buffer.dtype == torch.float64 or not torch.backends.cudnn.allow_tf32
+    block_b, block_co = _block(batch, 32, interpret), _block(c_out, 64, interpret)
+    grid = (triton.cdiv(batch, block_b), triton.cdiv(c_out, block_co))
+    _masked_conv2d_step_kernel[grid](
+        buffer, packed_weight, bias if bias is not None else y, y,
+        batch, c_in, c_out, i, j, dilation, n_k,
+        *buffer.stride(),
+        *packed_weight.stride(),
+        bias.stride(0) if bias is not None else 0,
+        *y.stride(),
+        K=kernel_size,
+        HAS_BIAS=bias is not None,
+        ACC_DTYPE=tl.float64 if buffer.dtype == torch.float64 else tl.float32,
+        INPUT_PRECISION="ieee" if exact else "tf32",
+        BLOCK_B=block_b,
+        BLOCK_CO=block_co,
+        BLOCK_K=_block(n_k, 64, interpret),
+    )
+    return y
