@@ -372,25 +372,33 @@ if _STEP_BACKENDS.supports["cpp"].unavailable is None:
 # ------------------------------------------------------------------------------ public
 
 
-def _check_args(x, weight, bias, mask_type, color_channels, dilation) -> None:
-    check_tensor(OP, "x", x, ("B", "C_in", "H", "W"))
-    check_tensor(OP, "weight", weight, ("C_out", "C_in", "k", "k"))
-    check_same_device(OP, "x", x, weight=weight)
-    c_out, c_in, kh, kw = weight.shape
-    if kh != kw or kh % 2 == 0:
-        raise ValueError(f"{OP}: weight must have a square kernel of odd size (k, k), got {kh}x{kw}")
-    if c_in != x.shape[1] or c_in == 0 or c_out == 0:
+def _check_weights(op, name, inp, channels_at, weight, bias, mask_type, color_channels, dilation) -> int:
+    """The weight, bias and mask arguments of a masked convolution reading ``inp`` (named
+    ``name``), whose channels are ``inp.shape[channels_at]``; returns ``k``."""
+    check_tensor(op, "weight", weight, ("C_out", "C_in", "k", "k"))
+    check_same_device(op, name, inp, weight=weight)
+    c_out, c_in, k, kw = weight.shape
+    if k != kw or k % 2 == 0:
+        raise ValueError(f"{op}: weight must have a square kernel of odd size (k, k), got {k}x{kw}")
+    channels = inp.shape[channels_at]
+    if c_in != channels or c_in == 0 or c_out == 0:
         raise ValueError(
-            f"{OP}: weight must be (C_out, C_in, k, k) with C_in = x.shape[1] = {x.shape[1]} >= 1 and C_out >= 1, "
-            f"got weight shape {tuple(weight.shape)}"
+            f"{op}: weight must be (C_out, C_in, k, k) with C_in = {name}.shape[{channels_at}] = {channels} >= 1 and "
+            f"C_out >= 1, got weight shape {tuple(weight.shape)}"
         )
     if bias is not None:
-        check_tensor(OP, "bias", bias, ("C_out",))
-        check_same_device(OP, "x", x, bias=bias)
+        check_tensor(op, "bias", bias, ("C_out",))
+        check_same_device(op, name, inp, bias=bias)
         if bias.shape[0] != c_out:
-            raise ValueError(f"{OP}: bias must have shape ({c_out},) to match weight, got {tuple(bias.shape)}")
-    check_mask_args(OP, mask_type, color_channels, c_in, c_out)
-    check_int(OP, "dilation", dilation, minimum=1)
+            raise ValueError(f"{op}: bias must have shape ({c_out},) to match weight, got {tuple(bias.shape)}")
+    check_mask_args(op, mask_type, color_channels, c_in, c_out)
+    check_int(op, "dilation", dilation, minimum=1)
+    return k
+
+
+def _check_args(x, weight, bias, mask_type, color_channels, dilation) -> None:
+    check_tensor(OP, "x", x, ("B", "C_in", "H", "W"))
+    _check_weights(OP, "x", x, 1, weight, bias, mask_type, color_channels, dilation)
 
 
 def masked_conv2d(
@@ -437,23 +445,8 @@ def masked_conv2d(
 
 def _check_step_args(buffer, weight, bias, i, j, mask_type, color_channels, dilation, packed_weight) -> None:
     check_tensor(STEP_OP, "buffer", buffer, ("B", "H + P", "W + 2P", "C_in"))
-    check_tensor(STEP_OP, "weight", weight, ("C_out", "C_in", "k", "k"))
-    check_same_device(STEP_OP, "buffer", buffer, weight=weight)
-    c_out, c_in, k, kw = weight.shape
-    if k != kw or k % 2 == 0:
-        raise ValueError(f"{STEP_OP}: weight must have a square kernel of odd size (k, k), got {k}x{kw}")
-    if c_in != buffer.shape[3] or c_in == 0 or c_out == 0:
-        raise ValueError(
-            f"{STEP_OP}: weight must be (C_out, C_in, k, k) with C_in = buffer.shape[3] = {buffer.shape[3]} >= 1 and "
-            f"C_out >= 1, got weight shape {tuple(weight.shape)}"
-        )
-    if bias is not None:
-        check_tensor(STEP_OP, "bias", bias, ("C_out",))
-        check_same_device(STEP_OP, "buffer", buffer, bias=bias)
-        if bias.shape[0] != c_out:
-            raise ValueError(f"{STEP_OP}: bias must have shape ({c_out},) to match weight, got {tuple(bias.shape)}")
-    check_mask_args(STEP_OP, mask_type, color_channels, c_in, c_out)
-    check_int(STEP_OP, "dilation", dilation, minimum=1)
+    k = _check_weights(STEP_OP, "buffer", buffer, 3, weight, bias, mask_type, color_channels, dilation)
+    c_out, c_in = weight.shape[:2]
     height, width = _buffer_image(STEP_OP, buffer, k, dilation)
     _check_pixel(STEP_OP, i, j, height, width)
     if packed_weight is not None:
