@@ -127,6 +127,22 @@ class AutoregressiveModel(DensityModel):
         updates ``cache`` in place."""
         raise NotImplementedError
 
+    def check_step(self, position: int, batch: int, x_prev: object) -> torch.Tensor | None:
+        """The checks every :meth:`step` makes before touching its cache: a dimension is left
+        to generate (``position``, the number generated so far, is below ``D``), ``x_prev``
+        is None exactly at the first step and otherwise a ``(batch,)`` tensor of values in
+        ``[0, categories)``; returns ``x_prev`` as long (or None)."""
+        op = f"{type(self).__name__}.step"
+        if position >= self.num_dims:
+            raise ValueError(f"{op}: all {self.num_dims} dimensions were already generated")
+        if (x_prev is None) != (position == 0):
+            raise ValueError(f"{op}: x_prev must be None at the first step and a tensor (B,) after it")
+        if x_prev is None:
+            return None
+        if isinstance(x_prev, torch.Tensor) and tuple(x_prev.shape) != (batch,):
+            raise ValueError(f"{op}: x_prev must have shape ({batch},), got {tuple(x_prev.shape)}")
+        return check_integer_values(op, "x_prev", x_prev, self.categories).long()
+
     def generation_order(self) -> list[int]:
         """The flattened dimensions in the order they are generated (default: data order)."""
         return list(range(self.num_dims))

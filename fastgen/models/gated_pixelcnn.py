@@ -203,11 +203,6 @@ class GatedPixelCNN(AutoregressiveModel):
                                   dtype=conv.weight.dtype, device=conv.weight.device)
         return (conv.weight * mask)[:, :, 0, 0].t().contiguous()
 
-    def _check_x_prev(self, x_prev: object, batch: int) -> torch.Tensor:
-        if isinstance(x_prev, torch.Tensor) and tuple(x_prev.shape) != (batch,):
-            raise ValueError(f"GatedPixelCNN.step: x_prev must have shape ({batch},), got {tuple(x_prev.shape)}")
-        return check_integer_values("GatedPixelCNN.step", "x_prev", x_prev, self.levels)
-
     @torch.no_grad()
     def step(self, cache: GatedPixelCNNCache, x_prev: torch.Tensor | None) -> torch.Tensor:
         """Logits ``(B, levels)`` of the next value in :meth:`generation_order`, given
@@ -216,12 +211,8 @@ class GatedPixelCNN(AutoregressiveModel):
             raise TypeError(f"GatedPixelCNN.step: cache must be a GatedPixelCNNCache from init_cache, got {type(cache).__name__}")
         C, H, W = self.event_shape
         t, states, labels = cache.position, cache.states, cache.labels
-        if t >= self.num_dims:
-            raise ValueError(f"GatedPixelCNN.step: all {self.num_dims} values were already generated")
-        if (x_prev is None) != (t == 0):
-            raise ValueError("GatedPixelCNN.step: x_prev must be None at the first step and a tensor (B,) after it")
+        x_prev = self.check_step(t, cache.batch, x_prev)
         if x_prev is not None:
-            x_prev = self._check_x_prev(x_prev, cache.batch)
             pixel, c = divmod(t - 1, C)
             image = states[0].h_in
             image[:, c, pixel // W, pixel % W] = x_prev.to(image.dtype) * (2 / (self.levels - 1)) - 1

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..nn import MaskedLinear
-from ..ops._checks import check_choice, check_int, check_integer_values
+from ..ops._checks import check_choice, check_int
 from .base import AutoregressiveModel, register
 
 __all__ = ["MADE", "MADECache"]
@@ -293,11 +293,6 @@ class MADE(AutoregressiveModel):
                 target[rows:].addmm_(self.layers[layer + 1].weight[rows:, lo:hi], h)
         return state.out[t * K : (t + 1) * K].t()
 
-    def _check_x_prev(self, x_prev: object, batch: int) -> torch.Tensor:
-        if isinstance(x_prev, torch.Tensor) and tuple(x_prev.shape) != (batch,):
-            raise ValueError(f"MADE.step: x_prev must have shape ({batch},), got {tuple(x_prev.shape)}")
-        return check_integer_values("MADE.step", "x_prev", x_prev, self.categories).long()
-
     @torch.no_grad()
     def step(self, cache: MADECache, x_prev: torch.Tensor | None) -> torch.Tensor:
         """Logits ``(B, K)`` of the next dimension in :meth:`generation_order` (the mixture's
@@ -307,12 +302,7 @@ class MADE(AutoregressiveModel):
         if not isinstance(cache, MADECache):
             raise TypeError(f"MADE.step: cache must be a MADECache from init_cache, got {type(cache).__name__}")
         t, B = cache.position, cache.batch
-        if t >= self.dim:
-            raise ValueError(f"MADE.step: all {self.dim} dimensions were already generated")
-        if (x_prev is None) != (t == 0):
-            raise ValueError("MADE.step: x_prev must be None at the first step and a tensor (B,) after it")
-        if x_prev is not None:
-            x_prev = self._check_x_prev(x_prev, B)
+        x_prev = self.check_step(t, B, x_prev)
         cache.position = t + 1
         logits = torch.stack([self._advance(s, t, x_prev) for s in cache.sets])  # (M, B, K)
         if self.num_masks == 1:

@@ -247,17 +247,8 @@ class PixelTransformer(AutoregressiveModel):
             )
         kv = cache.kv
         t, B = kv.length, kv.keys.shape[1]
-        if t >= self.num_dims:
-            raise ValueError(f"PixelTransformer.step: all {self.num_dims} dimensions were already generated")
-        if (x_prev is None) != (t == 0):
-            raise ValueError("PixelTransformer.step: x_prev must be None at the first step and a tensor (B,) after it")
-        if x_prev is None:
-            h = self.start.expand(B, -1)
-        else:
-            if isinstance(x_prev, torch.Tensor) and tuple(x_prev.shape) != (B,):
-                raise ValueError(f"PixelTransformer.step: x_prev must have shape ({B},), got {tuple(x_prev.shape)}")
-            check_integer_values("PixelTransformer.step", "x_prev", x_prev, self.levels)
-            h = self.value_embedding(x_prev.long())
+        x_prev = self.check_step(t, B, x_prev)
+        h = self.start.expand(B, -1) if x_prev is None else self.value_embedding(x_prev)
         h = h + self.position_embedding[t]  # (B, d_model)
         if cache.label is not None:
             h = h + cache.label
