@@ -1,6 +1,8 @@
 """Benchmark harness: runs every ``benchmarks/bench_*.py`` case and prints one table.
 
-Each ``bench_<topic>.py`` exposes ``cases(device, quick) -> list[Case]``. A case builds
+Each ``bench_<topic>.py`` exposes ``cases(device, quick) -> list[Case]`` (except those that
+measure something other than providers side by side and have their own command line:
+``bench_sampling.py``, cached against naive sampling). A case builds
 its inputs once (``Case.setup``) and returns one zero-argument callable per *provider*:
 
 ==================  ==============================================================
@@ -239,13 +241,16 @@ def resolve_device(device: str | None) -> str:
 
 
 def discover_cases(device: str, quick: bool, name_filter: str | None = None) -> list[Case]:
-    """The cases of every ``bench_*.py`` beside this file whose name contains ``name_filter``."""
+    """The cases of every ``bench_*.py`` beside this file that has ``cases`` (see the module
+    docstring) whose name contains ``name_filter``."""
     # Bench files `import harness`; that resolves from this directory whoever runs us.
     if str(BENCH_DIR) not in sys.path:
         sys.path.insert(0, str(BENCH_DIR))
     cases: list[Case] = []
     for path in sorted(BENCH_DIR.glob("bench_*.py")):
-        cases.extend(importlib.import_module(path.stem).cases(device, quick))
+        module = importlib.import_module(path.stem)
+        if hasattr(module, "cases"):
+            cases.extend(module.cases(device, quick))
     names = [case.name for case in cases]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
