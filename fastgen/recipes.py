@@ -98,6 +98,10 @@ RECIPES: dict[str, Recipe] = {
         "pixel_transformer", {"shape": (1, 8, 8), "levels": 2, "d_model": 32, "heads": 4, "layers": 2},
         lambda: data.digits(binarized=True), bound=0.435, epochs=30, batch_size=64, lr=3e-3,
     ),
+    "pixelcnn": Recipe(
+        "pixelcnn", {"shape": (1, 8, 8), "levels": 2, "channels": 32, "layers": 3, "kernel_size": 3},
+        lambda: data.digits(binarized=True), bound=0.425, epochs=15, batch_size=64, lr=5e-3,
+    ),
 }
 
 

@@ -11,6 +11,7 @@ from .gaussian_mixture import MixtureOfGaussians
 from .histogram import Histogram
 from .made import MADE
 from .pixel_transformer import PixelTransformer, PixelTransformerCache
+from .pixelcnn import PixelCNN, PixelCNNCache
 from .recurrent import RecurrentAR
 from .wavenet import WaveNet, WaveNetCache
 
@@ -23,6 +24,8 @@ __all__ = [
     "Histogram",
     "MADE",
     "MixtureOfGaussians",
+    "PixelCNN",
+    "PixelCNNCache",
     "PixelTransformer",
     "PixelTransformerCache",
     "RecurrentAR",

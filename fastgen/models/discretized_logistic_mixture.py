@@ -12,11 +12,43 @@ from torch import nn
 from ..ops._checks import check_int
 from .base import AutoregressiveModel, register
 
-__all__ = ["DiscretizedMixtureOfLogistics"]
+__all__ = ["DiscretizedMixtureOfLogistics", "discretized_logistic_log_probs"]
 
 # PixelCNN++'s floor on the log-scale: a component narrower than a thousandth of a bin already
 # puts all its mass on one bin, and the floor keeps 1/s (and the gradients) finite.
 _MIN_LOG_SCALE = -7.0
+
+
+def discretized_logistic_log_probs(
+    mixture_logits: torch.Tensor, loc: torch.Tensor, log_scale: torch.Tensor, num_bins: int
+) -> torch.Tensor:
+    r"""The log-probability of each bin ``0, ..., num_bins - 1`` under a mixture of logistics
+    discretized onto them (:class:`DiscretizedMixtureOfLogistics` gives the formula), for a
+    batch of mixtures.
+
+    Args:
+        mixture_logits: ``(..., K)`` unnormalized log-weights of the ``K`` components.
+        loc: ``(..., K)`` locations, in bin units (bin ``b`` is centred at ``b``).
+        log_scale: ``(..., K)`` log-scales, in bin units (floored at -7).
+        num_bins: ``>= 2``.
+
+    Returns:
+        ``(..., num_bins)``, each row's exponentials summing to 1.
+
+    Example:
+        >>> logp = discretized_logistic_log_probs(torch.zeros(5, 2), torch.randn(5, 2), torch.zeros(5, 2), 4)
+        >>> logp.shape, torch.allclose(logp.exp().sum(-1), torch.ones(5))
+        (torch.Size([5, 4]), True)
+    """
+    log_scale = log_scale.clamp_min(_MIN_LOG_SCALE)
+    inv_scale = torch.exp(-log_scale)[..., None, :]  # (..., 1, K): the width of a bin in units of the scale
+    edges = torch.arange(num_bins - 1, dtype=inv_scale.dtype, device=inv_scale.device) + 0.5
+    upper = (edges[:, None] - loc[..., None, :]) * inv_scale  # (..., num_bins - 1, K): standardized inner edges
+    log_cdf = F.logsigmoid(upper)  # mass below each inner edge
+    log_sf = F.logsigmoid(-upper)  # mass above each inner edge
+    log_inner = log_cdf[..., 1:, :] + log_sf[..., :-1, :] + torch.log(-torch.expm1(-inv_scale))
+    log_mass = torch.cat([log_cdf[..., :1, :], log_inner, log_sf[..., -1:, :]], dim=-2)  # (..., num_bins, K)
+    return torch.logsumexp(torch.log_softmax(mixture_logits, -1)[..., None, :] + log_mass, dim=-1)
 
 
 @register("discretized_mixture_of_logistics")
@@ -71,15 +103,7 @@ class DiscretizedMixtureOfLogistics(AutoregressiveModel):
 
     def bin_log_probs(self) -> torch.Tensor:
         """The log-probability of each bin, ``(num_bins,)``."""
-        log_scale = self.log_scale.clamp_min(_MIN_LOG_SCALE)
-        inv_scale = torch.exp(-log_scale)  # (K,): the width of a bin in units of the scale
-        edges = torch.arange(self.num_bins - 1, dtype=inv_scale.dtype, device=inv_scale.device) + 0.5
-        upper = (edges[:, None] - self.loc) * inv_scale  # (num_bins - 1, K): standardized inner edges
-        log_cdf = F.logsigmoid(upper)  # mass below each inner edge
-        log_sf = F.logsigmoid(-upper)  # mass above each inner edge
-        log_inner = log_cdf[1:] + log_sf[:-1] + torch.log(-torch.expm1(-inv_scale))
-        log_mass = torch.cat([log_cdf[:1], log_inner, log_sf[-1:]])  # (num_bins, K)
-        return torch.logsumexp(torch.log_softmax(self.mixture_logits, 0) + log_mass, dim=-1)
+        return discretized_logistic_log_probs(self.mixture_logits, self.loc, self.log_scale, self.num_bins)
 
     def logits(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         return self.bin_log_probs().expand(x.shape[0], 1, self.num_bins)

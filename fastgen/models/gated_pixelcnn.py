@@ -23,7 +23,6 @@ from torch import nn
 
 from ..nn import GatedPixelCNNLayer, GatedPixelCNNState, MaskedConv2d
 from ..ops._checks import check_int, check_integer_values
-from ..ops.masked_conv2d import masked_conv2d_mask
 from .base import AutoregressiveModel, register
 
 __all__ = ["GatedPixelCNN", "GatedPixelCNNCache"]
@@ -192,16 +191,10 @@ class GatedPixelCNN(AutoregressiveModel):
         states = [layer.init_state(batch, H, W) for layer in self.layers]
         states[0].v_in = states[0].h_in  # the first layer reads the image in both stacks: one buffer
         device, dtype = self._device_dtype()
-        head = (self._head_matrix(self.head_hidden), self.head_hidden.bias,
-                self._head_matrix(self.head_out), self.head_out.bias)
+        head = (self.head_hidden.centre_matrix(), self.head_hidden.bias,
+                self.head_out.centre_matrix(), self.head_out.bias)
         hidden = torch.empty(batch, self.skip_channels, device=device, dtype=dtype)
         return GatedPixelCNNCache(0, batch, labels, states, hidden, head)
-
-    def _head_matrix(self, conv: MaskedConv2d) -> torch.Tensor:
-        """A colour-masked 1x1 convolution's weight as a matrix ``(C_in, C_out)``."""
-        mask = masked_conv2d_mask(conv.out_channels, conv.in_channels, 1, "B", self.event_shape[0],
-                                  dtype=conv.weight.dtype, device=conv.weight.device)
-        return (conv.weight * mask)[:, :, 0, 0].t().contiguous()
 
     @torch.no_grad()
     def step(self, cache: GatedPixelCNNCache, x_prev: torch.Tensor | None) -> torch.Tensor:

@@ -7,7 +7,7 @@ from torch import nn
 
 from ..ops import masked_conv2d, masked_conv2d_step, masked_conv2d_step_buffer, masked_conv2d_step_pack
 from ..ops._checks import check_int
-from ..ops.masked_conv2d import check_mask_args, masked_conv2d_step_write
+from ..ops.masked_conv2d import check_mask_args, masked_conv2d_mask, masked_conv2d_step_write
 
 __all__ = ["MaskedConv2d"]
 
@@ -150,6 +150,16 @@ class MaskedConv2d(nn.Conv2d):
             state, self.weight, self.bias, i=i, j=j, mask_type=self.mask_type, color_channels=self.color_channels,
             dilation=self.dilation[0], packed_weight=self.packed_weight(), backend=self.backend,
         )
+
+    def centre_matrix(self) -> torch.Tensor:
+        """The centre tap's masked weight as a matrix ``(C_in, C_out)``, detached: the whole
+        layer of a 1x1 kernel, or what the pixel itself adds to a step whose state does not
+        hold it yet (the colour rule makes it block-triangular). For sampling, taken once per
+        cache."""
+        k = self.kernel_size[0]
+        mask = masked_conv2d_mask(self.out_channels, self.in_channels, k, self.mask_type, self.color_channels,
+                                  dtype=self.weight.dtype, device=self.weight.device)
+        return (self.weight * mask)[:, :, k // 2, k // 2].t().detach().contiguous()
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, mask_type={self.mask_type!r}, color_channels={self.color_channels}"

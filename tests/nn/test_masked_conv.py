@@ -109,3 +109,23 @@ def test_packed_weight_is_cached_until_the_weight_changes():
     assert layer.packed_weight() is not packed
     torch.testing.assert_close(layer.step(state, 2, 2), 2 * y0 - bias, atol=1e-12, rtol=1e-12)
     assert layer.float().packed_weight().dtype == torch.float32
+
+
+@pytest.mark.parametrize("mask,colour,kernel", [("A", 3, 3), ("B", 3, 5), ("B", 1, 1)])
+def test_centre_matrix_is_what_the_pixel_itself_adds(mask, colour, kernel):
+    """A step whose state does not hold pixel (i, j) yet, plus the pixel times the centre
+    matrix, is the forward at (i, j): the whole layer for a 1x1 kernel."""
+    torch.manual_seed(0)
+    layer = MaskedConv2d(6, 9, kernel, mask_type=mask, color_channels=colour).double()
+    x = torch.randn(2, 6, 3, 4, dtype=torch.float64)
+    full = layer(x)
+    centre = layer.centre_matrix()
+    assert centre.shape == (6, 9) and not centre.requires_grad
+    if mask == "A" and colour == 3:  # block lower triangular: group g sees the groups before it
+        assert (centre[:, :3] == 0).all() and (centre[:2, 3:6] != 0).all() and (centre[2:, 3:6] == 0).all()
+    state = layer.init_state(2, 3, 4)
+    for i in range(3):
+        for j in range(4):
+            y = layer.step(state, i, j) + x[:, :, i, j] @ centre
+            torch.testing.assert_close(y, full[:, :, i, j], atol=1e-10, rtol=1e-10)
+            layer.write_state(state, x[:, :, i, j], i, j)
