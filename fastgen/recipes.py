@@ -102,6 +102,19 @@ RECIPES: dict[str, Recipe] = {
         "pixelcnn", {"shape": (1, 8, 8), "levels": 2, "channels": 32, "layers": 3, "kernel_size": 3},
         lambda: data.digits(binarized=True), bound=0.425, epochs=15, batch_size=64, lr=5e-3,
     ),
+    # Class-conditional on the digit labels: the paper's conditional Gated PixelCNN.
+    "gated_pixelcnn": Recipe(
+        "gated_pixelcnn",
+        {"shape": (1, 8, 8), "levels": 2, "channels": 32, "layers": 3, "kernel_size": 3, "num_classes": 10},
+        lambda: data.digits(binarized=True), bound=0.355, conditional=True, epochs=10, batch_size=64, lr=5e-3,
+    ),
+    # Globally conditioned on the kind of sound; one stack of 6 layers sees 64 samples back.
+    "wavenet": Recipe(
+        "wavenet",
+        {"residual_channels": 32, "gate_channels": 32, "skip_channels": 64, "layers_per_stack": 6, "stacks": 1,
+         "num_classes": 3, "length": 256},
+        lambda: data.synthetic_audio(600, length=256), bound=4.3, conditional=True, epochs=8, batch_size=32, lr=5e-3,
+    ),
 }
 
 

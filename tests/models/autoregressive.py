@@ -9,7 +9,9 @@ from collections.abc import Callable
 
 import torch
 
+from fastgen.data import DataSplit
 from fastgen.models import AutoregressiveModel
+from fastgen.train import fit
 from tests.helpers import tolerances
 
 __all__ = [
@@ -19,6 +21,7 @@ __all__ = [
     "assert_step_equals_full",
     "dependencies",
     "every_x",
+    "bits_after_training",
 ]
 
 
@@ -88,3 +91,13 @@ def assert_cached_equals_naive(model: AutoregressiveModel, n: int, cond: torch.T
     naive = model.sample(n, cond, torch.Generator().manual_seed(seed), cache=False)
     assert cached.shape == (n, *model.event_shape)
     assert torch.equal(cached, naive)
+
+
+def bits_after_training(
+    model: AutoregressiveModel, split: DataSplit, *, epochs: int, lr: float, batch_size: int = 64
+) -> float:
+    """Test bits/dim of ``model`` after :func:`fastgen.train.fit` on ``split.train`` (seed 0)."""
+    fit(model, split.train, epochs=epochs, batch_size=batch_size, lr=lr, progress=False)
+    model.eval()
+    with torch.no_grad():
+        return model.bits_per_dim(split.test).item()

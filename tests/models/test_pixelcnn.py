@@ -11,13 +11,13 @@ import torch
 from fastgen import data
 from fastgen.models import PixelCNN, build
 from fastgen.models.pixelcnn import PixelCNNCache
-from fastgen.train import fit
 from tests.helpers import tolerances
 from tests.models.autoregressive import (
     assert_cached_equals_naive,
     assert_normalized,
     assert_respects_order,
     assert_step_equals_full,
+    bits_after_training,
     dependencies,
 )
 
@@ -261,10 +261,7 @@ def test_training_on_digits_lowers_the_test_loss(output):
     model = PixelCNN((1, 8, 8), 2, channels=16, layers=2, output=output, components=2)
     with torch.no_grad():
         before = model.bits_per_dim(split.test).item()
-    fit(model, split.train, epochs=1, batch_size=32, lr=1e-2, progress=False)
-    model.eval()
-    with torch.no_grad():
-        after = model.bits_per_dim(split.test).item()
+    after = bits_after_training(model, split, epochs=1, batch_size=32, lr=1e-2)
     # about 1 before, 0.51 after (both outputs); 0.571 is the trivial baseline (independent pixels)
     assert after < 0.55 and after < 0.6 * before
 
@@ -280,10 +277,7 @@ def test_colour_autoregressive_beats_independent_colours_on_colored_shapes():
     for mode in ("autoregressive", "independent"):
         torch.manual_seed(0)
         model = PixelCNN((3, 8, 8), 4, channels=48, layers=2, kernel_size=3, first_kernel_size=5, color_mode=mode)
-        fit(model, split.train, epochs=5, batch_size=64, lr=1e-2, progress=False)
-        model.eval()
-        with torch.no_grad():
-            bits[mode] = model.bits_per_dim(split.test).item()
+        bits[mode] = bits_after_training(model, split, epochs=5, lr=1e-2)
     assert bits["autoregressive"] < bits["independent"] - 0.02, bits
 
 
