@@ -3,7 +3,7 @@
 ``fastgen.models.available()`` lists the names.
 """
 
-from .base import AutoregressiveModel, DensityModel, available, build, register
+from .base import AutoregressiveModel, DensityModel, FlowModel, available, build, register
 from .bayes_net import BayesNet
 from .discretized_logistic_mixture import DiscretizedMixtureOfLogistics
 from .gated_pixelcnn import GatedPixelCNN
@@ -20,6 +20,7 @@ __all__ = [
     "BayesNet",
     "DensityModel",
     "DiscretizedMixtureOfLogistics",
+    "FlowModel",
     "GatedPixelCNN",
     "Histogram",
     "MADE",

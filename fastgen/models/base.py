@@ -8,6 +8,8 @@ r"""The contract every zoo model follows, and the registry that builds them by n
   every dimension at once (``logits``, for training) and one at a time from a cache
   (``init_cache`` / ``step``, for sampling); the base derives ``log_prob`` and both kinds of
   sampling from them.
+- :class:`FlowModel`: a normalizing flow, ``log_prob`` by the change of variables through
+  ``transform`` (data to latent) and ``sample`` through ``inverse``.
 - :func:`register`, :func:`build`, :func:`available`: the zoo by name.
 
 Sampling (cached or naive, the same uniforms for both) is :mod:`fastgen.sampling`'s.
@@ -28,6 +30,7 @@ from ..ops._checks import check_integer_values
 __all__ = [
     "AutoregressiveModel",
     "DensityModel",
+    "FlowModel",
     "available",
     "build",
     "register",
@@ -45,6 +48,7 @@ class DensityModel(nn.Module):
     """
 
     event_shape: tuple[int, ...]
+    cond_shape: tuple[int, ...] | None = None  # one example's cond; None: the model takes none
 
     @property
     def num_dims(self) -> int:
@@ -111,7 +115,6 @@ class AutoregressiveModel(DensityModel):
     """
 
     categories: int
-    cond_shape: tuple[int, ...] | None = None
 
     def logits(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         """Logits of every dimension's conditional: ``(B, *event_shape) -> (B, D, categories)``."""
@@ -186,6 +189,81 @@ class AutoregressiveModel(DensityModel):
         return sampling.sample(
             self, n, cond, generator, cache=cache, progress=progress, device=device, dtype=dtype
         )
+
+
+class FlowModel(DensityModel):
+    r"""A normalizing flow: an invertible map :math:`z = f(x)` from the data to a latent
+    variable with a simple density, and the change of variables
+
+    .. math:: \log p(x) = \log p_Z(f(x)) + \log\left|\det \frac{\partial f}{\partial x}\right|.
+
+    Subclasses set ``event_shape`` (and ``latent_shape`` if ``z`` has another shape, and
+    ``cond_shape`` if they are conditional) and implement:
+
+    - :meth:`transform` ``(x, cond) -> (z, log_terms)``: the data-to-latent direction and, per
+      example, every log-likelihood term it accounts for besides :meth:`base_log_prob` of the
+      final ``z`` (the log-determinants; a dequantization's ``-D log bins`` and
+      ``-log q(u|x)``; the priors of latent parts factored out early, as in Glow's splits);
+    - :meth:`inverse` ``(z, cond, temperature, generator) -> x``: the latent-to-data
+      direction (latent parts factored out early are drawn inside it, scaled by
+      ``temperature``); integer data comes back as its integer values.
+
+    :meth:`log_prob` is ``base_log_prob(z) + log_terms``: exact for continuous data, and for
+    integer data (models that dequantize in :meth:`transform`) the one-sample estimate of the
+    dequantized bound (Theis et al. 2016; Ho et al. 2019), whose ``bits_per_dim`` is the
+    standard figure. :meth:`sample` draws ``z`` from the base (standard normal unless
+    overridden) scaled by ``temperature`` and inverts it.
+    """
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        """The shape of one example's final ``z`` (default: ``event_shape``)."""
+        return self.event_shape
+
+    def transform(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x (B, *event_shape) -> (z (B, *latent_shape), log_terms (B,))``."""
+        raise NotImplementedError
+
+    def inverse(
+        self,
+        z: torch.Tensor,
+        cond: torch.Tensor | None = None,
+        *,
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """``z (B, *latent_shape) -> x (B, *event_shape)``."""
+        raise NotImplementedError
+
+    def base_log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        """Log-density of the latent ``z`` per example, ``(B,)``: standard normal by default."""
+        return -0.5 * (z.square() + math.log(2 * math.pi)).flatten(1).sum(1)
+
+    def sample_base(self, n: int, generator: torch.Generator | None, temperature: float) -> torch.Tensor:
+        """``n`` latents ``(n, *latent_shape)`` from the base scaled by ``temperature``."""
+        device, dtype = self._device_dtype()
+        return temperature * torch.randn(n, *self.latent_shape, generator=generator, device=device, dtype=dtype)
+
+    def log_prob(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        z, log_terms = self.transform(x, cond)
+        return self.base_log_prob(z) + log_terms
+
+    def sample(
+        self,
+        n: int,
+        cond: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        *,
+        temperature: float = 1.0,
+    ) -> torch.Tensor:
+        """``n`` samples ``(n, *event_shape)``: base latents scaled by ``temperature`` (1 is
+        the model's distribution, 0 its mode path), inverted."""
+        n = self._check_n(n)
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0:
+            raise ValueError(f"{type(self).__name__}.sample: temperature must be a number >= 0, got {temperature!r}")
+        self._check_cond(cond, n, self.cond_shape)
+        z = self.sample_base(n, generator, float(temperature))
+        return self.inverse(z, cond, temperature=float(temperature), generator=generator)
 
 
 # ------------------------------------------------------------------------------ registry
