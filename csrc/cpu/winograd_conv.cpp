@@ -269,20 +269,102 @@ at::Tensor to_channels_last(const at::Tensor& in, int64_t Hp, int64_t Wp, int64_
   return out;
 }
 
-// V (alpha * beta, C_out, C_in) = G_r W G_c^T per channel pair, in double.
-at::Tensor weight_transform(const at::Tensor& weight, const Plan& p) {
-  const at::Tensor Gr = at::tensor(p.Gr, at::kDouble).view({p.alpha, p.R});
-  const at::Tensor Gc = at::tensor(p.Gc, at::kDouble).view({p.beta, p.k});
-  return at::einsum("ar,bq,oirq->aboi", {Gr, Gc, weight.to(at::kDouble)})
-      .reshape({p.alpha * p.beta, weight.size(0), weight.size(1)})
-      .to(weight.scalar_type());
+// V[a, b] = G_r W G_c^T per channel pair, in double, straight into the micro-kernel's packed
+// A operand: output channels in the lanes, (AB, C_out / mr, C_in, mr) (the forward), or
+// input channels, (AB, C_in / mr, C_out, mr) (the input gradient); zero beyond the channels.
+// A run of mr lanes at a time, so that every store fills a whole run of the packed layout.
+template <typename T>
+at::Tensor packed_weight_transform(const at::Tensor& weight_any, const Plan& p, int64_t mr, bool output_lanes) {
+  const at::Tensor weight = weight_any.contiguous();
+  const int64_t c_out = weight.size(0), c_in = weight.size(1), R = p.R, k = p.k, AB = p.alpha * p.beta;
+  const int64_t lanes = output_lanes ? c_out : c_in, other = output_lanes ? c_in : c_out;
+  const int64_t blocks = (lanes + mr - 1) / mr;
+  at::Tensor out = at::empty({AB, blocks, other, mr}, weight.options());
+  const T* w = weight.data_ptr<T>();
+  T* dst = out.data_ptr<T>();
+  const int64_t lane_stride = output_lanes ? c_in * R * k : R * k, other_stride = output_lanes ? R * k : c_in * R * k;
+  at::parallel_for(0, blocks * other, 1, [&](int64_t begin, int64_t end) {
+    std::vector<double> taps(R * k * mr), rows(R * p.beta * mr);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t blk = item / other, col = item % other, n = std::min(mr, lanes - blk * mr);
+      std::fill(taps.begin(), taps.end(), 0.0);
+      for (int64_t m = 0; m < n; ++m) {
+        const T* src = w + (blk * mr + m) * lane_stride + col * other_stride;
+        for (int64_t rq = 0; rq < R * k; ++rq) taps[rq * mr + m] = static_cast<double>(src[rq]);
+      }
+      for (int64_t r = 0; r < R; ++r)
+        for (int64_t b = 0; b < p.beta; ++b) {
+          double* acc = rows.data() + (r * p.beta + b) * mr;
+          std::fill(acc, acc + mr, 0.0);
+          for (int64_t q = 0; q < k; ++q) {
+            const double g = p.Gc[b * k + q];
+            if (g == 0.0) continue;
+            const double* t = taps.data() + (r * k + q) * mr;
+            for (int64_t m = 0; m < mr; ++m) acc[m] += g * t[m];
+          }
+        }
+      for (int64_t a = 0; a < p.alpha; ++a)
+        for (int64_t b = 0; b < p.beta; ++b) {
+          T* d = dst + ((a * p.beta + b) * blocks * other + item) * mr;
+          for (int64_t m = 0; m < mr; ++m) {
+            double acc = 0;
+            for (int64_t r = 0; r < R; ++r) acc += p.Gr[a * R + r] * rows[(r * p.beta + b) * mr + m];
+            d[m] = static_cast<T>(acc);
+          }
+        }
+    }
+  });
+  return out;
 }
 
-// (P, N, K) -> (P, ceil(N / mr), K, mr): the micro-kernel's packed A operand, N in the lanes
-// (zero beyond N), K the reduction.
-at::Tensor pack_lanes(const at::Tensor& V, int64_t n_pad, int64_t mr) {
-  const at::Tensor padded = at::constant_pad_nd(V, {0, 0, 0, n_pad - V.size(1)});
-  return padded.view({V.size(0), n_pad / mr, mr, V.size(2)}).permute({0, 1, 3, 2}).contiguous();
+// The weight gradient from the threads' dV accumulators (threads, AB, C_out / mr, C_in, mr):
+// dW = G_r^T (sum over threads of dV) G_c per channel pair, in double, a run of mr output
+// channels at a time.
+template <typename T>
+at::Tensor weight_grad_transform(const at::Tensor& dV, const Plan& p, int64_t c_out, int64_t c_in, int64_t mr) {
+  const int64_t threads = dV.size(0), AB = p.alpha * p.beta, blocks = dV.size(2), R = p.R, k = p.k;
+  at::Tensor out = at::empty({c_out, c_in, R, k}, dV.options());
+  const T* src = dV.data_ptr<T>();
+  T* dst = out.data_ptr<T>();
+  const int64_t point = blocks * c_in * mr, thread = AB * point;
+  at::parallel_for(0, blocks * c_in, 1, [&](int64_t begin, int64_t end) {
+    std::vector<double> sum(AB * mr), cols(p.alpha * k * mr), taps(R * k * mr);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t og = item / c_in, i = item % c_in, n = std::min(mr, c_out - og * mr);
+      std::fill(sum.begin(), sum.end(), 0.0);
+      for (int64_t t = 0; t < threads; ++t)
+        for (int64_t ab = 0; ab < AB; ++ab) {
+          const T* s = src + t * thread + ab * point + item * mr;
+          for (int64_t m = 0; m < mr; ++m) sum[ab * mr + m] += static_cast<double>(s[m]);
+        }
+      for (int64_t a = 0; a < p.alpha; ++a)
+        for (int64_t q = 0; q < k; ++q) {
+          double* acc = cols.data() + (a * k + q) * mr;
+          std::fill(acc, acc + mr, 0.0);
+          for (int64_t b = 0; b < p.beta; ++b) {
+            const double g = p.Gc[b * k + q];
+            if (g == 0.0) continue;
+            const double* v = sum.data() + (a * p.beta + b) * mr;
+            for (int64_t m = 0; m < mr; ++m) acc[m] += g * v[m];
+          }
+        }
+      for (int64_t r = 0; r < R; ++r)
+        for (int64_t q = 0; q < k; ++q) {
+          double* acc = taps.data() + (r * k + q) * mr;
+          std::fill(acc, acc + mr, 0.0);
+          for (int64_t a = 0; a < p.alpha; ++a) {
+            const double g = p.Gr[a * R + r];
+            const double* c = cols.data() + (a * k + q) * mr;
+            for (int64_t m = 0; m < mr; ++m) acc[m] += g * c[m];
+          }
+        }
+      for (int64_t m = 0; m < n; ++m) {
+        T* d = dst + ((og * mr + m) * c_in + i) * R * k;
+        for (int64_t rq = 0; rq < R * k; ++rq) d[rq] = static_cast<T>(taps[rq * mr + m]);
+      }
+    }
+  });
+  return out;
 }
 
 // U (alpha * beta, tiles, C) of the block of nr tile rows from j0 of one image's padded
@@ -308,7 +390,7 @@ void forward_impl(const at::Tensor& in, const at::Tensor& weight, const Winograd
   const int64_t AB = p.alpha * p.beta, mr = gemm.mr, n_og = s.co_pad / mr, WpC = s.Wp * s.c_in;
   const int64_t max_tiles = s.rows * s.W2;
   const at::Tensor X = to_channels_last<T>(in, s.Hp, s.Wp, s.c_in, conv.dh0, conv.dw0);
-  const at::Tensor Vf = pack_lanes(weight_transform(weight, p), s.co_pad, mr);  // (AB, n_og, C_in, mr)
+  const at::Tensor Vf = packed_weight_transform<T>(weight, p, mr, true);  // (AB, n_og, C_in, mr)
   std::vector<int64_t> iota(s.c_in);
   std::iota(iota.begin(), iota.end(), 0);
   const T* Xd = X.data_ptr<T>();
@@ -362,13 +444,15 @@ std::tuple<at::Tensor, at::Tensor> backward_impl(const at::Tensor& in, const at:
   const int64_t WpC = s.Wp * s.c_in, Wg = 2 * s.W2, max_tiles = s.rows * s.W2;
   const at::Tensor G = to_channels_last<T>(grad_out, 2 * s.H2, Wg, s.co_pad, 0, 0);
   const at::Tensor X = need_weight ? to_channels_last<T>(in, s.Hp, s.Wp, s.c_in, conv.dh0, conv.dw0) : at::Tensor();
-  const at::Tensor Vb = need_in ? pack_lanes(weight_transform(weight, p).transpose(1, 2), s.ci_pad, mr)
-                                : at::Tensor();  // (AB, n_ig, C_out, mr)
+  const at::Tensor Vb = need_in ? packed_weight_transform<T>(weight, p, mr, false) : at::Tensor();
   at::Tensor grad_in = need_in ? at::empty({s.B, s.c_in, s.H, s.W}, in.options()) : at::Tensor();
   // One accumulator per thread, summed at the end: no atomics, and a fixed order of
   // summation for a given thread count.
   const int64_t threads = at::get_num_threads();
-  at::Tensor dV = need_weight ? at::zeros({threads, AB, s.c_in, s.co_pad}, in.options()) : at::Tensor();
+  // Each accumulator (AB, C_out / mr, C_in, mr): a register tile's rows are contiguous and
+  // the calls walk through it in order, which the hardware prefetcher follows (strided rows
+  // of C left each call waiting on cache misses at its end).
+  at::Tensor dV = need_weight ? at::zeros({threads, AB, n_og, s.c_in, mr}, in.options()) : at::Tensor();
   std::vector<int64_t> iota(s.c_out), a_off(max_tiles), b_off(max_tiles);
   std::iota(iota.begin(), iota.end(), 0);
   for (int64_t t = 0; t < max_tiles; ++t) {
@@ -385,7 +469,7 @@ std::tuple<at::Tensor, at::Tensor> backward_impl(const at::Tensor& in, const at:
     Buffer<T> cols(p.alpha * 2 * max_tiles * s.co_pad, opt), dM(AB * max_tiles * s.co_pad, opt);
     Buffer<T> rowT(p.alpha * s.rows * WpC, opt), U(need_weight ? AB * max_tiles * s.c_in : 0, opt);
     Buffer<T> dU(need_in ? AB * max_tiles * s.ci_pad : 0, opt), GX(need_in ? s.Hp * WpC : 0, opt);
-    T* dv = need_weight ? dV.data_ptr<T>() + at::get_thread_num() * AB * s.c_in * s.co_pad : nullptr;
+    T* dv = need_weight ? dV.data_ptr<T>() + at::get_thread_num() * AB * s.co_pad * s.c_in : nullptr;
     for (int64_t b = begin; b < end; ++b) {
       if (need_in) GX.zero();
       const T* Gb = Gd + b * 2 * s.H2 * Wg * s.co_pad;
@@ -410,7 +494,7 @@ std::tuple<at::Tensor, at::Tensor> backward_impl(const at::Tensor& in, const at:
               for (const Tile& it : its)
                 gemm.gather[it.size](nt, dM.data() + ab * TC + og * mr, a_off.data(),
                                      U.data() + ab * nt * s.c_in + it.start, b_off.data(), 1,
-                                     dv + (ab * s.c_in + it.start) * s.co_pad + og * mr, s.co_pad, true);
+                                     dv + ((ab * n_og + og) * s.c_in + it.start) * mr, mr, true);
         }
         if (need_in) {  // dU[a, b] = V[a, b]^T dM[a, b], then back through BT_c and BT_r
           const std::vector<Tile> tts = tiles(0, nt, gemm.nr_max);
@@ -450,12 +534,7 @@ std::tuple<at::Tensor, at::Tensor> backward_impl(const at::Tensor& in, const at:
   });
 
   at::Tensor grad_weight;
-  if (need_weight) {
-    const at::Tensor Gr = at::tensor(p.Gr, at::kDouble).view({p.alpha, p.R});
-    const at::Tensor Gc = at::tensor(p.Gc, at::kDouble).view({p.beta, p.k});
-    const at::Tensor sum = dV.sum(0).narrow(2, 0, s.c_out).to(at::kDouble).view({p.alpha, p.beta, s.c_in, s.c_out});
-    grad_weight = at::einsum("ar,bq,abio->oirq", {Gr, Gc, sum}).to(in.scalar_type()).contiguous();
-  }
+  if (need_weight) grad_weight = weight_grad_transform<T>(dV, p, s.c_out, s.c_in, mr);
   return {grad_in, grad_weight};
 }
 
