@@ -426,7 +426,11 @@ void forward_impl(const at::Tensor& in, const at::Tensor& weight, const Winograd
           const int64_t jj = h / 2 - j0, er = h % 2;
           const T* t0 = tile.data() + ((er * 2) * nt + jj * s.W2) * s.co_pad + o;
           const T* t1 = t0 + TC;
-          for (int64_t w = 0; w < s.W; ++w) y[w] = (w % 2 ? t1 : t0)[(w / 2) * s.co_pad] + bo;
+          for (int64_t c = 0; c < s.W / 2; ++c) {
+            y[2 * c] = t0[c * s.co_pad] + bo;
+            y[2 * c + 1] = t1[c * s.co_pad] + bo;
+          }
+          if (s.W % 2) y[s.W - 1] = t0[(s.W / 2) * s.co_pad] + bo;
         }
       }
     }
