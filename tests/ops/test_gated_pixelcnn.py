@@ -191,6 +191,24 @@ def test_causality_jacobian(backend, colour, kernel):
             assert dep_h[-1, 2, 3, 0, 2, 3]
 
 
+@pytest.mark.parametrize("kernel,first", [(5, True), (7, False), (7, True)])
+@pytest.mark.parametrize("backend", JACOBIAN_BACKENDS)
+def test_vertical_stack_reads_exactly_its_kernel(backend, kernel, first):
+    """v_out at (i, j) depends on exactly the rows i-c .. i (first layer: i-c-1 .. i-1) and
+    the columns j-c .. j+c of v: no trace, even by rounding, of an input outside the kernel
+    (the CPU's Winograd tiles split kernel columns in pieces, and pair rows and columns)."""
+    torch.manual_seed(0)
+    H, W, p, c = 7, 11, 2, kernel // 2
+    layer = GatedPixelCNNLayer(p, kernel, first_layer=first, in_channels=p, backend=backend).double()
+    v = torch.randn(1, p, H, W, dtype=torch.float64)
+    h = torch.randn(1, p, H, W, dtype=torch.float64)
+    dep = _dependence(lambda v: layer((v, h))[0], v).any(3)  # (p, H, W, H, W)
+    i, j, i2, j2 = torch.meshgrid(*(torch.arange(n) for n in (H, W, H, W)), indexing="ij")
+    top = i - c - (1 if first else 0)
+    expected = (i2 >= top) & (i2 <= top + c) & ((j2 - j).abs() <= c)
+    assert torch.equal(dep, expected.expand_as(dep))
+
+
 def _input_gradient(stack, x, i, j):
     x = x.clone().requires_grad_()
     out = stack(x)
