@@ -10,25 +10,9 @@
 namespace fastgen::cpu {
 namespace {
 
-struct Tile {
-  int64_t start, size;
-};
 struct Span {
   int64_t begin, end;
 };
-
-// n split into ceil(n / max_width) tiles of nearly equal width: a wide tile keeps more
-// FMAs per load than a full tile followed by a sliver.
-std::vector<Tile> tiles(int64_t start, int64_t n, int64_t max_width) {
-  std::vector<Tile> out;
-  if (n <= 0) return out;
-  const int64_t count = (n + max_width - 1) / max_width, base = n / count, extra = n % count;
-  for (int64_t i = 0; i < count; ++i) {
-    out.push_back({start, base + (i < extra ? 1 : 0)});
-    start += out.back().size;
-  }
-  return out;
-}
 
 // n split into blocks of exactly `width` (the last one partial): the SIMD lanes.
 std::vector<Tile> lane_blocks(int64_t n, int64_t width) {

@@ -15,6 +15,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 namespace fastgen::cpu {
 
@@ -71,9 +72,27 @@ const char* tap_gemm_description();
 
 template <typename T>
 const TapGemm<T>& tap_gemm();
+
 template <>
 inline const TapGemm<float>& tap_gemm<float>() { return tap_gemm_set().f32; }
 template <>
 inline const TapGemm<double>& tap_gemm<double>() { return tap_gemm_set().f64; }
+
+struct Tile {
+  int64_t start, size;
+};
+
+// n split into ceil(n / max_width) register tiles of nearly equal width: a wide tile keeps
+// more FMAs per load than a full tile followed by a sliver.
+inline std::vector<Tile> tiles(int64_t start, int64_t n, int64_t max_width) {
+  std::vector<Tile> out;
+  if (n <= 0) return out;
+  const int64_t count = (n + max_width - 1) / max_width, base = n / count, extra = n % count;
+  for (int64_t i = 0; i < count; ++i) {
+    out.push_back({start, base + (i < extra ? 1 : 0)});
+    start += out.back().size;
+  }
+  return out;
+}
 
 }  // namespace fastgen::cpu

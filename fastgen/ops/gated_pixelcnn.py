@@ -25,12 +25,15 @@ With ``p`` channels, odd kernel ``k`` and ``c = k // 2``:
   and ``S`` (``S x p``) are 1x1s masked like mask B over colour groups (output group >=
   input group). The identity term ``[h]`` is absent in the first layer.
 
-The CPU fast path (``cpp``) runs the vertical stack (kernels up to 7) by Winograd F(2, R)
-along rows (output rows in pairs from ``R + 1`` row convolutions instead of ``2R``; causal
-by construction, see ``csrc/cpu/row_winograd.h``) and the row convolutions and the
-horizontal stack through the sparse-tap engine (no padded copies of rows; taps that leave
-the image are skipped), adds the biases in the convolutions, applies the gates with vectorized ATen ops and the gate's backward in
-one fused pass, and does the link, residual and skip as batched GEMMs in place. Its
+The CPU fast path (``cpp``) runs the vertical stack (kernels 3, 5 and 7) by Winograd
+F(2 x 2) along rows and columns (2 x 2 output tiles from ``(R + 1)`` row points by the
+column points of the kernel's columns split in pieces of at most 4, e.g. 5 x 9 products
+instead of 4 x 28 for ``k = 7``; a GEMM over channels per product; no output depends,
+even by rounding, on an input outside its kernel, see ``csrc/cpu/winograd_conv.h``) and
+the horizontal stack through the sparse-tap engine (no padded copies of rows; taps that
+leave the image are skipped), adds the biases in the convolutions, applies the gates
+with vectorized ATen ops and the gate's backward in one fused pass, and does the link,
+residual and skip as batched GEMMs in place. Its
 forward returns the pre-activations as extra outputs that the backward reuses (saving
 them costs two activations of memory; recomputing them would cost both convolutions
 again). The ``triton`` path leaves the dense convolutions and 1x1s to cuDNN/cuBLAS and

@@ -111,6 +111,22 @@ def test_degenerate_shapes(backend, device):
             assert_matches_reference(backend, tensors, first, 3)
 
 
+@pytest.mark.parametrize("k,first", [(3, False), (5, True), (7, False), (7, True)])
+@pytest.mark.parametrize("backend,device,dtype", backend_device_dtype_params())
+def test_large_image_wide_channels(backend, device, dtype, k, first):
+    """Sizes the grid does not reach: several blocks of tile rows per image (the last one
+    partial) on the CPU's Winograd path, more channels than the SIMD lanes (and not a
+    multiple of them), an odd height with an odd width and batch 3. The weights are scaled
+    by their fan-in, as in a network, so that float32's rounding stays within its tolerance."""
+    if backend == "triton" and device == "cpu":
+        pytest.skip("interpreter time: the grid covers the Triton path's code")
+    p = 18
+    tensors = make_inputs(3, 5 if first else p, p, 37, 9, k, skip=4, cond=True, dtype=dtype, device=device)
+    for i, scale in ((2, 0.1), (4, 0.3), (6, 0.5), (7, 0.3), (9, 0.3)):
+        tensors[i] = (tensors[i].detach() * scale).requires_grad_()
+    assert_matches_reference(backend, tensors, first, 1)
+
+
 # ---------------------------------------------------------------------------- causality
 
 
@@ -149,7 +165,7 @@ def test_causality_jacobian(backend, colour, kernel):
     """A first layer and then a later layer on an image: v_out depends only on rows above,
     h_out only on earlier pixels and, at the pixel itself, on earlier colour groups; and
     on all of the pixels just before (so the test cannot pass vacuously). Exactly: kernel 7
-    also checks that the CPU's Winograd rows leave no rounding-level trace of later rows."""
+    also checks that the CPU's Winograd tiles leave no rounding-level trace of later rows."""
     torch.manual_seed(0)
     H, W, c_img, p = 4, 5, 3, 3
     first = GatedPixelCNNLayer(
@@ -173,6 +189,24 @@ def test_causality_jacobian(backend, colour, kernel):
         assert dep_v[:, 2, 3, :, 1, 4].any()
         if colour == 3:  # the last colour group sees the first at its own pixel
             assert dep_h[-1, 2, 3, 0, 2, 3]
+
+
+@pytest.mark.parametrize("kernel,first", [(5, True), (7, False), (7, True)])
+@pytest.mark.parametrize("backend", JACOBIAN_BACKENDS)
+def test_vertical_stack_reads_exactly_its_kernel(backend, kernel, first):
+    """v_out at (i, j) depends on exactly the rows i-c .. i (first layer: i-c-1 .. i-1) and
+    the columns j-c .. j+c of v: no trace, even by rounding, of an input outside the kernel
+    (the CPU's Winograd tiles split kernel columns in pieces, and pair rows and columns)."""
+    torch.manual_seed(0)
+    H, W, p, c = 7, 11, 2, kernel // 2
+    layer = GatedPixelCNNLayer(p, kernel, first_layer=first, in_channels=p, backend=backend).double()
+    v = torch.randn(1, p, H, W, dtype=torch.float64)
+    h = torch.randn(1, p, H, W, dtype=torch.float64)
+    dep = _dependence(lambda v: layer((v, h))[0], v).any(3)  # (p, H, W, H, W)
+    i, j, i2, j2 = torch.meshgrid(*(torch.arange(n) for n in (H, W, H, W)), indexing="ij")
+    top = i - c - (1 if first else 0)
+    expected = (i2 >= top) & (i2 <= top + c) & ((j2 - j).abs() <= c)
+    assert torch.equal(dep, expected.expand_as(dep))
 
 
 def _input_gradient(stack, x, i, j):
