@@ -7,6 +7,7 @@ from .flow import ActNorm, FlowSequential, InvConv1x1, Squeeze
 from .gated_pixelcnn import GatedPixelCNNLayer, GatedPixelCNNState
 from .masked_conv import MaskedConv2d
 from .masked_linear import MaskedLinear
+from .masked_mlp import MaskedMLP, MaskedMLPState
 from .mixture_flow import ElementwiseMixtureCDFFlow
 from .wavenet import GatedResidualBlock
 
@@ -24,6 +25,8 @@ __all__ = [
     "Logit",
     "MaskedConv2d",
     "MaskedLinear",
+    "MaskedMLP",
+    "MaskedMLPState",
     "MixtureCDFCoupling",
     "Squeeze",
     "UniformDequantization",
