@@ -124,9 +124,11 @@ def trivial_baseline(split: DataSplit) -> float:
     set (add-one smoothed, so no test value has probability 0), for several; one
     full-covariance Gaussian fitted to the training set for continuous data."""
     if split.categories is None:
-        train, test = split.train.double(), split.test.double()
-        gaussian = torch.distributions.MultivariateNormal(train.mean(0), torch.cov(train.T))
-        return float(-gaussian.log_prob(test).mean() / test.shape[1] / math.log(2))
+        # (N, D), also for one real value per example (N,)
+        train, test = (t.double().reshape(len(t), -1) for t in (split.train, split.test))
+        dim = train.shape[1]
+        gaussian = torch.distributions.MultivariateNormal(train.mean(0), torch.cov(train.T).reshape(dim, dim))
+        return float(-gaussian.log_prob(test).mean() / dim / math.log(2))
     if split.train.dim() == 1:
         return math.log2(split.categories)
     train, test = split.train.reshape(len(split.train), -1), split.test.reshape(len(split.test), -1)

@@ -1,5 +1,6 @@
 """Drop-in ``nn.Module`` layers that own parameters and call :mod:`fastgen.ops`."""
 
+from .autoregressive_flow import MaskedAffineAutoregressive, Reverse
 from .causal_conv import CausalConv1d
 from .coupling import AdditiveCoupling, AffineCoupling, MixtureCDFCoupling
 from .dequantization import Logit, UniformDequantization, VariationalDequantization
@@ -23,11 +24,13 @@ __all__ = [
     "GatedResidualBlock",
     "InvConv1x1",
     "Logit",
+    "MaskedAffineAutoregressive",
     "MaskedConv2d",
     "MaskedLinear",
     "MaskedMLP",
     "MaskedMLPState",
     "MixtureCDFCoupling",
+    "Reverse",
     "Squeeze",
     "UniformDequantization",
     "VariationalDequantization",

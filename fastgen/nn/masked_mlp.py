@@ -44,11 +44,13 @@ class MaskedMLPState:
         out: the outputs ``(D * O, B)``, position-major.
         bounds: per hidden layer, ``bounds[j]`` = the number of its units of degree ``< j``,
             ``j = 0..D``.
+        inputs: the real inputs absorbed so far, ``(D, B)`` (``I == 1``), else None.
     """
 
     hidden: list[torch.Tensor]
     out: torch.Tensor
     bounds: list[list[int]]
+    inputs: torch.Tensor | None
 
 
 class MaskedMLP(nn.Module):
@@ -187,7 +189,8 @@ class MaskedMLP(nn.Module):
             pre.append(a.clone(memory_format=torch.contiguous_format))
         positions = torch.arange(self.dim + 1, device=pre[0].device)
         bounds = [torch.searchsorted(d, positions).tolist() for d in self.hidden_degrees(mask_set)]
-        return MaskedMLPState(pre[:-1], pre[-1], bounds)
+        inputs = pre[0].new_empty(self.dim, batch) if self.inputs_per_position == 1 else None
+        return MaskedMLPState(pre[:-1], pre[-1], bounds, inputs)
 
     def outputs(self, state: MaskedMLPState, position: int) -> torch.Tensor:
         """The ``O`` outputs of ``position``, ``(O, B)`` (a view into ``state``): final once
@@ -201,22 +204,29 @@ class MaskedMLP(nn.Module):
         a position with one input (``I == 1``); ``(B,)`` integer is the index of the active
         one of ``I`` one-hot inputs.
 
-        Invariant, on entry with ``j = position``: every unit of degree ``< j`` is final and
-        its activation is already added into every later unit (and output) it feeds, so each
-        pre-activation holds its bias, ``cond`` term and the contributions of degrees
-        ``< j``. Position ``j``'s value completes the units of degree ``j``, layer by layer:
-        add its input column(s) into the first layer, then for each layer push the
-        activations of its degree-``j`` units into the next layer's rows of degree ``>= j``
-        (outputs: positions ``> j``). Those blocks lie wholly inside the masks, so the
-        weights are used unmasked; over the ``D`` positions every block is used once.
+        Invariant, on entry with ``j = position``: every hidden unit of degree ``< j`` is
+        final and its activation is already added into every later unit (and output) it
+        feeds, so each pre-activation holds its bias, ``cond`` term and the contributions of
+        degrees ``< j`` (first layer, real inputs: only its bias and ``cond`` until its
+        degree comes). Position ``j``'s value completes the units of degree ``j``, layer by
+        layer. First layer: real inputs compute those units from the inputs ``0..j`` (one
+        small GEMM; pushing each input into every later unit would be a rank-1 update per
+        step, bound by memory and several times slower on the CPU); one-hot inputs add
+        their weight column to every unit of degree ``>= j`` (a gather). Then each layer
+        pushes the activations of its degree-``j`` units into the next layer's rows of
+        degree ``>= j`` (outputs: positions ``> j``), a rank-(units of degree ``j``) update.
+        Those blocks lie wholly inside the masks, so the weights are used unmasked; over the
+        ``D`` positions every block is used once.
         """
         j, I = position, self.inputs_per_position
         first = state.bounds[0][j]
-        columns = self.layers[0].weight[first:, j * I : (j + 1) * I]
+        weight = self.layers[0].weight
         if value.is_floating_point():
-            state.hidden[0][first:].addr_(columns[:, 0], value)
+            state.inputs[j] = value
+            end = state.bounds[0][j + 1]
+            state.hidden[0][first:end].addmm_(weight[first:end, : j + 1], state.inputs[: j + 1])
         else:
-            state.hidden[0][first:] += columns[:, value]
+            state.hidden[0][first:] += weight[first:, j * I : (j + 1) * I][:, value]
         for layer, bounds in enumerate(state.bounds):
             lo, hi = bounds[j], bounds[j + 1]
             if lo == hi:
