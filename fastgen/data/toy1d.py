@@ -24,7 +24,7 @@ def gaussian_mixture_1d_log_prob(x: torch.Tensor) -> torch.Tensor:
     means -1.5, 0.8, 2.0 and standard deviations 0.5, 0.3, 0.8.
 
     >>> round(float(gaussian_mixture_1d_log_prob(torch.tensor(-1.5))), 4)
-    -0.6277
+    -0.9189
     """
     check_floating("gaussian_mixture_1d_log_prob", "x", x)
     weight, mean, std = (torch.tensor(v, dtype=x.dtype, device=x.device) for v in zip(*_COMPONENTS))

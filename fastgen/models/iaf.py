@@ -46,6 +46,7 @@ class IAF(AffineAutoregressiveFlow):
         ``x``, ``z``: ``(B, D)`` floating with the model's dtype; ``cond``: ``(B, cond_dim)``.
 
     Example:
+        >>> import torch
         >>> model = IAF(2, hidden=[16, 16], transforms=3)
         >>> x = model.sample(4, generator=torch.Generator().manual_seed(0))
         >>> x.shape, model.log_prob(x).shape
