@@ -36,14 +36,9 @@ class IAF(AffineAutoregressiveFlow):
     ``IAF.inverse == MAF.transform`` and ``IAF.transform == MAF.inverse``: IAF's density is the
     image of the base under MAF's density map.
 
-    Args:
-        dim: ``D >= 2``, the number of real variables.
-        hidden: each MADE's hidden widths, an int or a sequence of ints.
-        transforms: the number of autoregressive layers, ``>= 1``.
-        cond_dim: the size of a per-example conditioning vector, or None.
-
-    Shape:
-        ``x``, ``z``: ``(B, D)`` floating with the model's dtype; ``cond``: ``(B, cond_dim)``.
+    Args and shapes: as :class:`~fastgen.models.MAF` (``dim`` real variables, ``hidden``
+    widths of each MADE, ``transforms`` layers, ``cond_dim``; ``x`` and ``z`` ``(B, dim)``
+    with the model's dtype, ``cond`` ``(B, cond_dim)``).
 
     Example:
         >>> import torch

@@ -12,16 +12,8 @@ from fastgen.data import gaussian_mixture_1d, gaussian_mixture_1d_log_prob
 from fastgen.models import CDFFlow1D
 from fastgen.ops import mixture_cdf
 
-from .flows import (
-    assert_gradients_reach_every_parameter,
-    assert_log_terms_match_the_jacobian,
-    assert_round_trips,
-    assert_samples_have_finite_log_prob,
-    assert_state_dict_round_trip,
-    assert_training_lowers_the_loss,
-    grid_integral,
-    randomize,
-)
+from . import flows
+from .flows import randomize
 
 CONFIGS = [dict(components=c, kind=k, base=b) for c, k, b in [(3, "gaussian", "uniform"), (4, "logistic", "normal")]]
 IDS = [f"{c['kind']}-{c['base']}" for c in CONFIGS]
@@ -44,11 +36,11 @@ def model_cdf(model: CDFFlow1D, x: torch.Tensor) -> torch.Tensor:
 def test_flow_checks(config):
     model = flow(config)
     x = points()
-    assert_round_trips(model, x)
-    assert_log_terms_match_the_jacobian(model, x)
-    assert_gradients_reach_every_parameter(model, x)
-    assert_state_dict_round_trip("cdf_flow_1d", config, x)
-    assert_samples_have_finite_log_prob(model, 100)
+    flows.assert_round_trips(model, x)
+    flows.assert_log_terms_match_the_jacobian(model, x)
+    flows.assert_gradients_reach_every_parameter(model, x)
+    flows.assert_state_dict_round_trip("cdf_flow_1d", config, x)
+    flows.assert_samples_have_finite_log_prob(model, 100)
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=IDS)
@@ -56,7 +48,7 @@ def test_density_integrates_to_one(config):
     model = flow(config)
     log_p = model.log_prob(points())
     assert log_p.max() - log_p.min() > 0.5  # not flat: a real test
-    assert abs(grid_integral(model, -30, 30, 6000) - 1) < 0.02
+    assert abs(flows.grid_integral(model, -30, 30, 6000) - 1) < 0.02
 
 
 def test_the_density_is_the_mixtures_whatever_the_base():
@@ -96,7 +88,7 @@ def test_training_approaches_the_true_density():
     truth = -gaussian_mixture_1d_log_prob(split.test).mean().item()  # nats per dimension
     torch.manual_seed(0)
     model = CDFFlow1D(3)
-    assert_training_lowers_the_loss(model, split, epochs=15, lr=0.05, by=0.2)
+    flows.assert_training_lowers_the_loss(model, split, epochs=15, lr=0.05, by=0.2)
     with torch.no_grad():
         assert model.loss(split.test).item() < truth + 0.02
 
