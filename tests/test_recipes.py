@@ -27,6 +27,11 @@ def test_trivial_baselines():
     two_dims = DataSplit("d", torch.tensor([[0, 0], [0, 1]]), torch.tensor([[1, 1]]), categories=2)
     expected = -(math.log2(1 / 4) + math.log2(2 / 4)) / 2
     assert recipes.trivial_baseline(two_dims) == pytest.approx(expected, abs=1e-12)
+    # continuous: the Gaussian fitted to the training set, also for one value per example (N,)
+    train, test = torch.tensor([0.0, 2.0, 4.0]), torch.tensor([2.0])  # mean 2, unbiased variance 4
+    expected = (0.5 * math.log(2 * math.pi * 4)) / math.log(2)
+    assert recipes.trivial_baseline(DataSplit("c", train, test)) == pytest.approx(expected, abs=1e-12)
+    assert recipes.trivial_baseline(DataSplit("c", train[:, None], test[:, None])) == pytest.approx(expected, abs=1e-12)
 
 
 def test_unknown_recipe():

@@ -5,11 +5,14 @@
 
 from .base import AutoregressiveModel, DensityModel, FlowModel, available, build, register
 from .bayes_net import BayesNet
+from .cdf_flow_1d import CDFFlow1D
 from .discretized_logistic_mixture import DiscretizedMixtureOfLogistics
 from .gated_pixelcnn import GatedPixelCNN
 from .gaussian_mixture import MixtureOfGaussians
 from .histogram import Histogram
+from .iaf import IAF
 from .made import MADE
+from .maf import MAF
 from .pixel_transformer import PixelTransformer, PixelTransformerCache
 from .pixelcnn import PixelCNN, PixelCNNCache
 from .recurrent import RecurrentAR
@@ -18,12 +21,15 @@ from .wavenet import WaveNet, WaveNetCache
 __all__ = [
     "AutoregressiveModel",
     "BayesNet",
+    "CDFFlow1D",
     "DensityModel",
     "DiscretizedMixtureOfLogistics",
     "FlowModel",
     "GatedPixelCNN",
     "Histogram",
+    "IAF",
     "MADE",
+    "MAF",
     "MixtureOfGaussians",
     "PixelCNN",
     "PixelCNNCache",

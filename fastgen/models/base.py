@@ -220,6 +220,23 @@ class FlowModel(DensityModel):
         """The shape of one example's final ``z`` (default: ``event_shape``)."""
         return self.event_shape
 
+    def check_data(self, x: object, name: str = "x", shape: tuple[int, ...] | None = None) -> torch.Tensor:
+        """``x`` must be a tensor ``(B, *shape)`` (default ``event_shape``) with the model's
+        floating dtype (else TypeError) and device (else ValueError)."""
+        model = type(self).__name__
+        shape = self.event_shape if shape is None else shape
+        want = f"({', '.join(['B', *map(str, shape)])})"
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{model}: {name} must be a tensor of shape {want}, got {type(x).__name__}")
+        if x.dim() != 1 + len(shape) or tuple(x.shape[1:]) != shape:
+            raise ValueError(f"{model}: {name} must have shape {want}, got {tuple(x.shape)}")
+        device, dtype = self._device_dtype()
+        if x.dtype != dtype:
+            raise TypeError(f"{model}: {name} must have the model's dtype {dtype}, got {x.dtype}")
+        if x.device != device:
+            raise ValueError(f"{model}: {name} must be on the model's device {device}, got {x.device}")
+        return x
+
     def transform(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``x (B, *event_shape) -> (z (B, *latent_shape), log_terms (B,))``."""
         raise NotImplementedError

@@ -1,12 +1,11 @@
 r"""MADE (Germain et al. 2015, "MADE: Masked Autoencoder for Distribution Estimation"):
 an autoregressive model whose conditionals all come out of one masked MLP pass.
 
-Every unit gets a *degree*; a weight is kept only where the degrees say the output may
-depend on the input, so that output :math:`t` of the network sees only the inputs before
-:math:`t` in the generation order. Units are sorted by degree, which makes every mask a
-staircase (each row connects to a prefix of the columns, the prefix growing with the row):
-the fast paths of :func:`fastgen.ops.masked_linear` skip its all-zero blocks, and the
-incremental sampling step touches only the blocks of the newly known dimension.
+The network is :class:`fastgen.nn.MaskedMLP`: every unit gets a *degree*, a weight is kept
+only where the degrees say the output may depend on the input, so that output :math:`t` sees
+only the inputs before :math:`t` in the generation order; its masks are staircases, which
+the fast paths of :func:`fastgen.ops.masked_linear` exploit, and its incremental form
+touches only the blocks of the newly known dimension at each sampling step.
 """
 
 from __future__ import annotations
@@ -16,24 +15,12 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from ..nn import MaskedLinear
-from ..ops._checks import check_choice, check_int
+from ..nn import MaskedMLP, MaskedMLPState
+from ..ops._checks import check_choice, check_int, check_widths
 from .base import AutoregressiveModel, register
 
 __all__ = ["MADE", "MADECache"]
-
-
-@dataclass
-class _MaskSetState:
-    """The incremental state of one mask set. Pre-activations are stored feature-major
-    ``(units, B)``: every update adds into a range of rows (the units of degree at least
-    some value, contiguous since the units are sorted), contiguous in this layout."""
-
-    hidden: list[torch.Tensor]  # per hidden layer, (H_l, B)
-    out: torch.Tensor  # (D * K, B)
-    bounds: list[list[int]]  # per hidden layer: bounds[j] = number of units of degree < j, j = 0..D
 
 
 @dataclass
@@ -52,7 +39,7 @@ class MADECache:
 
     position: int
     batch: int
-    sets: list[_MaskSetState]
+    sets: list[MaskedMLPState]
     log_prefix: torch.Tensor | None = None
     last_log_probs: torch.Tensor | None = None
 
@@ -75,22 +62,13 @@ class MADE(AutoregressiveModel):
     discrete variables with ``categories`` values each, every conditional a softmax of one
     masked MLP's outputs.
 
-    The network works in *ordering space*: it permutes the inputs by the generation order
-    :math:`\pi` on entry and the outputs back on exit, so position :math:`t` (0-based) is the
-    :math:`t`-th generated dimension. Degrees (0-based):
-
-    - the one-hot inputs of position :math:`t` (``K`` of them, also for binary data: one
-      code path, and the incremental step's first-layer update is a column gather) have
-      degree :math:`t`;
-    - hidden units have degrees in :math:`[0, D-2]`, sorted ascending in every layer; a
-      unit of degree :math:`m` connects to the inputs / previous-layer units of degree
-      :math:`\le m`;
-    - the ``K`` outputs of position :math:`t` connect to the last hidden units of degree
-      :math:`< t` (position 0 gets only its bias and ``cond``).
-
-    Mask set 0 spreads each layer's degrees evenly over :math:`[0, D-2]` (every degree
-    present once the layer has :math:`\ge D-1` units); the others draw them as in the
-    paper, uniformly from the previous layer's smallest degree to :math:`D-2`.
+    The network (:class:`fastgen.nn.MaskedMLP`, attribute ``net``) works in *ordering
+    space*: the model permutes the inputs by the generation order :math:`\pi` on entry and
+    the outputs back on exit, so position :math:`t` (0-based) is the :math:`t`-th generated
+    dimension. Each position has ``K`` one-hot inputs (also for binary data: one code path,
+    and the incremental step's first-layer update is a column gather) and ``K`` outputs,
+    its logits. Mask set 0 spreads each layer's degrees evenly; the others draw them as in
+    the paper (see :class:`~fastgen.nn.MaskedMLP`).
 
     **Connectivity-agnostic training** (paper, sec. 3.4), ``num_masks > 1``: a *training
     forward* (module in training mode with autograd enabled) uses one mask set, the next in
@@ -138,63 +116,24 @@ class MADE(AutoregressiveModel):
     ):
         super().__init__()
         dim = check_int("MADE", "dim", dim, minimum=2)
-        widths = [hidden] if isinstance(hidden, int) and not isinstance(hidden, bool) else hidden
-        if not isinstance(widths, Sequence) or isinstance(widths, str) or len(widths) == 0:
-            raise TypeError(f"MADE: hidden must be an int or a non-empty sequence of ints, got {hidden!r}")
-        widths = [check_int("MADE", "hidden", w, minimum=1) for w in widths]
+        widths = check_widths("MADE", "hidden", hidden)
         self.categories = check_int("MADE", "categories", categories, minimum=2)
         self.num_masks = check_int("MADE", "num_masks", num_masks, minimum=1)
         self.ordering = check_choice("MADE", "ordering", ordering, ("natural", "random"))
         if cond_dim is not None:
             check_int("MADE", "cond_dim", cond_dim, minimum=1)
         seed = check_int("MADE", "seed", seed, minimum=0)
-        self.dim, self.hidden, self.cond_dim = dim, tuple(widths), cond_dim
+        self.dim, self.hidden, self.cond_dim = dim, widths, cond_dim
         self.event_shape = (dim,)
         self.cond_shape = None if cond_dim is None else (cond_dim,)
 
-        K = self.categories
-        sizes = [dim * K, *widths, dim * K]
-        self.layers = nn.ModuleList(MaskedLinear(i, o) for i, o in zip(sizes[:-1], sizes[1:]))
-        self.cond_layers = (
-            None if cond_dim is None else nn.ModuleList(nn.Linear(cond_dim, o, bias=False) for o in sizes[1:])
-        )
-
         gen = torch.Generator().manual_seed(seed)
         self.register_buffer("order", torch.randperm(dim, generator=gen) if ordering == "random" else torch.arange(dim))
-        for layer, degrees in enumerate(self._draw_degrees(widths, gen)):
-            self.register_buffer(f"degrees{layer}", degrees)  # (M, H_l), each row sorted
+        K = self.categories
+        self.net = MaskedMLP(
+            dim, widths, K, inputs_per_position=K, cond_features=cond_dim or 0, num_masks=num_masks, generator=gen
+        )
         self.register_buffer("next_mask_set", torch.zeros((), dtype=torch.long))
-        # a single mask set never changes: set it once (it is saved with the layers)
-        self._use_mask_set(0, force=True)
-
-    def _draw_degrees(self, widths: list[int], gen: torch.Generator) -> list[torch.Tensor]:
-        """Each hidden layer's degrees for every mask set: ``(M, H_l)`` long, rows sorted."""
-        top = self.dim - 2
-        per_set = []
-        for m in range(self.num_masks):
-            layers, low = [], 0
-            for width in widths:
-                if m == 0:
-                    degrees = torch.arange(width) * (top + 1) // width
-                else:
-                    degrees = torch.randint(low, top + 1, (width,), generator=gen).sort().values
-                    low = int(degrees[0])
-                layers.append(degrees)
-            per_set.append(layers)
-        return [torch.stack(layer) for layer in zip(*per_set)]
-
-    def _hidden_degrees(self, mask_set: int) -> list[torch.Tensor]:
-        return [getattr(self, f"degrees{layer}")[mask_set] for layer in range(len(self.hidden))]
-
-    def _use_mask_set(self, mask_set: int, force: bool = False) -> None:
-        """Load mask set ``mask_set`` into the layers."""
-        if self.num_masks == 1 and not force:
-            return
-        hidden = self._hidden_degrees(mask_set)
-        io = torch.arange(self.dim, device=hidden[0].device).repeat_interleave(self.categories)
-        for layer, (d_in, d_out) in enumerate(zip([io, *hidden], hidden)):
-            self.layers[layer].set_mask(d_out[:, None] >= d_in[None, :])
-        self.layers[-1].set_mask(io[:, None] > hidden[-1][None, :])
 
     def generation_order(self) -> list[int]:
         return self.order.tolist()
@@ -209,14 +148,9 @@ class MADE(AutoregressiveModel):
         """The network of one mask set on one-hot inputs: ``(B, D, K) -> (B, D, K)`` logits,
         both in data order (the gradient of output ``d`` vanishes for the inputs not before
         ``d`` in the generation order)."""
-        self._use_mask_set(mask_set)
+        self.net.use_mask_set(mask_set)
         B, D, K = onehot.shape
-        h = onehot[:, self.order].reshape(B, D * K)  # ordering space
-        for layer, masked in enumerate(self.layers):
-            a = masked(h)
-            if self.cond_layers is not None:
-                a = a + self.cond_layers[layer](cond)
-            h = torch.relu(a) if layer < len(self.hidden) else a
+        h = self.net(onehot[:, self.order].reshape(B, D * K), cond)  # ordering space
         return h.view(B, D, K)[:, torch.argsort(self.order)]
 
     def logits(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
@@ -247,51 +181,18 @@ class MADE(AutoregressiveModel):
         batch = check_int("MADE.init_cache", "batch", batch, minimum=1)
         cond = self._cond(cond, batch)
         M = self.num_masks
-        start = []
-        for layer, masked in enumerate(self.layers):
-            a = masked.bias[:, None].expand(-1, batch)
-            start.append(a if self.cond_layers is None else a + self.cond_layers[layer](cond).t())
-        positions = torch.arange(self.dim + 1, device=self.order.device)
-        sets = []
-        for m in range(M):
-            pre = [a.clone(memory_format=torch.contiguous_format) for a in start]
-            bounds = [torch.searchsorted(d, positions).tolist() for d in self._hidden_degrees(m)]
-            sets.append(_MaskSetState(pre[:-1], pre[-1], bounds))
+        sets = [self.net.init_state(batch, cond, m) for m in range(M)]
         if M == 1:
             return MADECache(0, batch, sets)
         log_prefix = torch.zeros(M, batch, device=self.order.device, dtype=self._device_dtype()[1])
         return MADECache(0, batch, sets, log_prefix)
 
-    def _advance(self, state: _MaskSetState, t: int, x_prev: torch.Tensor | None) -> torch.Tensor:
-        r"""Logits ``(B, K)`` of position ``t`` for one mask set, after absorbing ``x_prev``,
-        the value at position ``t - 1``.
-
-        Invariant, on entry with ``j = t - 1``: every unit of degree ``< j`` is final and its
-        activation is already added into every later unit (and output) it feeds, so each
-        pre-activation holds its bias, ``cond`` term and the contributions of degrees
-        ``< j``. Position ``j``'s value completes the units of degree ``j``, layer by layer:
-        add its one-hot column into the first layer, then for each layer push the
-        activations of its degree-``j`` units into the next layer's rows of degree ``>= j``
-        (outputs: positions ``> j``). Those blocks lie wholly inside the masks, so the
-        weights are used unmasked; over the ``D`` steps every block is used once, about one
-        full forward in all. Outputs of position ``t`` then need nothing more.
-        """
-        K = self.categories
+    def _advance(self, state: MaskedMLPState, t: int, x_prev: torch.Tensor | None) -> torch.Tensor:
+        """Logits ``(B, K)`` of position ``t`` for one mask set, after absorbing ``x_prev``,
+        the value at position ``t - 1`` (:meth:`fastgen.nn.MaskedMLP.absorb`)."""
         if x_prev is not None:
-            j = t - 1
-            first = state.bounds[0][j]
-            state.hidden[0][first:] += self.layers[0].weight[first:, j * K : t * K][:, x_prev]
-            for layer, bounds in enumerate(state.bounds):
-                lo, hi = bounds[j], bounds[j + 1]
-                if lo == hi:
-                    continue
-                h = torch.relu(state.hidden[layer][lo:hi])  # (units of degree j, B)
-                if layer + 1 < len(state.hidden):
-                    rows, target = state.bounds[layer + 1][j], state.hidden[layer + 1]
-                else:
-                    rows, target = t * K, state.out
-                target[rows:].addmm_(self.layers[layer + 1].weight[rows:, lo:hi], h)
-        return state.out[t * K : (t + 1) * K].t()
+            self.net.absorb(state, t - 1, x_prev)
+        return self.net.outputs(state, t).t()
 
     @torch.no_grad()
     def step(self, cache: MADECache, x_prev: torch.Tensor | None) -> torch.Tensor:

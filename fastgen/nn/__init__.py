@@ -1,5 +1,6 @@
 """Drop-in ``nn.Module`` layers that own parameters and call :mod:`fastgen.ops`."""
 
+from .autoregressive_flow import MaskedAffineAutoregressive, Reverse
 from .causal_conv import CausalConv1d
 from .coupling import AdditiveCoupling, AffineCoupling, MixtureCDFCoupling
 from .dequantization import Logit, UniformDequantization, VariationalDequantization
@@ -7,6 +8,7 @@ from .flow import ActNorm, FlowSequential, InvConv1x1, Squeeze
 from .gated_pixelcnn import GatedPixelCNNLayer, GatedPixelCNNState
 from .masked_conv import MaskedConv2d
 from .masked_linear import MaskedLinear
+from .masked_mlp import MaskedMLP, MaskedMLPState
 from .mixture_flow import ElementwiseMixtureCDFFlow
 from .wavenet import GatedResidualBlock
 
@@ -22,9 +24,13 @@ __all__ = [
     "GatedResidualBlock",
     "InvConv1x1",
     "Logit",
+    "MaskedAffineAutoregressive",
     "MaskedConv2d",
     "MaskedLinear",
+    "MaskedMLP",
+    "MaskedMLPState",
     "MixtureCDFCoupling",
+    "Reverse",
     "Squeeze",
     "UniformDequantization",
     "VariationalDequantization",

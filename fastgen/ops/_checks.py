@@ -20,6 +20,7 @@ __all__ = [
     "check_like",
     "check_same_device",
     "check_tensor",
+    "check_widths",
 ]
 
 
@@ -95,6 +96,15 @@ def check_int(op: str, name: str, value: object, *, minimum: int) -> int:
     if value < minimum:
         raise ValueError(f"{op}: {name} must be >= {minimum}, got {value}")
     return value
+
+
+def check_widths(op: str, name: str, value: object) -> tuple[int, ...]:
+    """``value`` must be an int >= 1 (one layer) or a non-empty sequence of them: the widths
+    of a network's hidden layers."""
+    widths = [value] if isinstance(value, int) and not isinstance(value, bool) else value
+    if not isinstance(widths, Sequence) or isinstance(widths, str) or len(widths) == 0:
+        raise TypeError(f"{op}: {name} must be an int or a non-empty sequence of ints, got {value!r}")
+    return tuple(check_int(op, name, w, minimum=1) for w in widths)
 
 
 def check_integer_values(op: str, name: str, value: object, high: int) -> torch.Tensor:

@@ -86,13 +86,13 @@ def test_output_depends_only_on_earlier_inputs(ordering):
 def test_masks_are_staircases():
     model = made(dim=7, hidden=[20, 5, 9], categories=3, num_masks=4, ordering="random", seed=3)
     for mask_set in range(4):
-        model._use_mask_set(mask_set)
-        for layer in model.layers:
+        model.net.use_mask_set(mask_set)
+        for layer in model.net.layers:
             mask = layer.mask
             connected = mask.sum(1)  # each row connects to a prefix of the columns, growing with the row
             assert torch.equal(mask, torch.arange(mask.shape[1]) < connected[:, None])
             assert (connected.diff() >= 0).all()
-        assert (model.layers[-1].mask[: model.categories] == 0).all()  # position 0: bias (and cond) only
+        assert (model.net.layers[-1].mask[: model.categories] == 0).all()  # position 0: bias (and cond) only
 
 
 # ------------------------------------------------------------------------------ probabilities
@@ -128,7 +128,7 @@ def test_step_uses_only_the_weights_inside_the_masks():
     x = random_x(model, 4)
     full = model.logits(x)
     with torch.no_grad():
-        for layer in model.layers:
+        for layer in model.net.layers:
             layer.weight.masked_fill_(~layer.mask, math.nan)
     cache, prev = model.init_cache(4), None
     for d in model.generation_order():
