@@ -8,10 +8,13 @@ from .bayes_net import BayesNet
 from .discretized_logistic_mixture import DiscretizedMixtureOfLogistics
 from .gated_pixelcnn import GatedPixelCNN
 from .gaussian_mixture import MixtureOfGaussians
+from .glow import Glow
 from .histogram import Histogram
 from .made import MADE
+from .multiscale_flow import MultiscaleFlowModel
 from .pixel_transformer import PixelTransformer, PixelTransformerCache
 from .pixelcnn import PixelCNN, PixelCNNCache
+from .realnvp import RealNVP
 from .recurrent import RecurrentAR
 from .wavenet import WaveNet, WaveNetCache
 
@@ -22,13 +25,16 @@ __all__ = [
     "DiscretizedMixtureOfLogistics",
     "FlowModel",
     "GatedPixelCNN",
+    "Glow",
     "Histogram",
     "MADE",
     "MixtureOfGaussians",
+    "MultiscaleFlowModel",
     "PixelCNN",
     "PixelCNNCache",
     "PixelTransformer",
     "PixelTransformerCache",
+    "RealNVP",
     "RecurrentAR",
     "WaveNet",
     "WaveNetCache",

@@ -1,13 +1,14 @@
 """Drop-in ``nn.Module`` layers that own parameters and call :mod:`fastgen.ops`."""
 
 from .causal_conv import CausalConv1d
-from .coupling import AdditiveCoupling, AffineCoupling, MixtureCDFCoupling
+from .coupling import AdditiveCoupling, AffineCoupling, MixtureCDFCoupling, resnet_coupling_net
 from .dequantization import Logit, UniformDequantization, VariationalDequantization
 from .flow import ActNorm, FlowSequential, InvConv1x1, Squeeze
 from .gated_pixelcnn import GatedPixelCNNLayer, GatedPixelCNNState
 from .masked_conv import MaskedConv2d
 from .masked_linear import MaskedLinear
 from .mixture_flow import ElementwiseMixtureCDFFlow
+from .multiscale import GaussianPrior, MultiscaleFlow, Split
 from .wavenet import GatedResidualBlock
 
 __all__ = [
@@ -18,6 +19,7 @@ __all__ = [
     "ElementwiseMixtureCDFFlow",
     "FlowSequential",
     "GatedPixelCNNLayer",
+    "GaussianPrior",
     "GatedPixelCNNState",
     "GatedResidualBlock",
     "InvConv1x1",
@@ -25,7 +27,10 @@ __all__ = [
     "MaskedConv2d",
     "MaskedLinear",
     "MixtureCDFCoupling",
+    "MultiscaleFlow",
+    "Split",
     "Squeeze",
     "UniformDequantization",
     "VariationalDequantization",
+    "resnet_coupling_net",
 ]
