@@ -110,7 +110,7 @@ class GaussianPrior(nn.Module):
             raise ValueError(f"{type(self).__name__}: {name} must have shape (B, {', '.join(map(str, self.shape))}), got {tuple(x.shape)}")
         mean, log_std = self.mean_log_std(x.shape[0], cond, context)
         # The op's forward is x * s + t: the map from standard normal to this Gaussian.
-        return affine_coupling(x, mean.contiguous(), log_std.contiguous(), inverse=not inverse)
+        return affine_coupling(x, mean, log_std, inverse=not inverse)
 
     def forward(
         self, z: torch.Tensor, cond: torch.Tensor | None = None, context: torch.Tensor | None = None
