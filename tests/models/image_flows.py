@@ -18,18 +18,7 @@ __all__ = [
     "assert_integers_round_trip",
     "assert_log_prob_accounts_every_latent",
     "assert_save_load_round_trip",
-    "randomize",
 ]
-
-
-def randomize(model: torch.nn.Module, scale: float, seed: int = 0) -> torch.nn.Module:
-    """Moves every parameter away from its initialization (zero last layers and priors:
-    an identity that would let the checks pass vacuously) by ``scale`` standard normals."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
-    return model
 
 
 def _flat_latents(model: MultiscaleFlowModel, y: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:

@@ -13,13 +13,13 @@ from fastgen.models import Glow, build
 from fastgen.nn import InvConv1x1
 from fastgen.train import fit
 
+from ..helpers import randomize
 from .image_flows import (
     assert_continuous_part_inverts,
     assert_gradients_reach_every_parameter,
     assert_integers_round_trip,
     assert_log_prob_accounts_every_latent,
     assert_save_load_round_trip,
-    randomize,
 )
 
 SHAPE = (3, 4, 4)
