@@ -96,19 +96,15 @@ class Glow(MultiscaleFlowModel):
         alpha: float | None = None,
     ):
         op = type(self).__name__
-        if not (isinstance(shape, Sequence) and len(shape) == 3):
-            raise ValueError(f"{op}: shape must be (C, H, W), got {shape!r}")
-        for n in shape:
-            check_int(op, "shape's entries", n, minimum=1)
+        shape = self.check_config(op, shape, (3,), bins, num_classes)
         check_int(op, "levels", levels, minimum=1)
         check_int(op, "depth", depth, minimum=1)
         check_int(op, "hidden", hidden, minimum=1)
-        self.check_options(op, bins, num_classes)
         if alpha is not None:
             alpha = check_real(op, "alpha", alpha, at_least=0, below=0.5)
         c, h, w = shape
         if h % 2**levels or w % 2**levels:
-            raise ValueError(f"{op}: H and W must be multiples of 2 ** levels = {2**levels}, got shape {tuple(shape)}")
+            raise ValueError(f"{op}: H and W must be multiples of 2 ** levels = {2**levels}, got shape {shape}")
 
         flow_levels, splits, latent_shapes = [], [], []
         for level in range(levels):
@@ -131,7 +127,7 @@ class Glow(MultiscaleFlowModel):
                 latent_shapes.append((c // 2, h, w))
                 c -= c // 2
         super().__init__(
-            tuple(shape),
+            shape,
             MultiscaleFlow(flow_levels, splits),
             [*latent_shapes, (c, h, w)],
             bins=bins,

@@ -67,12 +67,20 @@ class MultiscaleFlowModel(FlowModel):
         self.cond_shape = None if num_classes is None else ()
 
     @staticmethod
-    def check_options(op: str, bins: object, num_classes: object) -> None:
-        """The checks of the ``bins`` and ``num_classes`` arguments every subclass takes."""
+    def check_config(op: str, shape: object, ranks: tuple[int, ...], bins: object, num_classes: object) -> tuple[int, ...]:
+        """The checks of the arguments every subclass takes: ``shape`` with one of ``ranks``
+        dimensions (1: ``(D,)``, 3: ``(C, H, W)``), each ``>= 1`` (returned as a tuple);
+        ``bins`` and ``num_classes`` None or ints."""
+        if not (isinstance(shape, Sequence) and len(shape) in ranks):
+            want = " or ".join({1: "(D,)", 3: "(C, H, W)"}[r] for r in ranks)
+            raise ValueError(f"{op}: shape must be {want}, got {shape!r}")
+        for n in shape:
+            check_int(op, "shape's entries", n, minimum=1)
         if bins is not None:
             check_int(op, "bins", bins, minimum=2)
         if num_classes is not None:
             check_int(op, "num_classes", num_classes, minimum=1)
+        return tuple(shape)
 
     @property
     def latent_shape(self) -> tuple[int, ...]:

@@ -73,7 +73,8 @@ class RealNVP(MultiscaleFlowModel):
     Shape:
         ``x``: ``(B, D)`` floating (the model's dtype); images ``(B, C, H, W)``, integers in
         ``[0, bins)`` (any integer or floating dtype) or, without ``bins``, floats in
-        ``[0, 1]``. ``log_prob``: ``(B,)``. ``sample``: ``x``'s shape (long with ``bins``).
+        ``[0, 1]``. ``log_prob``: ``(B,)``. ``sample``: ``x``'s shape (long with ``bins``;
+        continuous images clamped to ``[0, 1]``, which the logit's inverse slightly exceeds).
 
     Example:
         >>> import torch
@@ -101,16 +102,12 @@ class RealNVP(MultiscaleFlowModel):
         actnorm: bool = True,
     ):
         op = type(self).__name__
-        if not (isinstance(shape, Sequence) and len(shape) in (1, 3)):
-            raise ValueError(f"{op}: shape must be (D,) or (C, H, W), got {shape!r}")
-        for n in shape:
-            check_int(op, "shape's entries", n, minimum=1)
-        shape, image = tuple(shape), len(shape) == 3
+        shape = self.check_config(op, shape, (1, 3), bins, None)
+        image = len(shape) == 3
         check_int(op, "hidden", hidden, minimum=1)
         check_int(op, "blocks", blocks, minimum=0 if image else 1)
         couplings = check_int(op, "couplings", (3 if image else 8) if couplings is None else couplings, minimum=1)
         check_bool(op, "actnorm", actnorm)
-        self.check_options(op, bins, None)
         alpha = check_real(op, "alpha", alpha, at_least=0, below=0.5)
         if not image:
             if shape[0] < 2:
