@@ -110,7 +110,7 @@ def test_training_on_digits_lowers_the_loss_and_keeps_the_1x1_convs_invertible()
     digits = data.digits()
     x, test = digits.train[:320], digits.test[:200]
     torch.manual_seed(0)
-    model = Glow((1, 8, 8), levels=2, depth=2, hidden=8, bins=17)
+    model = Glow((1, 8, 8), levels=2, depth=1, hidden=8, bins=17)
     with torch.no_grad():
         torch.manual_seed(0)
         before = model.train().bits_per_dim(test).item()  # ActNorm's data initialization included
@@ -128,7 +128,7 @@ def test_training_on_digits_lowers_the_loss_and_keeps_the_1x1_convs_invertible()
         w = conv.weight().detach()
         assert torch.linalg.slogdet(w)[1] > -5  # |det W| > e^-5: far from singular
         assert torch.linalg.cond(w) < 1e3
-    assert len(convs) == 4
+    assert len(convs) == 2
 
 
 @pytest.mark.parametrize(
