@@ -95,7 +95,9 @@ class MultiscaleFlowModel(FlowModel):
             raise TypeError(f"{op}: x must be a torch.Tensor, got {type(x).__name__}")
         if x.dim() != 1 + len(self.event_shape) or tuple(x.shape[1:]) != self.event_shape:
             raise ValueError(f"{op}: x must have shape (B, {', '.join(map(str, self.event_shape))}), got {tuple(x.shape)}")
-        dtype = self._device_dtype()[1]
+        device, dtype = self._device_dtype()
+        if x.device != device:
+            raise ValueError(f"{op}: x is on {x.device} but the model is on {device}; they must match")
         if self.bins is not None:
             check_integer_data(op, "x", x, self.bins)
             return x.to(dtype)
