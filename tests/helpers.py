@@ -9,7 +9,16 @@ import torch
 
 import fastgen
 
-__all__ = ["DEVICES", "backend_params", "fast_backends", "logdet_by_jacobian", "run_on_isa", "run_python", "tolerances"]
+__all__ = [
+    "DEVICES",
+    "backend_params",
+    "fast_backends",
+    "logdet_by_jacobian",
+    "randomize",
+    "run_on_isa",
+    "run_python",
+    "tolerances",
+]
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -49,6 +58,17 @@ def logdet_by_jacobian(fn, x: torch.Tensor) -> torch.Tensor:
         jac = torch.autograd.functional.jacobian(lambda e: fn(e[None])[0], example)
         out.append(torch.linalg.slogdet(jac.reshape(example.numel(), example.numel()))[1])
     return torch.stack(out)
+
+
+def randomize(module: torch.nn.Module, scale: float = 0.3, seed: int = 0) -> torch.nn.Module:
+    """Moves every parameter of ``module`` away from its initialization (zero last layers,
+    zero priors: identities that would let a flow's checks pass vacuously) by ``scale``
+    standard normals; returns it."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return module
 
 
 def run_python(code: str, cwd=None, **env: str) -> subprocess.CompletedProcess:

@@ -9,12 +9,15 @@ from .cdf_flow_1d import CDFFlow1D
 from .discretized_logistic_mixture import DiscretizedMixtureOfLogistics
 from .gated_pixelcnn import GatedPixelCNN
 from .gaussian_mixture import MixtureOfGaussians
+from .glow import Glow
 from .histogram import Histogram
 from .iaf import IAF
 from .made import MADE
 from .maf import MAF
+from .multiscale_flow import MultiscaleFlowModel
 from .pixel_transformer import PixelTransformer, PixelTransformerCache
 from .pixelcnn import PixelCNN, PixelCNNCache
+from .realnvp import RealNVP
 from .recurrent import RecurrentAR
 from .wavenet import WaveNet, WaveNetCache
 
@@ -26,15 +29,18 @@ __all__ = [
     "DiscretizedMixtureOfLogistics",
     "FlowModel",
     "GatedPixelCNN",
+    "Glow",
     "Histogram",
     "IAF",
     "MADE",
     "MAF",
     "MixtureOfGaussians",
+    "MultiscaleFlowModel",
     "PixelCNN",
     "PixelCNNCache",
     "PixelTransformer",
     "PixelTransformerCache",
+    "RealNVP",
     "RecurrentAR",
     "WaveNet",
     "WaveNetCache",

@@ -17,6 +17,7 @@ Sampling (cached or naive, the same uniforms for both) is :mod:`fastgen.sampling
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -75,7 +76,8 @@ class DensityModel(nn.Module):
 
     def _device_dtype(self) -> tuple[torch.device, torch.dtype]:
         """Device and floating dtype of the model's parameters and buffers (CPU float32 if it has none)."""
-        for t in [*self.parameters(), *self.buffers()]:
+        # Lazily: listing every parameter of a deep model costs milliseconds, per call.
+        for t in itertools.chain(self.parameters(), self.buffers()):
             if t.is_floating_point():
                 return t.device, t.dtype
         return torch.device("cpu"), torch.get_default_dtype()

@@ -2,7 +2,7 @@
 
 from .autoregressive_flow import MaskedAffineAutoregressive, Reverse
 from .causal_conv import CausalConv1d
-from .coupling import AdditiveCoupling, AffineCoupling, MixtureCDFCoupling
+from .coupling import AdditiveCoupling, AffineCoupling, MixtureCDFCoupling, resnet_coupling_net
 from .dequantization import Logit, UniformDequantization, VariationalDequantization
 from .flow import ActNorm, FlowSequential, InvConv1x1, Squeeze
 from .gated_pixelcnn import GatedPixelCNNLayer, GatedPixelCNNState
@@ -10,6 +10,7 @@ from .masked_conv import MaskedConv2d
 from .masked_linear import MaskedLinear
 from .masked_mlp import MaskedMLP, MaskedMLPState
 from .mixture_flow import ElementwiseMixtureCDFFlow
+from .multiscale import GaussianPrior, MultiscaleFlow, Split
 from .wavenet import GatedResidualBlock
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "GatedPixelCNNLayer",
     "GatedPixelCNNState",
     "GatedResidualBlock",
+    "GaussianPrior",
     "InvConv1x1",
     "Logit",
     "MaskedAffineAutoregressive",
@@ -30,8 +32,11 @@ __all__ = [
     "MaskedMLP",
     "MaskedMLPState",
     "MixtureCDFCoupling",
+    "MultiscaleFlow",
     "Reverse",
+    "Split",
     "Squeeze",
     "UniformDequantization",
     "VariationalDequantization",
+    "resnet_coupling_net",
 ]

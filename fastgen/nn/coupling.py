@@ -29,7 +29,14 @@ from ..ops.affine_coupling import SCALES
 from ..ops.mixture_cdf import KINDS
 from .mixture_flow import mixture_logit_flow
 
-__all__ = ["AdditiveCoupling", "AffineCoupling", "MixtureCDFCoupling", "checkerboard_mask", "coupling_net"]
+__all__ = [
+    "AdditiveCoupling",
+    "AffineCoupling",
+    "MixtureCDFCoupling",
+    "checkerboard_mask",
+    "coupling_net",
+    "resnet_coupling_net",
+]
 
 NetFactory = Callable[[int, int], nn.Module]
 # |log-scale| of MixtureCDFCoupling's components stays below this (scales in [e^-7, e^7]).
@@ -64,6 +71,34 @@ def coupling_net(in_features: int, out_features: int, hidden: Sequence[int], *, 
     return nn.Sequential(*layers, last)
 
 
+class _ResidualBlock(nn.Module):
+    """``x + conv(ReLU(conv(ReLU(x))))`` with 3x3 convolutions of ``channels``."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.ReLU(), nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(), nn.Conv2d(channels, channels, 3, padding=1)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+def resnet_coupling_net(in_features: int, out_features: int, hidden: int, blocks: int) -> nn.Module:
+    """RealNVP's coupling network for images (Dinh et al. 2017, without its batch and weight
+    normalization): a 3x3 convolution to ``hidden`` channels, ``blocks`` residual blocks of two
+    3x3 convolutions, a ReLU and a 3x3 convolution to ``out_features``, that last one zero so
+    that the layer starts as the identity. ``(B, in_features, H, W) -> (B, out_features, H, W)``."""
+    check_int("resnet_coupling_net", "hidden", hidden, minimum=1)
+    check_int("resnet_coupling_net", "blocks", blocks, minimum=0)
+    last = nn.Conv2d(hidden, out_features, 3, padding=1)
+    nn.init.zeros_(last.weight)
+    nn.init.zeros_(last.bias)
+    return nn.Sequential(
+        nn.Conv2d(in_features, hidden, 3, padding=1), *(_ResidualBlock(hidden) for _ in range(blocks)), nn.ReLU(), last
+    )
+
+
 class _Coupling(nn.Module):
     """Shared by the couplings: the split, the network call and both directions."""
 
@@ -80,9 +115,10 @@ class _Coupling(nn.Module):
     ):
         super().__init__()
         name = type(self).__name__
-        check_int(name, "channels", channels, minimum=2)
-        check_int(name, "cond_features", cond_features, minimum=0)
         check_choice(name, "mask", mask, ("checkerboard", "channel"))
+        # A one-channel image still has two checkerboard halves; a split needs two of something.
+        check_int(name, "channels", channels, minimum=1 if mask == "checkerboard" and image else 2)
+        check_int(name, "cond_features", cond_features, minimum=0)
         if parity not in (0, 1):
             raise ValueError(f"{name}: parity must be 0 or 1, got {parity!r}")
         self.channels, self.mask, self.parity, self.image = channels, mask, parity, bool(image)
@@ -160,7 +196,8 @@ class AffineCoupling(_Coupling):
     :math:`s = \sigma(r + 2) \in (0, 1)` is bounded already.
 
     Args:
-        channels: ``C`` (images) or ``D`` (vectors), at least 2.
+        channels: ``C`` (images) or ``D`` (vectors), at least 2 (images with the
+            checkerboard mask: at least 1).
         net: a factory ``(in_features, out_features) -> nn.Module`` (its output has
             ``2 x`` the transformed channels: shifts then raw log-scales), or the hidden
             widths of the default :func:`coupling_net`.

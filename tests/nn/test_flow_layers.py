@@ -21,18 +21,9 @@ from fastgen.nn import (
     VariationalDequantization,
 )
 
-from ..helpers import logdet_by_jacobian
+from ..helpers import logdet_by_jacobian, randomize
 
 VECTOR, IMAGE = (3, 6), (2, 2, 4, 4)
-
-
-def randomize(module, seed=0):
-    """Moves every parameter away from its identity initialization (zero last layers)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(0.3 * torch.randn(p.shape, generator=g, dtype=p.dtype))
-    return module
 
 
 def layers(shape):
@@ -49,7 +40,7 @@ def layers(shape):
         "mixture-coupling": MixtureCDFCoupling(c, [8], components=3, mask="checkerboard", parity=1, image=image),
         "invconv": InvConv1x1(c),
     }
-    return {name: randomize(layer.double().eval(), seed) for seed, (name, layer) in enumerate(made.items())}
+    return {name: randomize(layer.double().eval(), seed=seed) for seed, (name, layer) in enumerate(made.items())}
 
 
 CASES = [pytest.param(s, n, id=f"{'image' if len(s) == 4 else 'vector'}-{n}") for s in (VECTOR, IMAGE) for n in layers(s)]
