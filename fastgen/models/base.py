@@ -8,6 +8,8 @@ r"""The contract every zoo model follows, and the registry that builds them by n
   every dimension at once (``logits``, for training) and one at a time from a cache
   (``init_cache`` / ``step``, for sampling); the base derives ``log_prob`` and both kinds of
   sampling from them.
+- :class:`ImageAutoregressiveModel`: the pixel-by-pixel order, labels and scaling shared by
+  the image models.
 - :class:`FlowModel`: a normalizing flow, ``log_prob`` by the change of variables through
   ``transform`` (data to latent) and ``sample`` through ``inverse``.
 - :func:`register`, :func:`build`, :func:`available`: the zoo by name.
@@ -19,19 +21,20 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import torch
 from torch import nn
 
 from .. import sampling
-from ..ops._checks import check_integer_values
+from ..ops._checks import check_int, check_integer_values
 
 __all__ = [
     "AutoregressiveModel",
     "DensityModel",
     "FlowModel",
+    "ImageAutoregressiveModel",
     "available",
     "build",
     "register",
@@ -191,6 +194,61 @@ class AutoregressiveModel(DensityModel):
         return sampling.sample(
             self, n, cond, generator, cache=cache, progress=progress, device=device, dtype=dtype
         )
+
+
+class ImageAutoregressiveModel(AutoregressiveModel):
+    """An :class:`AutoregressiveModel` over images ``(C, H, W)`` with ``levels`` values per
+    channel, generated pixel by pixel in raster order and, within a pixel, channel by channel
+    (R, G, B), optionally conditioned on a class label (``cond``: long ``(B,)``).
+
+    Subclasses call :meth:`init_image` first in ``__init__``; :meth:`labels` checks a
+    ``cond`` and :meth:`scale` maps values to the ``[-1, 1]`` floats networks take. Those
+    whose network reads that float image implement :meth:`logits_of_image`, and
+    :meth:`logits` is the network on the checked data.
+    """
+
+    levels: int
+    num_classes: int | None
+
+    def init_image(self, shape: object, levels: object, num_classes: object) -> tuple[int, int, int]:
+        """Checks and sets ``event_shape``, ``levels`` (= ``categories``), ``num_classes`` and
+        ``cond_shape``; returns ``(C, H, W)``."""
+        name = type(self).__name__
+        if isinstance(shape, (str, bytes)) or not isinstance(shape, Sequence) or len(shape) != 3:
+            raise TypeError(f"{name}: shape must be a sequence (C, H, W) of three ints, got {shape!r}")
+        C, H, W = (check_int(name, f"shape[{d}]", s, minimum=1) for d, s in enumerate(shape))
+        self.levels = self.categories = check_int(name, "levels", levels, minimum=2)
+        self.num_classes = None if num_classes is None else check_int(name, "num_classes", num_classes, minimum=1)
+        self.event_shape = (C, H, W)
+        self.cond_shape = None if num_classes is None else ()
+        return C, H, W
+
+    def generation_order(self) -> list[int]:
+        """Pixel by pixel in raster order, the channels of each pixel in turn (data order is
+        channel-major: index ``c * H * W + p`` at position ``p * C + c``)."""
+        C, H, W = self.event_shape
+        return [c * H * W + pixel for pixel in range(H * W) for c in range(C)]
+
+    def labels(self, cond: torch.Tensor | None, batch: int, op: str) -> torch.Tensor | None:
+        """``cond`` checked for ``batch`` examples (``op`` names the caller in errors): long
+        labels ``(B,)`` in ``[0, num_classes)``, or None for an unconditional model."""
+        self._check_cond(cond, batch, self.cond_shape)
+        if cond is None:
+            return None
+        return check_integer_values(f"{type(self).__name__}.{op}", "cond", cond, self.num_classes).long()
+
+    def scale(self, x: torch.Tensor) -> torch.Tensor:
+        """Values ``[0, levels)`` to floats in ``[-1, 1]`` of the model's dtype."""
+        return x.to(self._device_dtype()[1]) * (2 / (self.levels - 1)) - 1
+
+    def logits_of_image(self, image: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """The network on a float image ``(B, C, H, W)`` (the data scaled to ``[-1, 1]``,
+        differentiable) and labels ``(B,)`` or None: logits ``(B, C * H * W, levels)``."""
+        raise NotImplementedError
+
+    def logits(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.check_data(x)
+        return self.logits_of_image(self.scale(x), self.labels(cond, x.shape[0], "logits"))
 
 
 class FlowModel(DensityModel):

@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from ..nn import GatedPixelCNNLayer, GatedPixelCNNState, MaskedConv2d
-from ..ops._checks import check_int, check_integer_values
-from .base import AutoregressiveModel, register
+from ..ops._checks import check_int
+from .base import ImageAutoregressiveModel, register
 
 __all__ = ["GatedPixelCNN", "GatedPixelCNNCache"]
 
@@ -54,7 +54,7 @@ class GatedPixelCNNCache:
 
 
 @register("gated_pixelcnn")
-class GatedPixelCNN(AutoregressiveModel):
+class GatedPixelCNN(ImageAutoregressiveModel):
     r"""Gated PixelCNN (van den Oord et al. 2016) over images ``(C, H, W)`` with ``levels``
     values per channel:
 
@@ -122,23 +122,16 @@ class GatedPixelCNN(AutoregressiveModel):
     ):
         super().__init__()
         name = "GatedPixelCNN"
-        if isinstance(shape, (str, bytes)) or not isinstance(shape, Sequence) or len(shape) != 3:
-            raise TypeError(f"{name}: shape must be a sequence (C, H, W) of three ints, got {shape!r}")
-        C, H, W = (check_int(name, f"shape[{d}]", s, minimum=1) for d, s in enumerate(shape))
-        self.levels = self.categories = check_int(name, "levels", levels, minimum=2)
+        C, H, W = self.init_image(shape, levels, num_classes)
         p = check_int(name, "channels", channels, minimum=1)
         self.num_layers = check_int(name, "layers", layers, minimum=0)
         for arg, k in (("kernel_size", kernel_size), ("first_kernel_size", first_kernel_size)):
             if check_int(name, arg, k, minimum=1) % 2 == 0:
                 raise ValueError(f"{name}: {arg} must be odd, got {k}")
-        if num_classes is not None:
-            check_int(name, "num_classes", num_classes, minimum=1)
         S = p if skip_channels is None else check_int(name, "skip_channels", skip_channels, minimum=1)
         if p % C or S % C:
             raise ValueError(f"{name}: the {C} colour channels must divide channels and skip_channels, got {p} and {S}")
-        self.event_shape = (C, H, W)
-        self.cond_shape = None if num_classes is None else ()
-        self.channels, self.skip_channels, self.num_classes = p, S, num_classes
+        self.channels, self.skip_channels = p, S
         self.kernel_size, self.first_kernel_size = kernel_size, first_kernel_size
         common = dict(num_classes=num_classes, color_channels=C, skip_channels=S)
         self.layers = nn.ModuleList(
@@ -148,22 +141,7 @@ class GatedPixelCNN(AutoregressiveModel):
         self.head_hidden = MaskedConv2d(S, S, 1, mask_type="B", color_channels=C)
         self.head_out = MaskedConv2d(S, C * levels, 1, mask_type="B", color_channels=C)
 
-    def generation_order(self) -> list[int]:
-        """Pixel by pixel in raster order, the channels of each pixel in turn (data order is channel-major)."""
-        C, H, W = self.event_shape
-        return [c * H * W + pixel for pixel in range(H * W) for c in range(C)]
-
     # -------------------------------------------------------------------- full forward
-
-    def _labels(self, cond: torch.Tensor | None, batch: int, op: str) -> torch.Tensor | None:
-        self._check_cond(cond, batch, self.cond_shape)
-        if cond is None:
-            return None
-        return check_integer_values(f"GatedPixelCNN.{op}", "cond", cond, self.num_classes).long()
-
-    def _scale(self, x: torch.Tensor) -> torch.Tensor:
-        """Values ``[0, levels)`` to floats in ``[-1, 1]`` of the model's dtype."""
-        return x.to(self._device_dtype()[1]) * (2 / (self.levels - 1)) - 1
 
     def logits_of_image(self, image: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """The network on a float image ``(B, C, H, W)`` (the data scaled to ``[-1, 1]``,
@@ -176,17 +154,13 @@ class GatedPixelCNN(AutoregressiveModel):
         B, (C, H, W) = image.shape[0], self.event_shape
         return out.view(B, C, self.levels, H, W).permute(0, 1, 3, 4, 2).reshape(B, C * H * W, self.levels)
 
-    def logits(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.check_data(x)
-        return self.logits_of_image(self._scale(x), self._labels(cond, x.shape[0], "logits"))
-
     # ---------------------------------------------------------------- incremental step
 
     @torch.no_grad()
     def init_cache(self, batch: int, cond: torch.Tensor | None = None) -> GatedPixelCNNCache:
         """A fresh :class:`GatedPixelCNNCache` for ``batch`` images (with labels ``cond``)."""
         batch = check_int("GatedPixelCNN.init_cache", "batch", batch, minimum=1)
-        labels = self._labels(cond, batch, "init_cache")
+        labels = self.labels(cond, batch, "init_cache")
         _, H, W = self.event_shape
         states = [layer.init_state(batch, H, W) for layer in self.layers]
         states[0].v_in = states[0].h_in  # the first layer reads the image in both stacks: one buffer

@@ -19,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops._checks import check_int, check_integer_values
+from ..ops._checks import check_int
 from ..sampling import KVCache
-from .base import AutoregressiveModel, register
+from .base import ImageAutoregressiveModel, register
 
 __all__ = ["PixelTransformer", "PixelTransformerCache"]
 
@@ -73,7 +73,7 @@ class _Block(nn.Module):
 
 
 @register("pixel_transformer")
-class PixelTransformer(AutoregressiveModel):
+class PixelTransformer(ImageAutoregressiveModel):
     r"""A causal Transformer over the sub-pixel values of ``(C, H, W)`` images with ``levels``
     values each (image GPT style):
 
@@ -145,21 +145,14 @@ class PixelTransformer(AutoregressiveModel):
     ):
         super().__init__()
         name = "PixelTransformer"
-        if isinstance(shape, (str, bytes)) or not isinstance(shape, Sequence) or len(shape) != 3:
-            raise TypeError(f"{name}: shape must be a sequence of 3 ints (C, H, W), got {shape!r}")
-        C, H, W = (check_int(name, f"shape[{i}]", s, minimum=1) for i, s in enumerate(shape))
-        self.levels = self.categories = check_int(name, "levels", levels, minimum=2)
+        C, H, W = self.init_image(shape, levels, num_classes)
         check_int(name, "d_model", d_model, minimum=1)
         check_int(name, "heads", heads, minimum=1)
         if d_model % heads:
             raise ValueError(f"{name}: d_model must be a multiple of heads, got d_model={d_model}, heads={heads}")
         check_int(name, "layers", layers, minimum=1)
-        if num_classes is not None:
-            check_int(name, "num_classes", num_classes, minimum=1)
         check_int(name, "mlp_ratio", mlp_ratio, minimum=1)
-        self.event_shape = (C, H, W)
-        self.cond_shape = None if num_classes is None else ()
-        self.d_model, self.heads, self.num_layers, self.num_classes = d_model, heads, layers, num_classes
+        self.d_model, self.heads, self.num_layers = d_model, heads, layers
 
         D = C * H * W
         self.value_embedding = nn.Embedding(levels, d_model)
@@ -185,21 +178,11 @@ class PixelTransformer(AutoregressiveModel):
         nn.init.normal_(self.start, std=0.02)
         nn.init.normal_(self.position_embedding, std=0.02)
 
-    def generation_order(self) -> list[int]:
-        """Data indices in generation order: pixel by pixel in raster order, the ``C``
-        channels of each pixel in turn (index ``c * H * W + p`` at position ``p * C + c``)."""
-        C, H, W = self.event_shape
-        return [c * H * W + p for p in range(H * W) for c in range(C)]
-
     # -------------------------------------------------------------------- full forward
 
-    def _label(self, cond: torch.Tensor | None) -> torch.Tensor | None:
-        """The label embeddings ``(B, d_model)``, after checking the labels' values (their
-        shape is checked by the caller)."""
-        if self.label_embedding is None:
-            return None
-        check_integer_values("PixelTransformer", "cond (class labels)", cond, self.num_classes)
-        return self.label_embedding(cond.long())
+    def _label(self, labels: torch.Tensor | None) -> torch.Tensor | None:
+        """The embeddings ``(B, d_model)`` of checked labels (:meth:`labels`), or None."""
+        return None if labels is None else self.label_embedding(labels)
 
     def _logits_from_embeddings(self, values: torch.Tensor, label: torch.Tensor | None) -> torch.Tensor:
         """The network on the embedded values: ``values (B, D, d_model)``, the embedding of
@@ -217,9 +200,9 @@ class PixelTransformer(AutoregressiveModel):
 
     def logits(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         x = self.check_data(x)
-        self._check_cond(cond, x.shape[0], self.cond_shape)
+        labels = self.labels(cond, x.shape[0], "logits")
         sequence = x.long().permute(0, 2, 3, 1).reshape(x.shape[0], -1)  # (B, D), generation order
-        return self._logits_from_embeddings(self.value_embedding(sequence), self._label(cond))
+        return self._logits_from_embeddings(self.value_embedding(sequence), self._label(labels))
 
     # ---------------------------------------------------------------- incremental step
 
@@ -228,12 +211,12 @@ class PixelTransformer(AutoregressiveModel):
         """A fresh :class:`PixelTransformerCache` for ``batch`` examples: an empty
         :class:`~fastgen.sampling.KVCache` for the whole sequence, allocated once."""
         batch = check_int("PixelTransformer.init_cache", "batch", batch, minimum=1)
-        self._check_cond(cond, batch, self.cond_shape)
+        labels = self.labels(cond, batch, "init_cache")
         kv = KVCache.allocate(
             self.num_layers, batch, self.heads, self.num_dims, self.d_model // self.heads,
             dtype=self.start.dtype, device=self.start.device,
         )
-        return PixelTransformerCache(kv, self._label(cond))
+        return PixelTransformerCache(kv, self._label(labels))
 
     @torch.no_grad()
     def step(self, cache: PixelTransformerCache, x_prev: torch.Tensor | None) -> torch.Tensor:

@@ -19,8 +19,8 @@ import torch
 from torch import nn
 
 from ..nn import MaskedConv2d
-from ..ops._checks import check_bool, check_choice, check_int, check_integer_values
-from .base import AutoregressiveModel, register
+from ..ops._checks import check_bool, check_choice, check_int
+from .base import ImageAutoregressiveModel, register
 from .discretized_logistic_mixture import discretized_logistic_log_probs
 
 __all__ = ["PixelCNN", "PixelCNNCache"]
@@ -65,7 +65,7 @@ class PixelCNNCache:
 
 
 @register("pixelcnn")
-class PixelCNN(AutoregressiveModel):
+class PixelCNN(ImageAutoregressiveModel):
     r"""PixelCNN (van den Oord et al. 2016) over images ``(C, H, W)`` with ``levels`` values
     per channel:
 
@@ -161,10 +161,7 @@ class PixelCNN(AutoregressiveModel):
     ):
         super().__init__()
         name = "PixelCNN"
-        if isinstance(shape, (str, bytes)) or not isinstance(shape, Sequence) or len(shape) != 3:
-            raise TypeError(f"{name}: shape must be a sequence (C, H, W) of three ints, got {shape!r}")
-        C, H, W = (check_int(name, f"shape[{d}]", s, minimum=1) for d, s in enumerate(shape))
-        self.levels = self.categories = check_int(name, "levels", levels, minimum=2)
+        C, H, W = self.init_image(shape, levels, num_classes)
         p = check_int(name, "channels", channels, minimum=1)
         check_int(name, "layers", layers, minimum=0)
         for arg, k in (("kernel_size", kernel_size), ("first_kernel_size", first_kernel_size)):
@@ -172,8 +169,6 @@ class PixelCNN(AutoregressiveModel):
                 raise ValueError(f"{name}: {arg} must be odd, got {k}")
         self.residual = check_bool(name, "residual", residual)
         self.color_mode = check_choice(name, "color_mode", color_mode, COLOR_MODES)
-        if num_classes is not None:
-            check_int(name, "num_classes", num_classes, minimum=1)
         self.output = check_choice(name, "output", output, OUTPUTS)
         self.components = check_int(name, "components", components, minimum=1)
         groups = C if color_mode == "autoregressive" else 1
@@ -181,9 +176,7 @@ class PixelCNN(AutoregressiveModel):
             raise ValueError(
                 f"{name}: the {C} colour channels must divide channels with color_mode='autoregressive', got {p}"
             )
-        self.event_shape = (C, H, W)
-        self.cond_shape = None if num_classes is None else ()
-        self.channels, self.num_classes, self.color_groups = p, num_classes, groups
+        self.channels, self.color_groups = p, groups
         self.kernel_size, self.first_kernel_size = kernel_size, first_kernel_size
         self.outputs_per_channel = levels if output == "categorical" else 3 * components
         self.layers = nn.ModuleList(
@@ -197,22 +190,7 @@ class PixelCNN(AutoregressiveModel):
         else:
             self.class_bias = nn.Parameter(torch.zeros(len(self.layers), num_classes, p))  # e_l[y]
 
-    def generation_order(self) -> list[int]:
-        """Pixel by pixel in raster order, the channels of each pixel in turn (data order is channel-major)."""
-        C, H, W = self.event_shape
-        return [c * H * W + pixel for pixel in range(H * W) for c in range(C)]
-
     # -------------------------------------------------------------------- full forward
-
-    def _labels(self, cond: torch.Tensor | None, batch: int, op: str) -> torch.Tensor | None:
-        self._check_cond(cond, batch, self.cond_shape)
-        if cond is None:
-            return None
-        return check_integer_values(f"PixelCNN.{op}", "cond", cond, self.num_classes).long()
-
-    def _scale(self, x: torch.Tensor) -> torch.Tensor:
-        """Values ``[0, levels)`` to floats in ``[-1, 1]`` of the model's dtype."""
-        return x.to(self._device_dtype()[1]) * (2 / (self.levels - 1)) - 1
 
     def _logits_of_outputs(self, out: torch.Tensor) -> torch.Tensor:
         """The head's ``O`` outputs of each channel ``(..., O)`` to its logits ``(..., levels)``."""
@@ -236,17 +214,13 @@ class PixelCNN(AutoregressiveModel):
         out = out.view(B, C, O, H, W).permute(0, 1, 3, 4, 2)  # (B, C, H, W, O)
         return self._logits_of_outputs(out).reshape(B, C * H * W, self.levels)
 
-    def logits(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.check_data(x)
-        return self.logits_of_image(self._scale(x), self._labels(cond, x.shape[0], "logits"))
-
     # ---------------------------------------------------------------- incremental step
 
     @torch.no_grad()
     def init_cache(self, batch: int, cond: torch.Tensor | None = None) -> PixelCNNCache:
         """A fresh :class:`PixelCNNCache` for ``batch`` images (with labels ``cond``)."""
         batch = check_int("PixelCNN.init_cache", "batch", batch, minimum=1)
-        labels = self._labels(cond, batch, "init_cache")
+        labels = self.labels(cond, batch, "init_cache")
         _, H, W = self.event_shape
         states, inputs = [], []
         for conv in self.layers:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable
 
+import pytest
 import torch
 
 from fastgen.data import DataSplit
@@ -17,7 +18,9 @@ from tests.helpers import tolerances
 __all__ = [
     "assert_cached_equals_naive",
     "assert_normalized",
+    "assert_image_model_rejects_bad_data_and_cond",
     "assert_respects_order",
+    "assert_step_rejects_bad_input",
     "assert_step_equals_full",
     "dependencies",
     "every_x",
@@ -101,3 +104,63 @@ def bits_after_training(
     model.eval()
     with torch.no_grad():
         return model.bits_per_dim(split.test).item()
+
+
+def assert_step_rejects_bad_input(model: AutoregressiveModel, cache_type: str) -> None:
+    """``init_cache`` and ``step`` refuse bad arguments with errors naming them, and the
+    failed calls leave the cache usable: a batch below 1, a cache of the wrong type (the
+    message names ``cache_type``), ``x_prev`` missing
+    or given at the first step, of a float dtype, the wrong shape or out of range, and a
+    step past the last dimension. ``model`` has ``categories >= 2``; batch 2 is used."""
+    K = model.categories
+    with pytest.raises(ValueError, match="batch must be >= 1"):
+        model.init_cache(0)
+    with pytest.raises(TypeError, match=cache_type):
+        model.step({}, None)
+    cache = model.init_cache(2)
+    with pytest.raises(ValueError, match="None at the first step"):
+        model.step(cache, torch.zeros(2, dtype=torch.long))
+    model.step(cache, None)
+    with pytest.raises(ValueError, match="None at the first step"):
+        model.step(cache, None)
+    with pytest.raises(TypeError, match="integer dtype"):
+        model.step(cache, torch.zeros(2))
+    with pytest.raises(ValueError, match=r"x_prev must have shape \(2,\)"):
+        model.step(cache, torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match=rf"values in \[0, {K}\)"):
+        model.step(cache, torch.tensor([0, K]))
+    with pytest.raises(ValueError, match=rf"values in \[0, {K}\)"):
+        model.step(cache, torch.tensor([-1, 0]))
+    for _ in range(model.num_dims - 1):
+        model.step(cache, torch.tensor([1, K - 1]))
+    with pytest.raises(ValueError, match=f"all {model.num_dims} dimensions were already generated"):
+        model.step(cache, torch.tensor([1, 1]))
+
+
+def assert_image_model_rejects_bad_data_and_cond(conditional: AutoregressiveModel, unconditional: AutoregressiveModel) -> None:
+    """Two image models ``(1, 3, 3)`` with 3 levels, one with 2 classes: data of a float
+    dtype, the wrong shape or out of range, and a missing, misshapen, out-of-range, float or
+    unexpected ``cond`` raise errors naming the argument, in log_prob, sample and init_cache."""
+    x = torch.randint(0, 3, (2, 1, 3, 3), generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([0, 1])
+    model = conditional
+    with pytest.raises(TypeError, match="integer dtype"):
+        model.log_prob(x.double(), labels)
+    with pytest.raises(ValueError, match=r"shape \(B, 1, 3, 3\)"):
+        model.log_prob(x[:, :, :2], labels)
+    with pytest.raises(ValueError, match=r"values in \[0, 3\)"):
+        model.log_prob(x + 1, labels)
+    with pytest.raises(TypeError, match="cond must be a tensor"):
+        model.log_prob(x)
+    with pytest.raises(ValueError, match="cond must have shape"):
+        model.log_prob(x, labels[:1])
+    with pytest.raises(ValueError, match=r"cond must have values in \[0, 2\)"):
+        model.log_prob(x, torch.tensor([0, 2]))
+    with pytest.raises(TypeError, match="cond must have an integer dtype"):
+        model.log_prob(x, labels.double())
+    with pytest.raises(ValueError, match=r"cond must have values in \[0, 2\)"):
+        model.sample(2, torch.tensor([-1, 0]))
+    with pytest.raises(ValueError, match=r"cond must have values in \[0, 2\)"):
+        model.init_cache(2, torch.tensor([0, 5]))
+    with pytest.raises(ValueError, match="takes no cond"):
+        unconditional.log_prob(x, labels)

@@ -14,6 +14,7 @@ from scipy.stats import chi2
 from fastgen.models import MADE, build
 from fastgen.models.made import MADECache
 from tests.helpers import tolerances
+from tests.models.autoregressive import assert_step_rejects_bad_input
 
 TOL = tolerances(torch.float64)
 
@@ -299,24 +300,4 @@ def test_bad_data_and_cond_raise():
 
 
 def test_bad_step_raises():
-    model = made(dim=3, hidden=8, categories=3)
-    with pytest.raises(ValueError, match="batch must be >= 1"):
-        model.init_cache(0)
-    with pytest.raises(TypeError, match="MADECache"):
-        model.step({}, None)
-    cache = model.init_cache(2)
-    with pytest.raises(ValueError, match="None at the first step"):
-        model.step(cache, torch.zeros(2, dtype=torch.long))
-    model.step(cache, None)
-    with pytest.raises(ValueError, match="None at the first step"):
-        model.step(cache, None)
-    with pytest.raises(TypeError, match="integer dtype"):
-        model.step(cache, torch.zeros(2))
-    with pytest.raises(ValueError, match=r"shape \(2,\)"):
-        model.step(cache, torch.zeros(3, dtype=torch.long))
-    with pytest.raises(ValueError, match=r"values in \[0, 3\)"):
-        model.step(cache, torch.tensor([0, -1]))
-    model.step(cache, torch.tensor([0, 2]))
-    model.step(cache, torch.tensor([1, 1]))
-    with pytest.raises(ValueError, match="already generated"):
-        model.step(cache, torch.tensor([1, 1]))
+    assert_step_rejects_bad_input(made(dim=3, hidden=8, categories=3), "MADECache")

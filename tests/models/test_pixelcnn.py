@@ -14,9 +14,11 @@ from fastgen.models.pixelcnn import PixelCNNCache
 from tests.helpers import tolerances
 from tests.models.autoregressive import (
     assert_cached_equals_naive,
+    assert_image_model_rejects_bad_data_and_cond,
     assert_normalized,
     assert_respects_order,
     assert_step_equals_full,
+    assert_step_rejects_bad_input,
     bits_after_training,
     dependencies,
 )
@@ -327,49 +329,11 @@ def test_bad_config_raises(config, error, match):
 
 
 def test_bad_data_and_cond_raise():
-    model = pixelcnn((1, 3, 3), levels=3, channels=4, layers=1, num_classes=2)
-    x, labels = random_x(model, 2), torch.tensor([0, 1])
-    with pytest.raises(TypeError, match="integer dtype"):
-        model.log_prob(x.double(), labels)
-    with pytest.raises(ValueError, match=r"shape \(B, 1, 3, 3\)"):
-        model.log_prob(x[:, :, :2], labels)
-    with pytest.raises(ValueError, match=r"values in \[0, 3\)"):
-        model.log_prob(x + 1, labels)
-    with pytest.raises(TypeError, match="cond must be a tensor"):
-        model.log_prob(x)
-    with pytest.raises(ValueError, match="cond must have shape"):
-        model.log_prob(x, labels[:1])
-    with pytest.raises(ValueError, match=r"cond must have values in \[0, 2\)"):
-        model.log_prob(x, torch.tensor([0, 2]))
-    with pytest.raises(TypeError, match="cond must have an integer dtype"):
-        model.log_prob(x, labels.double())
-    with pytest.raises(ValueError, match=r"cond must have values in \[0, 2\)"):
-        model.sample(2, torch.tensor([-1, 0]))
-    with pytest.raises(ValueError, match=r"cond must have values in \[0, 2\)"):
-        model.init_cache(2, torch.tensor([0, 5]))
-    with pytest.raises(ValueError, match="takes no cond"):
-        pixelcnn((1, 3, 3), levels=3, channels=4, layers=1).log_prob(x, labels)
+    assert_image_model_rejects_bad_data_and_cond(
+        pixelcnn((1, 3, 3), levels=3, channels=4, layers=1, num_classes=2),
+        pixelcnn((1, 3, 3), levels=3, channels=4, layers=1),
+    )
 
 
 def test_bad_step_raises():
-    model = pixelcnn((1, 2, 2), levels=3, channels=4, layers=1)
-    with pytest.raises(ValueError, match="batch must be >= 1"):
-        model.init_cache(0)
-    with pytest.raises(TypeError, match="PixelCNNCache"):
-        model.step({}, None)
-    cache = model.init_cache(2)
-    with pytest.raises(ValueError, match="None at the first step"):
-        model.step(cache, torch.zeros(2, dtype=torch.long))
-    model.step(cache, None)
-    with pytest.raises(ValueError, match="None at the first step"):
-        model.step(cache, None)
-    with pytest.raises(TypeError, match="integer dtype"):
-        model.step(cache, torch.zeros(2))
-    with pytest.raises(ValueError, match=r"shape \(2,\)"):
-        model.step(cache, torch.zeros(3, dtype=torch.long))
-    with pytest.raises(ValueError, match=r"values in \[0, 3\)"):
-        model.step(cache, torch.tensor([0, 3]))
-    for _ in range(3):
-        model.step(cache, torch.tensor([1, 2]))
-    with pytest.raises(ValueError, match="already generated"):
-        model.step(cache, torch.tensor([1, 1]))
+    assert_step_rejects_bad_input(pixelcnn((1, 2, 2), levels=3, channels=4, layers=1), "PixelCNNCache")
