@@ -21,6 +21,8 @@ from fastgen.nn import (
     VariationalDequantization,
 )
 
+from fastgen.nn.coupling import checkerboard_mask
+
 from ..helpers import logdet_by_jacobian
 
 VECTOR, IMAGE = (3, 6), (2, 2, 4, 4)
@@ -76,6 +78,18 @@ def test_stack_logdet(shape):
     back, inv_logdet = flow.inverse(y)
     torch.testing.assert_close(back, x, atol=1e-8, rtol=1e-8)
     torch.testing.assert_close(inv_logdet, -logdet, atol=1e-8, rtol=1e-8)
+
+
+@pytest.mark.parametrize("coupling", [AffineCoupling, MixtureCDFCoupling])
+def test_checkerboard_couplings_of_one_channel_images(coupling):
+    """Grey images: the checkerboard alone splits them (Flow++ on the digits)."""
+    layer = randomize(coupling(1, [8], mask="checkerboard", parity=1, image=True).double())
+    x = torch.randn(2, 1, 4, 4, dtype=torch.float64)
+    y, logdet = layer(x)
+    passed = checkerboard_mask((1, 4, 4), 1, dtype=torch.float64).bool().expand_as(x)
+    assert torch.equal(y[passed], x[passed]) and not torch.allclose(y[~passed], x[~passed])
+    torch.testing.assert_close(layer.inverse(y)[0], x, atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(logdet, logdet_by_jacobian(lambda e: layer(e)[0], x), atol=1e-10, rtol=1e-10)
 
 
 def test_couplings_start_as_identity_and_condition():
@@ -165,6 +179,8 @@ def test_bad_arguments():
         AffineCoupling(4, [8], scale="softplus")
     with pytest.raises(ValueError, match="channels"):
         AdditiveCoupling(1, [8])
+    with pytest.raises(ValueError, match="channels"):
+        AffineCoupling(1, [8], mask="channel", image=True)
     with pytest.raises(ValueError, match="hidden"):
         AffineCoupling(4, [])
     with pytest.raises(ValueError, match=r"\(B, D\) with 4 channels"):
