@@ -20,7 +20,6 @@ from fastgen.nn import (
     UniformDequantization,
     VariationalDequantization,
 )
-
 from fastgen.nn.coupling import checkerboard_mask
 
 from ..helpers import logdet_by_jacobian
