@@ -160,6 +160,19 @@ def test_variational_dequantization():
         deq(torch.full(IMAGE, 4.0, dtype=torch.float64))
 
 
+@pytest.mark.parametrize("shift", [-100.0, 100.0])
+def test_variational_noise_far_out_stays_in_its_bin(shift):
+    """A noise flow that pushes z where the sigmoid rounds to 0 or 1: y stays inside x's bin."""
+    flow = FlowSequential(ActNorm(2)).double().eval()
+    with torch.no_grad():
+        flow[0].loc.fill_(shift)
+    deq = VariationalDequantization(flow, bins=4)
+    x = torch.randint(0, 4, IMAGE).double()
+    y, logdet = deq(x)
+    assert torch.equal((y * 4).floor(), x) and ((y * 4 - x - 0.5).abs() < 0.5).all()
+    assert torch.isfinite(logdet).all()
+
+
 def test_extreme_inputs_stay_finite():
     x = torch.tensor([[-1e4, 1e4, 0.0, 3.0, -3.0, 1e3]], dtype=torch.float64).repeat(2, 1)
     for name, layer in layers(VECTOR).items():
