@@ -15,6 +15,7 @@ __all__ = [
     "check_choice",
     "check_floating",
     "check_int",
+    "check_int_sequence",
     "check_integer_values",
     "check_real",
     "check_like",
@@ -95,6 +96,18 @@ def check_int(op: str, name: str, value: object, *, minimum: int) -> int:
     if value < minimum:
         raise ValueError(f"{op}: {name} must be >= {minimum}, got {value}")
     return value
+
+
+def check_int_sequence(
+    op: str, name: str, value: object, *, minimum: int, length: int | None = None
+) -> tuple[int, ...]:
+    """``value`` must be a non-empty sequence of ints ``>= minimum`` (of ``length`` of them,
+    where given): layer widths, image shapes; returned as a tuple."""
+    is_sequence = isinstance(value, Sequence) and not isinstance(value, (str, bytes))
+    if not is_sequence or (len(value) == 0 if length is None else len(value) != length):
+        count = "a non-empty sequence of" if length is None else f"a sequence of {length}"
+        raise TypeError(f"{op}: {name} must be {count} ints, got {value!r}")
+    return tuple(check_int(op, f"{name}[{i}]", v, minimum=minimum) for i, v in enumerate(value))
 
 
 def check_integer_values(op: str, name: str, value: object, high: int) -> torch.Tensor:
