@@ -6,6 +6,7 @@
 from .base import AutoregressiveModel, DensityModel, FlowModel, available, build, register
 from .bayes_net import BayesNet
 from .discretized_logistic_mixture import DiscretizedMixtureOfLogistics
+from .ffjord import FFJORD
 from .flowpp import FlowPlusPlus
 from .gated_pixelcnn import GatedPixelCNN
 from .gaussian_mixture import MixtureOfGaussians
@@ -21,6 +22,7 @@ __all__ = [
     "BayesNet",
     "DensityModel",
     "DiscretizedMixtureOfLogistics",
+    "FFJORD",
     "FlowModel",
     "FlowPlusPlus",
     "GatedPixelCNN",

@@ -1,6 +1,7 @@
 """Drop-in ``nn.Module`` layers that own parameters and call :mod:`fastgen.ops`."""
 
 from .causal_conv import CausalConv1d
+from .cnf import ContinuousNormalizingFlow, TimeMLP
 from .coupling import AdditiveCoupling, AffineCoupling, MixtureCDFCoupling
 from .dequantization import Logit, UniformDequantization, VariationalDequantization
 from .flow import ActNorm, FlowSequential, InvConv1x1, Squeeze
@@ -15,6 +16,7 @@ __all__ = [
     "AdditiveCoupling",
     "AffineCoupling",
     "CausalConv1d",
+    "ContinuousNormalizingFlow",
     "ElementwiseMixtureCDFFlow",
     "FlowSequential",
     "GatedPixelCNNLayer",
@@ -26,6 +28,7 @@ __all__ = [
     "MaskedLinear",
     "MixtureCDFCoupling",
     "Squeeze",
+    "TimeMLP",
     "UniformDequantization",
     "VariationalDequantization",
 ]
