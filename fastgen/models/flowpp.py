@@ -174,7 +174,8 @@ class FlowPlusPlus(FlowModel):
         name = type(self).__name__
         check_integer_data(name, "x", x, self.bins)
         if tuple(x.shape[1:]) != self.event_shape:
-            raise ValueError(f"{name}: x must have shape (B, {', '.join(map(str, self.event_shape))}), got {tuple(x.shape)}")
+            want = ", ".join(map(str, self.event_shape))
+            raise ValueError(f"{name}: x must have shape (B, {want}), got {tuple(x.shape)}")
         device, dtype = self._device_dtype()
         return x.to(device=device, dtype=dtype)
 
@@ -202,7 +203,8 @@ class FlowPlusPlus(FlowModel):
         if not isinstance(z, torch.Tensor) or not z.is_floating_point():
             raise TypeError(f"{name}: z must be a floating-point tensor, got {getattr(z, 'dtype', type(z).__name__)}")
         if z.dim() != 1 + len(self.latent_shape) or tuple(z.shape[1:]) != self.latent_shape:
-            raise ValueError(f"{name}: z must have shape (B, {', '.join(map(str, self.latent_shape))}), got {tuple(z.shape)}")
+            want = ", ".join(map(str, self.latent_shape))
+            raise ValueError(f"{name}: z must have shape (B, {want}), got {tuple(z.shape)}")
         self._check_cond(cond, z.shape[0], self.cond_shape)
         y, _ = self.flow.inverse(z)
         x, _ = self.dequantize.inverse(y)

@@ -187,7 +187,8 @@ class ContinuousNormalizingFlow(nn.Module):
         """``x`` must be a floating-point tensor ``(B, D)``."""
         cls = type(self).__name__
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-            raise TypeError(f"{cls}: {name} must be a floating-point tensor, got {getattr(x, 'dtype', type(x).__name__)}")
+            got = x.dtype if isinstance(x, torch.Tensor) else type(x).__name__
+            raise TypeError(f"{cls}: {name} must be a floating-point tensor, got {got}")
         if x.dim() != 2 or x.shape[1] != self.dim:
             raise ValueError(f"{cls}: {name} must have shape (B, {self.dim}), got {tuple(x.shape)}")
         return x

