@@ -7,6 +7,8 @@ from .base import AutoregressiveModel, DensityModel, FlowModel, available, build
 from .bayes_net import BayesNet
 from .cdf_flow_1d import CDFFlow1D
 from .discretized_logistic_mixture import DiscretizedMixtureOfLogistics
+from .ffjord import FFJORD
+from .flowpp import FlowPlusPlus
 from .gated_pixelcnn import GatedPixelCNN
 from .gaussian_mixture import MixtureOfGaussians
 from .glow import Glow
@@ -27,7 +29,9 @@ __all__ = [
     "CDFFlow1D",
     "DensityModel",
     "DiscretizedMixtureOfLogistics",
+    "FFJORD",
     "FlowModel",
+    "FlowPlusPlus",
     "GatedPixelCNN",
     "Glow",
     "Histogram",

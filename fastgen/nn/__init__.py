@@ -2,6 +2,7 @@
 
 from .autoregressive_flow import MaskedAffineAutoregressive, Reverse
 from .causal_conv import CausalConv1d
+from .cnf import ContinuousNormalizingFlow, TimeMLP
 from .coupling import AdditiveCoupling, AffineCoupling, MixtureCDFCoupling, resnet_coupling_net
 from .dequantization import Logit, UniformDequantization, VariationalDequantization
 from .flow import ActNorm, FlowSequential, InvConv1x1, Squeeze
@@ -18,6 +19,7 @@ __all__ = [
     "AdditiveCoupling",
     "AffineCoupling",
     "CausalConv1d",
+    "ContinuousNormalizingFlow",
     "ElementwiseMixtureCDFFlow",
     "FlowSequential",
     "GatedPixelCNNLayer",
@@ -36,6 +38,7 @@ __all__ = [
     "Reverse",
     "Split",
     "Squeeze",
+    "TimeMLP",
     "UniformDequantization",
     "VariationalDequantization",
     "resnet_coupling_net",

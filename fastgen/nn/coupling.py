@@ -116,7 +116,8 @@ class _Coupling(nn.Module):
         super().__init__()
         name = type(self).__name__
         check_choice(name, "mask", mask, ("checkerboard", "channel"))
-        # A one-channel image still has two checkerboard halves; a split needs two of something.
+        # A checkerboard splits an image's pixels, so one channel is enough (grey images);
+        # a channel split, or a checkerboard over a vector's entries, needs two.
         check_int(name, "channels", channels, minimum=1 if mask == "checkerboard" and image else 2)
         check_int(name, "cond_features", cond_features, minimum=0)
         if parity not in (0, 1):
@@ -196,8 +197,8 @@ class AffineCoupling(_Coupling):
     :math:`s = \sigma(r + 2) \in (0, 1)` is bounded already.
 
     Args:
-        channels: ``C`` (images) or ``D`` (vectors), at least 2 (images with the
-            checkerboard mask: at least 1).
+        channels: ``C`` (images) or ``D`` (vectors): at least 2, or 1 for a checkerboard
+            over images.
         net: a factory ``(in_features, out_features) -> nn.Module`` (its output has
             ``2 x`` the transformed channels: shifts then raw log-scales), or the hidden
             widths of the default :func:`coupling_net`.

@@ -24,7 +24,7 @@ from torch import nn
 
 from ..ops import logit_transform, uniform_dequantize
 from ..ops._checks import check_int
-from ..ops.dequantize import check_integer_data
+from ..ops.dequantize import bin_margin, check_integer_data
 
 __all__ = ["Logit", "UniformDequantization", "VariationalDequantization"]
 
@@ -100,7 +100,9 @@ class VariationalDequantization(nn.Module):
         - \textstyle\sum \log \sigma'(z)
 
     and returns :math:`y = (x + u)/\text{bins}` with logdet
-    :math:`-\log q(u|x) - D \log \text{bins}`.
+    :math:`-\log q(u|x) - D \log \text{bins}`. Like uniform noise, ``u`` is kept a few
+    float spacings off 0 and 1 (:func:`fastgen.ops.dequantize.bin_margin`), so that ``y``
+    stays inside ``x``'s bin where the sigmoid rounds to 0 or 1.
 
     Args:
         flow: a flow over tensors of the data's shape whose layers take the data, scaled
@@ -129,7 +131,11 @@ class VariationalDequantization(nn.Module):
         log_normal = -0.5 * (eps.square() + math.log(2 * math.pi)).sum(dims)
         log_sigmoid_grad = (F.logsigmoid(z) + F.logsigmoid(-z)).sum(dims)
         log_q = log_normal - logdet_f - log_sigmoid_grad
-        y = (x + torch.sigmoid(z)) / self.bins
+        # Kept off the bin edges like uniform noise (a sigmoid rounds to 0 or 1 far out), so
+        # that y stays inside x's bin; log q is that of the unclamped u, which differs only
+        # where q has next to no mass (u within ~1e-12 of an edge in float64, ~1e-4 in float32).
+        margin = bin_margin(type(self).__name__, self.bins, x.dtype)
+        y = (x + torch.sigmoid(z).clamp(margin, 1 - margin)) / self.bins
         return y, -log_q - x[0].numel() * math.log(self.bins)
 
     def inverse(self, y: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

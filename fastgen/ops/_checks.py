@@ -15,6 +15,7 @@ __all__ = [
     "check_choice",
     "check_floating",
     "check_int",
+    "check_int_sequence",
     "check_integer_values",
     "check_real",
     "check_like",
@@ -98,13 +99,26 @@ def check_int(op: str, name: str, value: object, *, minimum: int) -> int:
     return value
 
 
+def check_int_sequence(
+    op: str, name: str, value: object, *, minimum: int, length: int | None = None
+) -> tuple[int, ...]:
+    """``value`` must be a non-empty sequence of ints ``>= minimum`` (of ``length`` of them,
+    where given): image shapes, layer widths; returned as a tuple."""
+    is_sequence = isinstance(value, Sequence) and not isinstance(value, (str, bytes))
+    if not is_sequence or (len(value) == 0 if length is None else len(value) != length):
+        count = "a non-empty sequence of" if length is None else f"a sequence of {length}"
+        raise TypeError(f"{op}: {name} must be {count} ints, got {value!r}")
+    return tuple(check_int(op, f"{name}[{i}]", v, minimum=minimum) for i, v in enumerate(value))
+
+
 def check_widths(op: str, name: str, value: object) -> tuple[int, ...]:
     """``value`` must be an int >= 1 (one layer) or a non-empty sequence of them: the widths
     of a network's hidden layers."""
-    widths = [value] if isinstance(value, int) and not isinstance(value, bool) else value
-    if not isinstance(widths, Sequence) or isinstance(widths, str) or len(widths) == 0:
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = (value,)
+    elif not isinstance(value, Sequence) or isinstance(value, (str, bytes)) or len(value) == 0:
         raise TypeError(f"{op}: {name} must be an int or a non-empty sequence of ints, got {value!r}")
-    return tuple(check_int(op, name, w, minimum=1) for w in widths)
+    return check_int_sequence(op, name, value, minimum=1)
 
 
 def check_integer_values(op: str, name: str, value: object, high: int) -> torch.Tensor:

@@ -26,7 +26,7 @@ import torch
 
 from ._checks import check_int
 
-__all__ = ["check_integer_data", "uniform_dequantize"]
+__all__ = ["bin_margin", "check_integer_data", "uniform_dequantize"]
 
 OP = "uniform_dequantize"
 
@@ -53,6 +53,17 @@ def check_integer_data(op: str, name: str, x: object, bins: object) -> None:
                 f"{op}: {name} must hold integers in [0, bins) = [0, {bins}), got values in [{lo}, {hi}]"
                 + (" and non-integers" if fractional else "")
             )
+
+
+def bin_margin(op: str, bins: int, dtype: torch.dtype) -> float:
+    """How far dequantization noise in ``[0, 1]`` keeps from the bin edges: more than the
+    rounding of ``(x + u) / bins`` and of ``y * bins`` (< 1.5 ``bins`` eps in all), so that
+    ``floor(y * bins)`` is ``x`` again. Unclamped, ``x + u`` rounds up to ``x + 1`` for ``u``
+    within half a float spacing of 1 (1 draw in ~10^5 in float32 with 256 bins)."""
+    margin = 4 * bins * torch.finfo(dtype).eps
+    if margin >= 0.25:
+        raise ValueError(f"{op}: {dtype} is too coarse to dequantize {bins} bins; use float32 or float64")
+    return margin
 
 
 def uniform_dequantize(
@@ -84,13 +95,7 @@ def uniform_dequantize(
     """
     check_integer_data(OP, "x", x, bins)
     dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()
-    # The noise keeps a margin from the bin edges larger than the rounding of (x + u) / bins
-    # and of y * bins (< 1.5 bins eps in all), so that floor(y * bins) is x again: unclamped,
-    # x + u rounds up to x + 1 for u within half a float spacing of 1 (1 draw in ~10^5 in
-    # float32 with 256 bins).
-    margin = 4 * bins * torch.finfo(dtype).eps
-    if margin >= 0.25:
-        raise ValueError(f"{OP}: {dtype} is too coarse to dequantize {bins} bins; use float32 or float64")
+    margin = bin_margin(OP, bins, dtype)
     u = torch.rand(x.shape, generator=generator, dtype=dtype, device=x.device).clamp_(margin, 1 - margin)
     y = (x.to(dtype) + u) / bins
     logdet = torch.full((x.shape[0],), -math.prod(x.shape[1:]) * math.log(bins), dtype=dtype, device=x.device)

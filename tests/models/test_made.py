@@ -269,7 +269,7 @@ def test_training_reaches_the_entropy_of_a_tiny_distribution(num_masks):
         (dict(dim=4.0, hidden=8), TypeError, "dim must be an int"),
         (dict(dim=4, hidden=[]), TypeError, "hidden must be an int or a non-empty sequence"),
         (dict(dim=4, hidden="8"), TypeError, "hidden must be an int or a non-empty sequence"),
-        (dict(dim=4, hidden=[8, 0]), ValueError, "hidden must be >= 1"),
+        (dict(dim=4, hidden=[8, 0]), ValueError, r"hidden\[1\] must be >= 1"),
         (dict(dim=4, hidden=8, categories=1), ValueError, "categories must be >= 2"),
         (dict(dim=4, hidden=8, num_masks=0), ValueError, "num_masks must be >= 1"),
         (dict(dim=4, hidden=8, ordering="reverse"), ValueError, "ordering must be one of"),

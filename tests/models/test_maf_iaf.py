@@ -178,7 +178,7 @@ def test_training_lowers_the_loss(name, make):
         (dict(dim=1, hidden=8, transforms=2), ValueError, "dim must be >= 2"),
         (dict(dim=2.0, hidden=8, transforms=2), TypeError, "dim must be an int"),
         (dict(dim=2, hidden=[], transforms=2), TypeError, "hidden must be an int or a non-empty sequence"),
-        (dict(dim=2, hidden=[8, 0], transforms=2), ValueError, "hidden must be >= 1"),
+        (dict(dim=2, hidden=[8, 0], transforms=2), ValueError, r"hidden\[1\] must be >= 1"),
         (dict(dim=2, hidden=8, transforms=0), ValueError, "transforms must be >= 1"),
         (dict(dim=2, hidden=8, transforms=2, cond_dim=0), ValueError, "cond_dim must be >= 1"),
     ],

@@ -20,6 +20,7 @@ from fastgen.nn import (
     UniformDequantization,
     VariationalDequantization,
 )
+from fastgen.nn.coupling import checkerboard_mask
 
 from ..helpers import logdet_by_jacobian, randomize
 
@@ -67,6 +68,18 @@ def test_stack_logdet(shape):
     back, inv_logdet = flow.inverse(y)
     torch.testing.assert_close(back, x, atol=1e-8, rtol=1e-8)
     torch.testing.assert_close(inv_logdet, -logdet, atol=1e-8, rtol=1e-8)
+
+
+@pytest.mark.parametrize("coupling", [AffineCoupling, MixtureCDFCoupling])
+def test_checkerboard_couplings_of_one_channel_images(coupling):
+    """Grey images: the checkerboard alone splits them (Flow++ on the digits)."""
+    layer = randomize(coupling(1, [8], mask="checkerboard", parity=1, image=True).double())
+    x = torch.randn(2, 1, 4, 4, dtype=torch.float64)
+    y, logdet = layer(x)
+    passed = checkerboard_mask((1, 4, 4), 1, dtype=torch.float64).bool().expand_as(x)
+    assert torch.equal(y[passed], x[passed]) and not torch.allclose(y[~passed], x[~passed])
+    torch.testing.assert_close(layer.inverse(y)[0], x, atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(logdet, logdet_by_jacobian(lambda e: layer(e)[0], x), atol=1e-10, rtol=1e-10)
 
 
 def test_couplings_start_as_identity_and_condition():
@@ -138,6 +151,19 @@ def test_variational_dequantization():
         deq(torch.full(IMAGE, 4.0, dtype=torch.float64))
 
 
+@pytest.mark.parametrize("shift", [-100.0, 100.0])
+def test_variational_noise_far_out_stays_in_its_bin(shift):
+    """A noise flow that pushes z where the sigmoid rounds to 0 or 1: y stays inside x's bin."""
+    flow = FlowSequential(ActNorm(2)).double().eval()
+    with torch.no_grad():
+        flow[0].loc.fill_(shift)
+    deq = VariationalDequantization(flow, bins=4)
+    x = torch.randint(0, 4, IMAGE).double()
+    y, logdet = deq(x)
+    assert torch.equal((y * 4).floor(), x) and ((y * 4 - x - 0.5).abs() < 0.5).all()
+    assert torch.isfinite(logdet).all()
+
+
 def test_extreme_inputs_stay_finite():
     x = torch.tensor([[-1e4, 1e4, 0.0, 3.0, -3.0, 1e3]], dtype=torch.float64).repeat(2, 1)
     for name, layer in layers(VECTOR).items():
@@ -156,6 +182,8 @@ def test_bad_arguments():
         AffineCoupling(4, [8], scale="softplus")
     with pytest.raises(ValueError, match="channels"):
         AdditiveCoupling(1, [8])
+    with pytest.raises(ValueError, match="channels"):
+        AffineCoupling(1, [8], mask="channel", image=True)
     with pytest.raises(ValueError, match="hidden"):
         AffineCoupling(4, [])
     with pytest.raises(ValueError, match=r"\(B, D\) with 4 channels"):
