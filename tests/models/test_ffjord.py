@@ -14,12 +14,8 @@ import torch
 from fastgen import data
 from fastgen.models import FFJORD, available, build
 from fastgen.train import fit
-from tests.helpers import logdet_by_jacobian, run_python
-from tests.models.flow_model_checks import (
-    assert_gradients_reach_every_parameter,
-    assert_state_dict_round_trip,
-    randomize,
-)
+from tests.helpers import logdet_by_jacobian, randomize, run_python
+from tests.models.flows import assert_gradients_reach_every_parameter, assert_state_dict_round_trip
 
 needs_torchdiffeq = pytest.mark.skipif(
     importlib.util.find_spec("torchdiffeq") is None,

@@ -14,12 +14,8 @@ from fastgen import data
 from fastgen.models import FlowPlusPlus, available, build
 from fastgen.nn import MixtureCDFCoupling
 from fastgen.train import fit
-from tests.helpers import logdet_by_jacobian
-from tests.models.flow_model_checks import (
-    assert_gradients_reach_every_parameter,
-    assert_state_dict_round_trip,
-    randomize,
-)
+from tests.helpers import logdet_by_jacobian, randomize
+from tests.models.flows import assert_gradients_reach_every_parameter, assert_state_dict_round_trip
 
 SMALL = dict(shape=(1, 4, 4), bins=5, scales=2, steps=2, hidden=(8,), components=3, dequant_steps=2)
 

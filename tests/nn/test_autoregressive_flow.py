@@ -11,7 +11,7 @@ from fastgen.nn import FlowSequential, MaskedAffineAutoregressive, MaskedMLP, Re
 from fastgen.nn import autoregressive_flow
 
 from ..helpers import logdet_by_jacobian, tolerances
-from ..models.flows import randomize
+from ..helpers import randomize
 
 TOL = tolerances(torch.float64)
 
