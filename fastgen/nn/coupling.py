@@ -41,6 +41,9 @@ __all__ = [
 NetFactory = Callable[[int, int], nn.Module]
 # |log-scale| of MixtureCDFCoupling's components stays below this (scales in [e^-7, e^7]).
 COMPONENT_LOG_SCALE_BOUND = 7.0
+# Glow's sigmoid scale sigma(r + 2) takes r no lower than this: s >= e^-15 stays well above
+# float32's smallest normal, so the forward never rounds s (and with it x) to 0.
+_SIGMOID_RAW_FLOOR = -17.0
 
 
 def checkerboard_mask(shape: Sequence[int], parity: int, *, device=None, dtype=torch.float32) -> torch.Tensor:
@@ -194,7 +197,9 @@ class AffineCoupling(_Coupling):
     With ``scale="exp"`` the network's raw log-scale ``r`` is stabilized as
     :math:`\log s = a \tanh(r)` with a learned per-channel ``a`` (started at 1), so that no
     input can make the scale (or the inverse's ``1/s``) overflow; with ``"sigmoid"``,
-    :math:`s = \sigma(r + 2) \in (0, 1)` is bounded already.
+    :math:`s = \sigma(\max(r, -17) + 2) \in (e^{-15}, 1)`: bounded above by the sigmoid, and
+    below so that ``s`` never rounds to 0, which would lose ``x`` (the inverse's
+    ``(y - t) / s`` a 0/0).
 
     Args:
         channels: ``C`` (images) or ``D`` (vectors): at least 2, or 1 for a checkerboard
@@ -239,7 +244,7 @@ class AffineCoupling(_Coupling):
 
     def _elementwise(self, x, params, mask, inverse):
         shift, raw = params.chunk(2, dim=1)
-        log_scale = self._bounded(raw) if self.scale == "exp" else raw
+        log_scale = self._bounded(raw) if self.scale == "exp" else raw.clamp_min(_SIGMOID_RAW_FLOOR)
         return affine_coupling(x, shift, log_scale, mask=mask, scale=self.scale, inverse=inverse)
 
 
