@@ -12,7 +12,7 @@ below (:meth:`fastgen.nn.MaskedConv2d.step`).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -37,9 +37,10 @@ class PixelCNNCache:
     Attributes:
         position: the index in the generation order of the next value to generate.
         batch: ``B``.
-        states: each masked convolution's step state (:meth:`~fastgen.nn.MaskedConv2d.init_state`):
-            the first layer's holds the image scaled to ``[-1, 1]``, layer ``l``'s
-            ``ReLU(h_{l-1})``.
+        steps: each masked convolution's ``step(i, j)`` over its step state
+            (:meth:`~fastgen.nn.MaskedConv2d.init_state`, :meth:`~fastgen.nn.MaskedConv2d.stepper`,
+            weights packed when the cache was made): the first layer's state holds the image
+            scaled to ``[-1, 1]``, layer ``l``'s ``ReLU(h_{l-1})``.
         inputs: the same states as ``(B, H, W, C_in)`` views of their pixels (no padding).
         class_biases: each layer's per-class bias of the batch's labels ``(B, p)``, or None.
         partial: each layer's output at the current pixel from the earlier pixels only
@@ -55,7 +56,7 @@ class PixelCNNCache:
 
     position: int
     batch: int
-    states: list[torch.Tensor]
+    steps: list[Callable[[int, int], torch.Tensor]]
     inputs: list[torch.Tensor]
     class_biases: list[torch.Tensor] | None
     partial: list[torch.Tensor]
@@ -222,17 +223,17 @@ class PixelCNN(ImageAutoregressiveModel):
         batch = check_int("PixelCNN.init_cache", "batch", batch, minimum=1)
         labels = self.labels(cond, batch, "init_cache")
         _, H, W = self.event_shape
-        states, inputs = [], []
+        steps, inputs = [], []
         for conv in self.layers:
             state, P = conv.init_state(batch, H, W), conv.state_padding
-            states.append(state)
+            steps.append(conv.stepper(state))
             inputs.append(state[:, P:, P : P + W])  # (B, H, W, C_in)
         class_biases = None if labels is None else list(self.class_bias[:, labels])
         # a first layer with one colour group sees nothing of the pixel itself
         centres = [None if self.color_groups == 1 else self.layers[0].centre_matrix()]
         centres += [conv.centre_matrix() for conv in self.layers[1:]]
         head = (self.head_hidden.centre_matrix(), self.head_hidden.bias, self.head_out.centre_matrix(), self.head_out.bias)
-        return PixelCNNCache(0, batch, states, inputs, class_biases, [], centres, head)
+        return PixelCNNCache(0, batch, steps, inputs, class_biases, [], centres, head)
 
     @torch.no_grad()
     def step(self, cache: PixelCNNCache, x_prev: torch.Tensor | None) -> torch.Tensor:
@@ -253,7 +254,7 @@ class PixelCNN(ImageAutoregressiveModel):
         if c == 0:
             # Nothing of pixel (i, j) is in the states yet (its colours and ReLU(h) are
             # written from here on), so each step is the layer's sum over the earlier pixels.
-            cache.partial = [conv.step(state, i, j) for conv, state in zip(self.layers, cache.states)]
+            cache.partial = [step(i, j) for step in cache.steps]
             if cache.class_biases is not None:
                 for partial, bias in zip(cache.partial, cache.class_biases):
                     partial += bias

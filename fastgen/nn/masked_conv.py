@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
-from ..ops import masked_conv2d, masked_conv2d_step, masked_conv2d_step_buffer, masked_conv2d_step_pack
+from ..ops import (
+    masked_conv2d,
+    masked_conv2d_step,
+    masked_conv2d_step_buffer,
+    masked_conv2d_step_pack,
+    masked_conv2d_stepper,
+)
 from ..ops._checks import check_int
 from ..ops.masked_conv2d import check_mask_args, masked_conv2d_mask, masked_conv2d_step_write
 
@@ -160,6 +168,15 @@ class MaskedConv2d(nn.Conv2d):
         mask = masked_conv2d_mask(self.out_channels, self.in_channels, k, self.mask_type, self.color_channels,
                                   dtype=self.weight.dtype, device=self.weight.device)
         return (self.weight * mask)[:, :, k // 2, k // 2].t().detach().contiguous()
+
+    def stepper(self, state: torch.Tensor) -> Callable[[int, int], torch.Tensor]:
+        """:meth:`step` at many pixels of ``state``, checked once:
+        ``step(i, j) -> (B, C_out)`` (:func:`fastgen.ops.masked_conv2d_stepper`), with the
+        weight packed now (a later change of the weight needs a new stepper)."""
+        return masked_conv2d_stepper(
+            state, self.weight, self.bias, mask_type=self.mask_type, color_channels=self.color_channels,
+            dilation=self.dilation[0], packed_weight=self.packed_weight(), backend=self.backend,
+        )
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, mask_type={self.mask_type!r}, color_channels={self.color_channels}"

@@ -25,6 +25,7 @@ from .masked_conv2d import (
     masked_conv2d_step_pack,
     masked_conv2d_step_ref,
     masked_conv2d_step_write,
+    masked_conv2d_stepper,
 )
 from .masked_linear import masked_linear, masked_linear_ref
 from .mixture_cdf import default_icdf_iters, mixture_cdf, mixture_cdf_ref, mixture_icdf, mixture_icdf_ref
@@ -56,6 +57,7 @@ __all__ = [
     "masked_conv2d_step_pack",
     "masked_conv2d_step_ref",
     "masked_conv2d_step_write",
+    "masked_conv2d_stepper",
     "masked_linear",
     "masked_linear_ref",
     "mixture_cdf",

@@ -41,6 +41,8 @@ registrations of the fast paths (fake tensors and autograd), and the public func
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -59,6 +61,7 @@ __all__ = [
     "masked_conv2d_step_ref",
     "masked_conv2d_step_taps",
     "masked_conv2d_step_write",
+    "masked_conv2d_stepper",
 ]
 
 OP = "masked_conv2d"
@@ -516,3 +519,59 @@ def masked_conv2d_step(
         if packed_weight is None:
             packed_weight = masked_conv2d_step_pack(weight, mask_type=mask_type, color_channels=color_channels)
         return _STEP_OPS[name](buffer, packed_weight, bias, i, j, weight.shape[2], mask_type, color_channels, dilation)
+
+
+def masked_conv2d_stepper(
+    buffer: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    mask_type: str,
+    color_channels: int = 1,
+    dilation: int = 1,
+    packed_weight: torch.Tensor | None = None,
+    backend: str | None = None,
+) -> Callable[[int, int], torch.Tensor]:
+    """:func:`masked_conv2d_step` at many pixels of one buffer: the arguments are checked and
+    the backend chosen once, and the returned ``step(i, j) -> (B, C_out)`` calls the kernel
+    directly. For sampling loops: at a small layer the checks of every call would cost about
+    a third of the step.
+
+    ``step`` reads ``buffer``, ``weight`` (the reference backend), ``packed_weight`` and
+    ``bias`` at each call, so their values may change between calls, but not their shapes,
+    dtypes or devices; it checks ``i`` and ``j`` itself, and the compiled kernels check
+    everything else that could make them read out of bounds. Arguments as in
+    :func:`masked_conv2d_step` (``packed_weight=None`` packs ``weight`` once, here).
+
+    Example:
+        >>> w, b = torch.randn(8, 4, 3, 3), torch.randn(8)
+        >>> buffer = masked_conv2d_step_buffer(2, 6, 5, 4, 3)
+        >>> step = masked_conv2d_stepper(buffer, w, b, mask_type="B")
+        >>> step(3, 4).shape
+        torch.Size([2, 8])
+    """
+    _check_step_args(buffer, weight, bias, 0, 0, mask_type, color_channels, dilation, packed_weight)
+    name = _STEP_BACKENDS.select(backend, buffer)
+    k = weight.shape[2]
+    height, width = _buffer_image(STEP_OP, buffer, k, dilation)
+    if name == "ref":
+
+        def step(i: int, j: int) -> torch.Tensor:
+            _check_pixel(STEP_OP, i, j, height, width)
+            with torch.no_grad():
+                return masked_conv2d_step_ref(
+                    buffer, weight, bias, i=i, j=j, mask_type=mask_type, color_channels=color_channels,
+                    dilation=dilation,
+                )
+
+        return step
+    if packed_weight is None:
+        packed_weight = masked_conv2d_step_pack(weight, mask_type=mask_type, color_channels=color_channels)
+    kernel = _STEP_OPS[name]
+
+    def step(i: int, j: int) -> torch.Tensor:
+        _check_pixel(STEP_OP, i, j, height, width)
+        with torch.no_grad():
+            return kernel(buffer, packed_weight, bias, i, j, k, mask_type, color_channels, dilation)
+
+    return step

@@ -25,6 +25,7 @@ from fastgen.ops import (
     masked_conv2d_step_pack,
     masked_conv2d_step_ref,
     masked_conv2d_step_write,
+    masked_conv2d_stepper,
 )
 from fastgen.ops.masked_conv2d import masked_conv2d_step_taps
 
@@ -311,7 +312,8 @@ def fill_buffer(x, k, dilation):
 
 def assert_steps_equal_full(backend, x, weight, bias, *, mask_type, colour, dilation, pixels=None):
     """At every pixel (raster order), the step equals the full op: on a buffer filled up to
-    and including that pixel (as in sampling) and on one holding the whole image."""
+    and including that pixel (as in sampling) and on one holding the whole image; and so
+    does a stepper made once over the filling buffer (it reads the buffer at each call)."""
     B, C, H, W = x.shape
     k = weight.shape[2]
     kw = dict(mask_type=mask_type, color_channels=colour, dilation=dilation)
@@ -320,6 +322,7 @@ def assert_steps_equal_full(backend, x, weight, bias, *, mask_type, colour, dila
     whole = fill_buffer(x, k, dilation)
     packed = masked_conv2d_step_pack(weight, mask_type=mask_type, color_channels=colour)
     progressive = masked_conv2d_step_buffer(B, H, W, C, k, dilation=dilation, dtype=x.dtype)
+    step = masked_conv2d_stepper(progressive, weight, bias, packed_weight=packed, backend=backend, **kw)
     for i, j in itertools.product(range(H), range(W)):
         masked_conv2d_step_write(progressive, x[:, :, i, j], i, j, kernel_size=k, dilation=dilation)
         if pixels is not None and (i, j) not in pixels:
@@ -330,6 +333,7 @@ def assert_steps_equal_full(backend, x, weight, bias, *, mask_type, colour, dila
             torch.testing.assert_close(y, full[:, :, i, j], **tol, msg=lambda m: f"pixel ({i}, {j}): {m}")
             y_ref = masked_conv2d_step_ref(buffer, weight, bias, i=i, j=j, **kw)
             torch.testing.assert_close(y, y_ref, **tol, msg=lambda m: f"pixel ({i}, {j}) vs step ref: {m}")
+        torch.testing.assert_close(step(i, j), full[:, :, i, j], **tol, msg=lambda m: f"stepper at ({i}, {j}): {m}")
 
 
 STEP_GRID = [
@@ -492,6 +496,15 @@ def test_step_bad_input_raises_before_any_kernel(change, error, match):
     buffer, weight = args.pop("buffer"), args.pop("weight")
     with pytest.raises(error, match=match):
         masked_conv2d_step(buffer, weight, **args)
+
+
+@pytest.mark.parametrize("change,error,match", [pytest.param(c, e, m, id=i) for i, c, e, m in BAD_STEP])
+def test_stepper_bad_input_raises_before_any_kernel(change, error, match):
+    """The same errors from a stepper: its arguments when it is made, the pixel at each call."""
+    args = good_step_args() | change
+    buffer, weight, i, j = args.pop("buffer"), args.pop("weight"), args.pop("i"), args.pop("j")
+    with pytest.raises(error, match=match):
+        masked_conv2d_stepper(buffer, weight, **args)(i, j)
 
 
 @pytest.mark.skipif("cpp" not in fast_backends(STEP_OP, "cpu"), reason="needs the extension")
