@@ -29,9 +29,9 @@ columns are fastgen's and each peer's over each peer):
 Each model is timed for
 
 - a training step: ``loss = -log_prob(x).mean()`` and its backward to every parameter
-  (gradients cleared first; no optimizer step), on a batch of :data:`VECTOR_BATCH` digits
-  (the 8x8 images of :func:`fastgen.data.digits` dequantized and standardized, 64
-  dimensions) or :data:`GLOW_BATCH` uniform 3x32x32 images;
+  (gradients cleared first; no optimizer step), on :data:`VECTOR_BATCH` draws of a
+  64-dimensional Gaussian mixture (:func:`gaussian_mixture`) or :data:`GLOW_BATCH` uniform
+  3x32x32 images;
 - sampling without autograd: :data:`VECTOR_SAMPLES` vectors, :data:`GLOW_SAMPLES` images.
 
 Every model is first run once on data (ActNorm's data initialization) and its parameters
@@ -54,18 +54,19 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.distributions import Categorical, MixtureSameFamily, MultivariateNormal
 
 import fastgen.models
 from fastgen.backends import use_backend
-from fastgen.data import digits
 from harness import Case, Provider, benchmark_with_pytest, fastgen_backends
 
 __all__ = [
     "FLOW_BUILDERS",
     "Flow",
     "cases",
-    "digit_vectors",
+    "gaussian_mixture",
     "installed_peers",
+    "mixture_vectors",
     "test_flows",
 ]
 
@@ -75,6 +76,7 @@ MAF_TRANSFORMS, MAF_HIDDEN = 5, (256, 256)
 REALNVP_COUPLINGS, REALNVP_HIDDEN = 8, (256, 256)
 GLOW_SHAPE, GLOW_LEVELS, GLOW_DEPTH, GLOW_HIDDEN = (3, 32, 32), 3, 8, 128
 GLOW_BATCH, GLOW_SAMPLES = 16, 16
+MIXTURE_COMPONENTS = 8
 PEERS = {"maf": ("zuko", "nflows"), "realnvp": ("zuko", "nflows"), "glow": ("normflows",)}
 
 
@@ -177,19 +179,27 @@ def installed_peers(model: str) -> list[str]:
     return [peer for peer in PEERS[model] if importlib.util.find_spec(peer) is not None]
 
 
-def digit_vectors(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """The digits as 64-dimensional real vectors, ``(train, test)``: dequantized
-    (``(x + u) / 17``, ``u ~ U[0, 1)`` drawn from ``seed``) and standardized per dimension
-    with the training set's mean and standard deviation (the constant corner pixels become
-    unit-variance uniforms)."""
-    data = digits()
+def gaussian_mixture(seed: int = 0) -> MixtureSameFamily:
+    """A fixed random mixture of :data:`MIXTURE_COMPONENTS` equally likely Gaussians on
+    ``VECTOR_DIM`` dimensions: means ``N(0, 2^2 I)``, covariances ``L L^T`` with ``L`` lower
+    triangular, off-diagonal entries ``N(0, 0.3^2)`` and diagonal ``U[0.5, 1.5)``, so that
+    the components are strongly correlated (float64)."""
     g = torch.Generator().manual_seed(seed)
-    train, test = (
-        (x.flatten(1).to(DTYPE) + torch.rand(x.shape[0], VECTOR_DIM, generator=g, dtype=DTYPE)) / data.categories
-        for x in (data.train, data.test)
-    )
-    mean, std = train.mean(0), train.std(0)
-    return (train - mean) / std, (test - mean) / std
+    K, D = MIXTURE_COMPONENTS, VECTOR_DIM
+    means = 2 * torch.randn(K, D, generator=g, dtype=torch.float64)
+    off = torch.tril(0.3 * torch.randn(K, D, D, generator=g, dtype=torch.float64), -1)
+    scale_tril = off + torch.diag_embed(0.5 + torch.rand(K, D, generator=g, dtype=torch.float64))
+    return MixtureSameFamily(Categorical(torch.ones(K, dtype=torch.float64)), MultivariateNormal(means, scale_tril=scale_tril))
+
+
+def mixture_vectors(n: int, seed: int) -> torch.Tensor:
+    """``n`` draws ``(n, VECTOR_DIM)`` of :func:`gaussian_mixture`, from a generator seeded
+    with ``seed``, as float32."""
+    mixture, g = gaussian_mixture(), torch.Generator().manual_seed(seed)
+    components = mixture.component_distribution
+    k = torch.randint(MIXTURE_COMPONENTS, (n,), generator=g)
+    eps = torch.randn(n, VECTOR_DIM, 1, generator=g, dtype=torch.float64)
+    return (components.loc[k] + (components.scale_tril[k] @ eps).squeeze(-1)).to(DTYPE)
 
 
 def _perturb(module: nn.Module, seed: int, scale: float = 0.01) -> None:
@@ -228,7 +238,7 @@ def _case(model: str, task: str, device: str) -> Case:
             x = torch.rand(GLOW_BATCH, *GLOW_SHAPE, generator=torch.Generator().manual_seed(0), dtype=DTYPE)
             n = GLOW_SAMPLES
         else:
-            x, n = digit_vectors()[0][:VECTOR_BATCH], VECTOR_SAMPLES
+            x, n = mixture_vectors(VECTOR_BATCH, seed=0), VECTOR_SAMPLES
         x = x.to(device)
         packages = [f"fastgen-{b}" for b in fastgen_backends("masked_linear", device, DTYPE)] + peers
         providers = {}
