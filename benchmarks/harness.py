@@ -12,11 +12,15 @@ its inputs once (``Case.setup``) and returns one zero-argument callable per *pro
 peers               other packages, added to the dict by the bench file when installed
 ==================  ==============================================================
 
+The speedups are over each of the case's *baselines* (``Case.baselines``): ``eager`` and
+``compile`` for an op; a case with no reference to compile (a whole model against other
+packages' models) names the peers instead, and the table gets a ``x vs <peer>`` column.
+
 Each provider is warmed up (``torch.compile`` compiles here, untimed), then timed
 ``runs`` times, the providers' runs interleaved; a run is enough back-to-back calls to
 last ``min_run_s`` and gives the time per call; the table shows the median, the
-throughput and the speedup over ``eager`` and ``compile`` from the same run (baseline
-time / provider time, > 1 is faster). Each run is appended to ``benchmarks/results/<device-slug>.json``.
+throughput and the speedup over each baseline from the same run (baseline time / provider
+time, > 1 is faster). Each run is appended to ``benchmarks/results/<device-slug>.json``.
 
 Usage::
 
@@ -112,16 +116,20 @@ class Case:
         name: unique and descriptive, e.g. ``"masked_conv2d 7x7 A C_in=64 fwd+bwd"``.
         flops: useful floating-point operations per call (for GFLOP/s), or None.
         setup: builds the inputs once and returns provider name -> callable to time.
+        baselines: the providers that every provider's speedup is over (those that
+            ``setup`` returns; a peer that is not installed is simply absent).
     """
 
     name: str
     flops: float | None
     setup: Callable[[], dict[str, Provider]]
+    baselines: tuple[str, ...] = (EAGER, COMPILE)
 
 
 @dataclass
 class Result:
-    """The timings of one (case, provider); ``error`` is set instead when it failed."""
+    """The timings of one (case, provider); ``error`` is set instead when it failed.
+    ``ratios``: baseline provider -> its median time / this one's (None if it failed)."""
 
     case: str
     provider: str
@@ -129,8 +137,7 @@ class Result:
     times_ms: list[float] = field(default_factory=list)
     calls_per_run: int | None = None
     gflops: float | None = None
-    ratio_vs_eager: float | None = None
-    ratio_vs_compile: float | None = None
+    ratios: dict[str, float | None] = field(default_factory=dict)
     error: str | None = None
 
 
@@ -299,10 +306,10 @@ def run_case(case: Case, device: str, runs: int, min_run_s: float, label: str) -
             result.gflops = case.flops / result.median_ms / 1e6
         _progress(f"{label} {case.name} | {provider}: {result.median_ms:.3f} ms ({calls[provider]} calls/run)")
     by_provider = {r.provider: r.median_ms for r in results.values()}
+    baselines = [b for b in case.baselines if b in results]
     for result in results.values():
         if result.median_ms is not None:
-            result.ratio_vs_eager = _ratio(by_provider.get(EAGER), result.median_ms)
-            result.ratio_vs_compile = _ratio(by_provider.get(COMPILE), result.median_ms)
+            result.ratios = {b: _ratio(by_provider[b], result.median_ms) for b in baselines}
     return list(results.values())
 
 
@@ -310,51 +317,59 @@ def _ratio(baseline_ms: float | None, ms: float) -> float | None:
     return baseline_ms / ms if baseline_ms is not None else None
 
 
+def _ratios(result: dict[str, Any]) -> dict[str, float | None]:
+    """A saved result's speedups; runs saved before cases named their baselines have
+    ``ratio_vs_eager`` and ``ratio_vs_compile`` instead."""
+    if "ratios" in result:
+        return result["ratios"]
+    return {EAGER: result["ratio_vs_eager"], COMPILE: result["ratio_vs_compile"]}
+
+
 # --------------------------------------------------------------------------------- table
 
-HEADER = ("case", "provider", "median ms", "GFLOP/s", "x vs eager", "x vs compile")
+def _baselines(ratios: Sequence[dict[str, float | None]]) -> list[str]:
+    """Every baseline that some result has a speedup over, in order of appearance."""
+    return list(dict.fromkeys(b for r in ratios for b in r))
 
 
-def _row(r: Result) -> tuple[str, ...]:
+def _row(r: Result, baselines: Sequence[str]) -> tuple[str, ...]:
     if r.error is not None:
-        return (r.case, r.provider, "error", "", "", "")
+        return (r.case, r.provider, "error", "", *("" for _ in baselines))
 
     def fmt(value: float | None, spec: str) -> str:
         return "-" if value is None else format(value, spec)
 
-    return (
-        r.case,
-        r.provider,
-        fmt(r.median_ms, ".3f"),
-        fmt(r.gflops, ".1f"),
-        fmt(r.ratio_vs_eager, ".2f"),
-        fmt(r.ratio_vs_compile, ".2f"),
-    )
+    ratios = (fmt(r.ratios.get(b), ".2f") for b in baselines)
+    return (r.case, r.provider, fmt(r.median_ms, ".3f"), fmt(r.gflops, ".1f"), *ratios)
 
 
 def format_table(results: Sequence[Result]) -> str:
-    """The results as an aligned text table, one row per (case, provider)."""
-    rows = [_row(r) for r in results]
-    widths = [max(len(row[i]) for row in [HEADER, *rows]) for i in range(len(HEADER))]
+    """The results as an aligned text table, one row per (case, provider), with a speedup
+    column per baseline (``-`` where a case has no such baseline)."""
+    baselines = _baselines([r.ratios for r in results])
+    header = ("case", "provider", "median ms", "GFLOP/s", *(f"x vs {b}" for b in baselines))
+    rows = [_row(r, baselines) for r in results]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
 
     def line(row: Sequence[str]) -> str:
         # Text left-aligned, numbers right-aligned.
         cells = [cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))]
         return "  ".join(cells).rstrip()
 
-    return "\n".join([line(HEADER), line(["-" * w for w in widths]), *map(line, rows)])
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
 
 
 def format_report(run: dict[str, Any]) -> str:
     """A saved run as a markdown table for the README: one row per case, the median ms of
-    every provider, and each fastgen provider's speedup over eager and compile."""
+    every provider, and each fastgen provider's speedup over each baseline."""
     by_case: dict[str, dict[str, dict[str, Any]]] = {}
     for r in run["results"]:
         by_case.setdefault(r["case"], {})[r["provider"]] = r
     providers = list(dict.fromkeys(r["provider"] for r in run["results"]))
     fast = [p for p in providers if p.startswith("fastgen-")]
+    baselines = _baselines([_ratios(r) for r in run["results"]])
     header = ["case", *(f"{p} ms" for p in providers)]
-    header += [f"{p} vs {base}" for p in fast for base in (EAGER, COMPILE)]
+    header += [f"{p} vs {base}" for p in fast for base in baselines]
     lines = ["| " + " | ".join(header) + " |", "|---" + "|---:" * (len(header) - 1) + "|"]
     for case, results in by_case.items():
         cells = [case]
@@ -362,8 +377,8 @@ def format_report(run: dict[str, Any]) -> str:
             ms = results.get(p, {}).get("median_ms")
             cells.append("-" if ms is None else f"{ms:.2f}")
         for p in fast:
-            for key in ("ratio_vs_eager", "ratio_vs_compile"):
-                ratio = results.get(p, {}).get(key)
+            for base in baselines:
+                ratio = _ratios(results[p]).get(base) if p in results else None
                 cells.append("-" if ratio is None else f"**{ratio:.2f}x**")
         lines.append("| " + " | ".join(cells) + " |")
     versions = run["versions"]
