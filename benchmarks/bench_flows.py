@@ -1,8 +1,9 @@
 """Benchmarks of whole flow models against the packages a user would pick instead: zuko
 and nflows (vector flows), normflows (Glow), each built with the same architecture.
 
-Cases (float32; providers ``fastgen-<backend>`` and every installed peer; the speedup
-columns are fastgen's and each peer's over each peer):
+Cases (float32; providers ``fastgen``, with the backends chosen automatically as a user
+gets them, and every installed peer; the speedup columns are each provider's over each
+peer):
 
 - MAF on 64 dimensions: 5 affine autoregressive transforms, each a MADE of two hidden
   layers of 256 ReLU units, the entries reversed between transforms, standard normal
@@ -57,8 +58,7 @@ from torch import nn
 from torch.distributions import Categorical, MixtureSameFamily, MultivariateNormal
 
 import fastgen.models
-from fastgen.backends import use_backend
-from harness import Case, Provider, benchmark_with_pytest, fastgen_backends
+from harness import Case, Provider, benchmark_with_pytest
 
 __all__ = [
     "FLOW_BUILDERS",
@@ -240,18 +240,15 @@ def _case(model: str, task: str, device: str) -> Case:
         else:
             x, n = mixture_vectors(VECTOR_BATCH, seed=0), VECTOR_SAMPLES
         x = x.to(device)
-        packages = [f"fastgen-{b}" for b in fastgen_backends("masked_linear", device, DTYPE)] + peers
         providers = {}
-        for package in packages:
-            backend = package.removeprefix("fastgen-") if package.startswith("fastgen-") else None
+        for package in ["fastgen", *peers]:
             torch.manual_seed(0)
-            flow = FLOW_BUILDERS[model]("fastgen" if backend else package)
+            flow = FLOW_BUILDERS[model](package)
             flow.module.to(device)
             with torch.no_grad():
                 flow.log_prob(x)  # data-dependent initialization (ActNorm)
             _perturb(flow.module, seed=1)
-            provider = _training_step(flow, x) if task == "train" else _sampling(flow, n)
-            providers[package] = _with_backend(provider, backend)
+            providers[package] = _training_step(flow, x) if task == "train" else _sampling(flow, n)
         return providers
 
     if model == "glow":
@@ -264,17 +261,6 @@ def _case(model: str, task: str, device: str) -> Case:
         size = f"batch {VECTOR_BATCH}" if task == "train" else f"{VECTOR_SAMPLES} samples"
     label = "training step" if task == "train" else "sampling"
     return Case(f"flows/{model} {what} {label} {size}", None, setup, baselines=tuple(peers))
-
-
-def _with_backend(provider: Provider, backend: str | None) -> Provider:
-    if backend is None:
-        return provider
-
-    def run() -> Any:
-        with use_backend(backend):
-            return provider()
-
-    return run
 
 
 def cases(device: str, quick: bool) -> list[Case]:

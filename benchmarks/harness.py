@@ -9,6 +9,7 @@ its inputs once (``Case.setup``) and returns one zero-argument callable per *pro
 ``eager``           the op's pure-PyTorch reference
 ``compile``         ``torch.compile`` of that reference (the peer a user would pick)
 ``fastgen-<name>``  fastgen on backend ``<name>`` (only backends native to the device)
+``fastgen``         fastgen with its backends chosen automatically (whole models)
 peers               other packages, added to the dict by the bench file when installed
 ==================  ==============================================================
 
@@ -359,35 +360,45 @@ def format_table(results: Sequence[Result]) -> str:
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
 
 
+def _is_fastgen(provider: str) -> bool:
+    return provider == "fastgen" or provider.startswith("fastgen-")
+
+
 def format_report(run: dict[str, Any]) -> str:
-    """A saved run as a markdown table for the README: one row per case, the median ms of
-    every provider, and each fastgen provider's speedup over each baseline."""
+    """A saved run as markdown tables for the README, one per set of providers (the ops
+    against eager and compile, the models against their peers): one row per case, the median
+    ms of every provider, and each fastgen provider's speedup over each baseline."""
     by_case: dict[str, dict[str, dict[str, Any]]] = {}
     for r in run["results"]:
         by_case.setdefault(r["case"], {})[r["provider"]] = r
-    providers = list(dict.fromkeys(r["provider"] for r in run["results"]))
-    fast = [p for p in providers if p.startswith("fastgen-")]
-    baselines = _baselines([_ratios(r) for r in run["results"]])
-    header = ["case", *(f"{p} ms" for p in providers)]
-    header += [f"{p} vs {base}" for p in fast for base in baselines]
-    lines = ["| " + " | ".join(header) + " |", "|---" + "|---:" * (len(header) - 1) + "|"]
+    groups: dict[tuple[str, ...], list[str]] = {}
     for case, results in by_case.items():
-        cells = [case]
-        for p in providers:
-            ms = results.get(p, {}).get("median_ms")
-            cells.append("-" if ms is None else f"{ms:.2f}")
-        for p in fast:
-            for base in baselines:
-                ratio = _ratios(results[p]).get(base) if p in results else None
-                cells.append("-" if ratio is None else f"**{ratio:.2f}x**")
-        lines.append("| " + " | ".join(cells) + " |")
+        groups.setdefault(tuple(results), []).append(case)
+    tables = []
+    for providers, cases in groups.items():
+        fast = [p for p in providers if _is_fastgen(p)]
+        baselines = _baselines([_ratios(by_case[c][p]) for c in cases for p in providers])
+        header = ["case", *(f"{p} ms" for p in providers), *(f"{p} vs {b}" for p in fast for b in baselines)]
+        lines = ["| " + " | ".join(header) + " |", "|---" + "|---:" * (len(header) - 1) + "|"]
+        for case in cases:
+            results = by_case[case]
+            cells = [case]
+            for p in providers:
+                ms = results[p].get("median_ms")
+                cells.append("-" if ms is None else f"{ms:.2f}")
+            for p in fast:
+                for base in baselines:
+                    ratio = _ratios(results[p]).get(base)
+                    cells.append("-" if ratio is None else f"**{ratio:.2f}x**")
+            lines.append("| " + " | ".join(cells) + " |")
+        tables.append("\n".join(lines))
     versions = run["versions"]
     caption = (
         f"{run['device']['description']}, {run['date'][:10]}, torch {versions['torch']}, "
         f"fastgen {versions['fastgen']} ({run['git_commit']}), CPU kernels {run['cpu_isa']}: "
         f"median of {len(run['results'][0]['times_ms'])} runs"
     )
-    return caption + "\n\n" + "\n".join(lines)
+    return caption + "\n\n" + "\n\n".join(tables)
 
 
 def report(results_dir: Path = RESULTS_DIR) -> str:

@@ -176,13 +176,20 @@ class OpBackends:
         self.supports = dict(supports)
         REGISTRY[op] = self
 
-    def select(self, backend: str | None, x: torch.Tensor) -> str:
-        """The backend to run this call on: ``backend`` (the op's argument) or the current request."""
+    def select(self, backend: str | None, x: torch.Tensor, *, small: bool = False) -> str:
+        """The backend to run this call on: ``backend`` (the op's argument) or the current request.
+
+        ``small``: the op judged this call (from its shapes) too small for its fast paths to
+        pay for their fixed costs; an automatic choice then runs the reference, an explicit
+        request is kept.
+        """
         source = "backend"
         if backend is None:
             backend, source = current()
         _check_name(backend, source)
         device, dtype = x.device.type, x.dtype
+        if backend == AUTO and small:
+            return "ref"
         if backend == AUTO:
             for name in _AUTO_ORDER.get(device, ("ref",)):
                 support = self.supports.get(name)

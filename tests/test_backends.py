@@ -48,6 +48,15 @@ def test_auto_picks_the_first_backend_that_can_run():
     assert TOY.select("auto", x32) == "cpp"
 
 
+def test_auto_runs_the_reference_on_calls_the_op_judges_small():
+    x = torch.zeros(1)
+    assert TOY.select(None, x, small=True) == "ref"
+    assert TOY.select("auto", x, small=True) == "ref"
+    assert TOY.select("cpp", x, small=True) == "cpp"  # an explicit request is kept
+    with fastgen.use_backend("cpp"):
+        assert TOY.select(None, x, small=True) == "cpp"
+
+
 def test_overrides_argument_then_context_then_default():
     x = torch.zeros(1)
     with fastgen.use_backend("ref"):

@@ -17,9 +17,11 @@
 #include <torch/library.h>
 
 #include <array>
+#include <cmath>
 #include <cstring>
 #include <limits>
 #include <tuple>
+#include <vector>
 
 #include "two_tap_conv.h"
 
@@ -315,6 +317,81 @@ gated_residual_block_backward_cpu(const at::Tensor& grad_h_out_in, const at::Ten
   return {grad_h, grad_conv_w, grad_conv_b, grad_res_w, grad_res_b, grad_skip_w, grad_skip_b, grad_cond};
 }
 
+// At most this many examples per step: the direct loops below, one pass over the weights
+// per example, instead of ATen's GEMMs, whose per-call costs (allocations, the concatenated
+// 1x1 weights, dispatch) are most of a step at batch 1 (53 -> ~10 us per block, residual
+// 64, gate 2x64, skip 256).
+constexpr int64_t DIRECT_STEP_BATCH = 4;
+
+// out[r] = W[r, :n] . x for r < rows (W row-major, leading dimension ld): four rows at a
+// time, each over 8 lanes, so that the sums are 32 independent chains instead of one
+// (a single reduction chain is latency-bound: 12 us a block at batch 1).
+template <typename T>
+void dot_rows(const T* W, int64_t ld, const T* x, int64_t n, int64_t rows, T* out) {
+  constexpr int ROWS = 4, LANES = 8;
+  const int64_t body = n - n % LANES;
+  int64_t r = 0;
+  const auto finish = [&](const T* lanes, const T* w) {
+    T sum = 0;
+    for (int v = 0; v < LANES; ++v) sum += lanes[v];
+    for (int64_t i = body; i < n; ++i) sum += w[i] * x[i];
+    return sum;
+  };
+  for (; r + ROWS <= rows; r += ROWS) {
+    T acc[ROWS][LANES] = {};
+    for (int64_t i = 0; i < body; i += LANES)
+      for (int k = 0; k < ROWS; ++k)
+#pragma omp simd
+        for (int v = 0; v < LANES; ++v) acc[k][v] += W[(r + k) * ld + i + v] * x[i + v];
+    for (int k = 0; k < ROWS; ++k) out[r + k] = finish(acc[k], W + (r + k) * ld);
+  }
+  for (; r < rows; ++r) {
+    T acc[LANES] = {};
+    for (int64_t i = 0; i < body; i += LANES)
+#pragma omp simd
+      for (int v = 0; v < LANES; ++v) acc[v] += W[r * ld + i + v] * x[i + v];
+    out[r] = finish(acc, W + r * ld);
+  }
+}
+
+// The step's products for a few examples: z = W_conv . window (+ bias, cond), the gate, and
+// the residual and skip 1x1 convs, as dot products of contiguous weight rows.
+std::tuple<at::Tensor, at::Tensor> block_step_direct(
+    const at::Tensor& window, const at::Tensor& h_t, const at::Tensor& conv_weight,
+    const c10::optional<at::Tensor>& conv_bias, const at::Tensor& res_weight, const c10::optional<at::Tensor>& res_bias,
+    const at::Tensor& skip_weight, const c10::optional<at::Tensor>& skip_bias, const c10::optional<at::Tensor>& cond_t,
+    const Dims& d) {
+  at::Tensor h_out = at::empty({d.B, d.R}, h_t.options()), skip = at::empty({d.B, d.S}, h_t.options());
+  const at::Tensor cw = conv_weight.contiguous(), rw = res_weight.contiguous(), sw = skip_weight.contiguous();
+  const at::Tensor x = h_t.contiguous();
+  const at::Tensor cb = conv_bias.has_value() ? conv_bias->contiguous() : at::Tensor();
+  const at::Tensor rb = res_bias.has_value() ? res_bias->contiguous() : at::Tensor();
+  const at::Tensor sb = skip_bias.has_value() ? skip_bias->contiguous() : at::Tensor();
+  const at::Tensor cond = cond_t.has_value() ? cond_t->contiguous() : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES(h_t.scalar_type(), "gated_residual_block_step_direct", [&] {
+    const auto ptr = [](const at::Tensor& t) { return t.defined() ? t.const_data_ptr<scalar_t>() : nullptr; };
+    const scalar_t *W = ptr(cw), *Wr = ptr(rw), *Ws = ptr(sw), *bc = ptr(cb), *br = ptr(rb), *bs = ptr(sb);
+    const scalar_t *c = ptr(cond), *xp = ptr(x), *win = window.const_data_ptr<scalar_t>();
+    scalar_t* ho = h_out.data_ptr<scalar_t>();
+    scalar_t* so = skip.data_ptr<scalar_t>();
+    const int64_t RK = d.R * d.K, G = d.G;
+    std::vector<scalar_t> z(2 * G), g(G);
+    for (int64_t b = 0; b < d.B; ++b) {
+      dot_rows(W, RK, win + b * RK, RK, 2 * G, z.data());
+      for (int64_t o = 0; o < 2 * G; ++o) z[o] += (bc ? bc[o] : scalar_t(0)) + (c ? c[b * 2 * G + o] : scalar_t(0));
+      for (int64_t j = 0; j < G; ++j) g[j] = std::tanh(z[j]) / (scalar_t(1) + std::exp(-z[G + j]));
+      scalar_t* hb = ho + b * d.R;
+      scalar_t* sk = so + b * d.S;
+      dot_rows(Wr, G, g.data(), G, d.R, hb);
+      for (int64_t r = 0; r < d.R; ++r) hb[r] = xp[b * d.R + r] + (hb[r] + (br ? br[r] : scalar_t(0)));
+      dot_rows(Ws, G, g.data(), G, d.S, sk);
+      if (bs)
+        for (int64_t k = 0; k < d.S; ++k) sk[k] += bs[k];
+    }
+  });
+  return {h_out, skip};
+}
+
 // The step's shared state convention (see fastgen/ops/gated_residual_block.py): state (B,
 // R, L), L = (K-1) * dilation; without position a shift register (newest last), with
 // position a ring buffer where time p - j*d sits at slot (p - j*d) mod L.
@@ -344,12 +421,12 @@ std::tuple<at::Tensor, at::Tensor> gated_residual_block_step_cpu(
   }
   // window[:, :, k] = h at time t - (K-1-k) * dilation; the last tap is h_t itself.
   at::Tensor window = at::empty({d.B, d.R, d.K}, h_t.options());
-  window.select(2, d.K - 1).copy_(h_t);
   const at::Tensor pos = position.has_value() ? position->contiguous() : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(h_t.scalar_type(), "gated_residual_block_step", [&] {
     const int64_t* p = pos.defined() ? pos.data_ptr<int64_t>() : nullptr;
     scalar_t* w = window.data_ptr<scalar_t>();
-    scalar_t* st = state.data_ptr<scalar_t>();
+    const scalar_t* st = state.const_data_ptr<scalar_t>();
+    const scalar_t* x = h_t.const_data_ptr<scalar_t>();
     for (int64_t b = 0; b < d.B; ++b) {
       const int64_t base = (p && L > 0) ? ((p[b] % L + L) % L) : 0;
       for (int64_t r = 0; r < d.R; ++r) {
@@ -359,17 +436,25 @@ std::tuple<at::Tensor, at::Tensor> gated_residual_block_step_cpu(
           const int64_t slot = p ? (base - back % L + L) % L : L - back;
           w[(b * d.R + r) * d.K + k] = row[slot];
         }
+        w[(b * d.R + r) * d.K + d.K - 1] = x[b * h_t.stride(0) + r * h_t.stride(1)];
       }
     }
   });
-  at::Tensor z = at::mm(window.view({d.B, d.R * d.K}), conv_weight.reshape({2 * d.G, d.R * d.K}).t());  // (B, 2G)
-  if (conv_bias.has_value()) z.add_(*conv_bias);
-  if (cond_t.has_value()) z.add_(*cond_t);
-  at::Tensor g = z.narrow(1, 0, d.G).tanh() * z.narrow(1, d.G, d.G).sigmoid();  // (B, G)
-  at::Tensor o = at::mm(g, at::cat({res_weight, skip_weight}, 0).t());  // (B, R + S)
-  at::Tensor h_out = h_t + o.narrow(1, 0, d.R), skip = o.narrow(1, d.R, d.S).contiguous();
-  if (res_bias.has_value()) h_out.add_(*res_bias);
-  if (skip_bias.has_value()) skip.add_(*skip_bias);
+  at::Tensor h_out, skip;
+  if (d.B <= DIRECT_STEP_BATCH) {
+    std::tie(h_out, skip) = block_step_direct(window, h_t, conv_weight, conv_bias, res_weight, res_bias, skip_weight,
+                                              skip_bias, cond_t, d);
+  } else {
+    at::Tensor z = at::mm(window.view({d.B, d.R * d.K}), conv_weight.reshape({2 * d.G, d.R * d.K}).t());  // (B, 2G)
+    if (conv_bias.has_value()) z.add_(*conv_bias);
+    if (cond_t.has_value()) z.add_(*cond_t);
+    at::Tensor g = z.narrow(1, 0, d.G).tanh() * z.narrow(1, d.G, d.G).sigmoid();  // (B, G)
+    at::Tensor o = at::mm(g, at::cat({res_weight, skip_weight}, 0).t());  // (B, R + S)
+    h_out = h_t + o.narrow(1, 0, d.R);
+    skip = o.narrow(1, d.R, d.S).contiguous();
+    if (res_bias.has_value()) h_out.add_(*res_bias);
+    if (skip_bias.has_value()) skip.add_(*skip_bias);
+  }
   if (L > 0) {
     AT_DISPATCH_FLOATING_TYPES(h_t.scalar_type(), "gated_residual_block_step_update", [&] {
       const int64_t* p = pos.defined() ? pos.data_ptr<int64_t>() : nullptr;

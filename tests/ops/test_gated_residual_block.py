@@ -150,14 +150,26 @@ def run_steps(step, args, cond, dilation, position_mode, backend=None):
 
 @pytest.mark.parametrize("position_mode", [False, True], ids=["shift", "ring"])
 @pytest.mark.parametrize(
-    "B,K,dilation,cond",
-    [(1, 1, 1, None), (2, 2, 1, "global"), (3, 3, 2, "local"), (2, 2, 5, None), (1, 3, 12, "global"), (2, 2, 3, "local")],
+    "B,K,dilation,cond,bias,channels",
+    [
+        (1, 1, 1, None, True, (3, 2, 4)),
+        (2, 2, 1, "global", True, (3, 2, 4)),
+        (3, 3, 2, "local", False, (3, 2, 4)),
+        (2, 2, 5, None, True, (3, 2, 4)),
+        (1, 3, 12, "global", False, (3, 2, 4)),
+        (2, 2, 3, "local", True, (3, 2, 4)),
+        # (R, G, S) past the CPU kernel's 8-lane, 4-row blocks of its small-batch dot products
+        (2, 2, 3, "global", True, (5, 9, 7)),
+        (6, 2, 3, "global", True, (3, 2, 4)),  # past its small-batch loops: the GEMM path
+        (7, 3, 2, "local", False, (5, 9, 7)),
+    ],
 )
 @pytest.mark.parametrize("backend", ["ref"] + fast_backends(STEP_OP, "cpu", torch.float64))
-def test_step_equals_full(backend, B, K, dilation, cond, position_mode):
+def test_step_equals_full(backend, B, K, dilation, cond, bias, channels, position_mode):
     """Stepping a whole sequence (T = 10, dilation 12 >= T included) equals the full block,
     and the final state equals the reference's bit for bit."""
-    args, c = make_inputs(B, 3, 2, 4, 10, K, cond=cond)
+    R, G, S = channels
+    args, c = make_inputs(B, R, G, S, 10, K, cond=cond, bias=bias)
     full = gated_residual_block_ref(*args, dilation=dilation, cond=c)
     o, s, state = run_steps(gated_residual_block_step, args, c, dilation, position_mode, backend=backend)
     o_ref, s_ref, state_ref = run_steps(gated_residual_block_step_ref, args, c, dilation, position_mode)
@@ -168,7 +180,7 @@ def test_step_equals_full(backend, B, K, dilation, cond, position_mode):
     if not position_mode and state.shape[2] > 0:
         h = args[0].detach()
         L = state.shape[2]
-        padded = torch.cat([h.new_zeros(B, 3, L), h], dim=2)
+        padded = torch.cat([h.new_zeros(B, R, L), h], dim=2)
         assert torch.equal(state, padded[:, :, -L:])
 
 

@@ -7,6 +7,9 @@ float32/float64; masked weights that hold inf/NaN; the Triton tile ranges; opche
 gradcheck, gradgradcheck and torch.compile(fullgraph=True); bad inputs.
 """
 
+import importlib
+import math
+
 import pytest
 import torch
 
@@ -302,3 +305,23 @@ def test_cpp_op_called_directly_checks_its_arguments():
         op(x.half(), w.half(), None, m)
     with pytest.raises(ValueError, match="grad_out"):
         backward(torch.randn(2, 5), x, w, m, [True, True, True])
+
+
+
+@pytest.mark.skipif("cpp" not in fast_backends(OP, "cpu", torch.float32), reason="the C++ extension is not built")
+def test_auto_runs_small_cpu_weights_on_the_reference(monkeypatch):
+    """Chosen automatically on the CPU, a weight of at most CPU_SMALL_WEIGHT entries runs on
+    the reference (the kernel's per-call costs outweigh its skipped tiles); a larger one, or
+    an explicit request, runs the kernel."""
+    module = importlib.import_module("fastgen.ops.masked_linear")  # fastgen.ops.masked_linear is the function
+    calls = []
+    kernel = module._FAST_OPS["cpp"]
+    monkeypatch.setitem(module._FAST_OPS, "cpp", lambda *args: calls.append(args) or kernel(*args))
+    for features, kernel_runs in ((32, 0), (math.isqrt(module.CPU_SMALL_WEIGHT) + 1, 1)):
+        x, w = torch.randn(4, features), torch.randn(features, features)
+        mask = torch.ones(features, features, dtype=torch.bool).tril()
+        calls.clear()
+        torch.testing.assert_close(masked_linear(x, w, mask), masked_linear_ref(x, w, mask))
+        assert len(calls) == kernel_runs
+        masked_linear(x, w, mask, backend="cpp")
+        assert len(calls) == kernel_runs + 1
