@@ -49,6 +49,13 @@ TORCH_LIBRARY(fastgen, m) {
       "gated_residual_block_step(Tensor h_t, Tensor(a!) state, Tensor conv_weight, Tensor? conv_bias, "
       "Tensor res_weight, Tensor? res_bias, Tensor skip_weight, Tensor? skip_bias, Tensor? cond_t, int dilation, "
       "Tensor? position) -> (Tensor, Tensor)");
+  // One time step through a stack of blocks, block l's h_out feeding block l+1, each on its
+  // state (updated in place), the conv bias and any conditioning folded into gate_biases[l]
+  // (B, 2G_l); returns (h_out_t of the last block, the sum of the blocks' skip_t).
+  m.def(
+      "gated_residual_stack_step(Tensor h_t, Tensor(a!)[] states, Tensor[] conv_weights, Tensor[] gate_biases, "
+      "Tensor[] res_weights, Tensor[] res_biases, Tensor[] skip_weights, Tensor[] skip_biases, int[] dilations, "
+      "Tensor? position) -> (Tensor, Tensor)");
 
   // Gated PixelCNN layer (fastgen/ops/gated_pixelcnn.py). Returns (v_out, h_out, skip, v_pre, h_pre):
   // skip is empty without skip_weight; the pre-activations are saved for the backward.

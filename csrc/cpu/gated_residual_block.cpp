@@ -1,4 +1,5 @@
-// WaveNet gated residual block on the CPU: forward, backward and the one-step form.
+// WaveNet gated residual block on the CPU: forward, backward, the one-step form, and that
+// step through a whole stack of blocks.
 //
 // The forward works per (batch, time tile): the dilated causal conv z_tile = bias + cond +
 // sum_k W_k @ h[:, tile - s_k] (for K = 2 by the two-tap Winograd kernel, two_tap_conv.h,
@@ -474,12 +475,38 @@ std::tuple<at::Tensor, at::Tensor> gated_residual_block_step_cpu(
   return {h_out, skip};
 }
 
+// The blocks of a WaveNet stack stepped in one call: the same step per block, without a
+// trip through Python and the dispatcher for each (about 8 us of a 12 us block at batch 1).
+std::tuple<at::Tensor, at::Tensor> gated_residual_stack_step_cpu(
+    const at::Tensor& h_t, at::TensorList states, at::TensorList conv_weights, at::TensorList gate_biases,
+    at::TensorList res_weights, at::TensorList res_biases, at::TensorList skip_weights, at::TensorList skip_biases,
+    at::IntArrayRef dilations, const c10::optional<at::Tensor>& position) {
+  const size_t n = states.size();
+  TORCH_CHECK_VALUE(n > 0, "gated_residual_stack_step: needs at least one block");
+  for (const size_t size : {conv_weights.size(), gate_biases.size(), res_weights.size(), res_biases.size(),
+                            skip_weights.size(), skip_biases.size(), dilations.size()})
+    TORCH_CHECK_VALUE(size == n, "gated_residual_stack_step: every list must have one entry per block (", n,
+                      " states), got one of ", size);
+  at::Tensor h = h_t, skip_sum;
+  for (size_t l = 0; l < n; ++l) {
+    at::Tensor state = states[l], skip;
+    std::tie(h, skip) = gated_residual_block_step_cpu(h, state, conv_weights[l], c10::nullopt, res_weights[l],
+                                                      res_biases[l], skip_weights[l], skip_biases[l], gate_biases[l],
+                                                      dilations[l], position);
+    TORCH_CHECK_VALUE(l == 0 || skip.sizes() == skip_sum.sizes(),
+                      "gated_residual_stack_step: every block must have the same skip channels");
+    skip_sum = l == 0 ? skip : skip_sum.add_(skip);
+  }
+  return {h, skip_sum};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastgen, CPU, m) {
   m.impl("gated_residual_block", &gated_residual_block_cpu);
   m.impl("gated_residual_block_backward", &gated_residual_block_backward_cpu);
   m.impl("gated_residual_block_step", &gated_residual_block_step_cpu);
+  m.impl("gated_residual_stack_step", &gated_residual_stack_step_cpu);
 }
 
 }  // namespace fastgen::cpu

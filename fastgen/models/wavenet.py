@@ -16,7 +16,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..nn import GatedResidualBlock
-from ..ops.gated_residual_block import _FAST_STEP_OPS, _STEP_BACKENDS, gated_residual_block_step_ref
+from ..ops.gated_residual_block import (
+    _FAST_STACK_STEP_OPS,
+    _FAST_STEP_OPS,
+    _STEP_BACKENDS,
+    gated_residual_block_step_ref,
+)
 from ..ops._checks import check_int, check_integer_values
 from .base import AutoregressiveModel, register
 
@@ -35,41 +40,58 @@ class WaveNetCache:
         gate_bias: per block, ``(B, 2G)``: the dilated conv's bias plus the projection of the
             class embedding, computed once for the whole sampling call.
         start: ``(B, R)``, the input of the first step (the learned start vector).
-        block_step: the :func:`fastgen.ops.gated_residual_block_step` kernel of the backend
-            chosen for these tensors, called with the op's positional arguments.
-        calls: per block, the arguments of ``block_step`` after ``h_t``, in order.
+        stack_step: steps every block, ``(h_t, *blocks) -> (h_out_t, sum of skip_t)`` (see
+            :func:`_stack_step_kernel`).
+        blocks: the arguments of ``stack_step`` after ``h_t``: the per-block lists (states,
+            conv weights, gate biases, residual weights and biases, skip weights and
+            biases, dilations) and ``position``.
     """
 
     states: list[torch.Tensor]
     position: torch.Tensor
     gate_bias: list[torch.Tensor]
     start: torch.Tensor
-    block_step: Callable[..., tuple[torch.Tensor, torch.Tensor]]
-    calls: list[tuple[Any, ...]] = field(default_factory=list)
+    stack_step: Callable[..., tuple[torch.Tensor, torch.Tensor]]
+    blocks: tuple[Any, ...] = field(default_factory=tuple)
 
 
-def _block_step_kernel(like: torch.Tensor) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
-    """The ``gated_residual_block_step`` implementation that the backend selection picks for
-    tensors like ``like`` (the ``backend`` argument, :func:`fastgen.use_backend`, the
-    environment, or the device), as a function of the registered op's positional
-    arguments ``(h_t, state, conv_weight, conv_bias, res_weight, res_bias, skip_weight,
-    skip_bias, cond_t, dilation, position)``.
+def _stack_step_kernel(like: torch.Tensor) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
+    """One time step through every block, for tensors like ``like``, as a function of
+    ``(h_t, states, conv_weights, gate_biases, res_weights, res_biases, skip_weights,
+    skip_biases, dilations, position)`` returning the last block's ``h_out_t`` and the sum of
+    the blocks' ``skip_t``; block ``l`` is :func:`fastgen.ops.gated_residual_block_step` with
+    ``cond_t = gate_biases[l]`` (its conv bias and class projection) and no conv bias.
 
-    :meth:`WaveNet.step` calls it directly: the public function's argument checks cost
-    about twice the kernel itself per block at batch 1, and the cache's tensors are built
-    to the right shapes, dtypes and devices once by :meth:`WaveNet.init_cache`.
+    On the backend that the selection picks (the ``backend`` argument,
+    :func:`fastgen.use_backend`, the environment, or the device): the C++ backend steps the
+    whole stack in one call (``fastgen::gated_residual_stack_step``); the others loop over
+    the blocks calling the step kernel directly. :meth:`WaveNet.step` skips the public
+    function's argument checks (about twice the kernel itself per block at batch 1): the
+    cache's tensors are built to the right shapes, dtypes and devices once by
+    :meth:`WaveNet.init_cache`.
     """
     name = _STEP_BACKENDS.select(None, like)
-    if name != "ref":
-        return _FAST_STEP_OPS[name]
+    if name in _FAST_STACK_STEP_OPS:
+        return _FAST_STACK_STEP_OPS[name]
+    block_step = _FAST_STEP_OPS.get(name)
 
-    def reference(h_t, state, conv_weight, conv_bias, res_weight, res_bias, skip_weight, skip_bias, cond_t, dilation, position):
-        return gated_residual_block_step_ref(
-            h_t, state, conv_weight, conv_bias, res_weight, res_bias, skip_weight, skip_bias,
-            dilation=dilation, cond_t=cond_t, position=position,
-        )
+    def loop(h, states, conv_weights, gate_biases, res_weights, res_biases, skip_weights, skip_biases, dilations, position):
+        skips = []
+        for block in zip(states, conv_weights, gate_biases, res_weights, res_biases, skip_weights, skip_biases, dilations):
+            state, conv_weight, gate_bias, res_weight, res_bias, skip_weight, skip_bias, dilation = block
+            if block_step is None:
+                h, skip = gated_residual_block_step_ref(
+                    h, state, conv_weight, None, res_weight, res_bias, skip_weight, skip_bias,
+                    dilation=dilation, cond_t=gate_bias, position=position,
+                )
+            else:
+                h, skip = block_step(
+                    h, state, conv_weight, None, res_weight, res_bias, skip_weight, skip_bias, gate_bias, dilation, position
+                )
+            skips.append(skip)
+        return h, torch.stack(skips).sum(0)  # one stacked sum instead of a Python-level add per block
 
-    return reference
+    return loop
 
 
 @register("wavenet")
@@ -233,21 +255,25 @@ class WaveNet(AutoregressiveModel):
                     bias = bias + F.linear(label, block.cond_weight)
                 gate_bias.append(bias.contiguous())
             start = self.start.expand(batch, -1).contiguous()
-        calls = [
-            (state, b.conv_weight, None, b.res_weight, b.res_bias, b.skip_weight, b.skip_bias, bias, b.dilation, position)
-            for b, state, bias in zip(self.blocks, states, gate_bias)
-        ]
-        return WaveNetCache(states, position, gate_bias, start, _block_step_kernel(start), calls)
+        b = self.blocks
+        blocks = (
+            states,
+            [block.conv_weight for block in b],
+            gate_bias,
+            [block.res_weight for block in b],
+            [block.res_bias for block in b],
+            [block.skip_weight for block in b],
+            [block.skip_bias for block in b],
+            [block.dilation for block in b],
+            position,
+        )
+        return WaveNetCache(states, position, gate_bias, start, _stack_step_kernel(start), blocks)
 
     def step(self, cache: WaveNetCache, x_prev: torch.Tensor | None) -> torch.Tensor:
         h = cache.start if x_prev is None else F.embedding(x_prev, self.embedding.weight)
-        block_step, skips = cache.block_step, []
-        for args in cache.calls:
-            h, skip = block_step(h, *args)
-            skips.append(skip)
+        _, skip = cache.stack_step(h, *cache.blocks)
         cache.position += 1
-        # One stacked sum instead of a Python-level add per block.
-        out = F.relu(F.linear(torch.stack(skips).sum(0).relu_(), self.head1.weight, self.head1.bias))
+        out = F.relu(F.linear(skip.relu_(), self.head1.weight, self.head1.bias))
         return F.linear(out, self.head2.weight, self.head2.bias)
 
     def extra_repr(self) -> str:

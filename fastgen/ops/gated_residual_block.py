@@ -268,9 +268,23 @@ torch.library.register_fake("fastgen::gated_residual_block_step_triton")(_fake_s
 _FAST_STEP_OPS = {"triton": torch.ops.fastgen.gated_residual_block_step_triton.default}
 if _BACKENDS.supports["cpp"].unavailable is None:
     _FAST_OPS["cpp"] = _register("gated_residual_block", "gated_residual_block_backward", True)
+# The step through a whole stack of blocks in one call (CPU; fastgen.models.WaveNet.step):
+# fastgen::gated_residual_stack_step(h_t, states, conv_weights, gate_biases, res_weights,
+# res_biases, skip_weights, skip_biases, dilations, position) -> (h_out_t, sum of skip_t),
+# block l stepped as gated_residual_block_step(h, states[l], conv_weights[l], None,
+# res_weights[l], res_biases[l], skip_weights[l], skip_biases[l], cond_t=gate_biases[l],
+# dilation=dilations[l], position=position).
+_FAST_STACK_STEP_OPS = {}
 if _STEP_BACKENDS.supports["cpp"].unavailable is None:
     torch.library.register_fake("fastgen::gated_residual_block_step")(_fake_step)
     _FAST_STEP_OPS["cpp"] = torch.ops.fastgen.gated_residual_block_step.default
+
+    @torch.library.register_fake("fastgen::gated_residual_stack_step")
+    def _fake_stack_step(h_t, states, conv_weights, gate_biases, res_weights, res_biases, skip_weights, skip_biases,
+                         dilations, position):
+        return h_t.new_empty(h_t.shape), h_t.new_empty((h_t.shape[0], skip_weights[0].shape[0]))
+
+    _FAST_STACK_STEP_OPS["cpp"] = torch.ops.fastgen.gated_residual_stack_step.default
 
 
 # ------------------------------------------------------------------------------ public

@@ -365,3 +365,52 @@ def test_cpp_ops_called_directly_check_their_arguments():
         ops.gated_residual_block_step(
             h[:, :, 0], torch.zeros(2, 3, 1, dtype=h.dtype), cw, cb, rw, rb, sw, sb, None, 1, torch.zeros(5, dtype=torch.int64)
         )
+
+
+def _stack(B, dilations, K, *, R=5, S=7, seed=0):
+    """A stack of blocks (gate widths differing), with a ring-buffer position and random states."""
+    g = torch.Generator().manual_seed(seed)
+    blocks = [make_inputs(B, R, G, S, 1, K, seed=seed + l)[0][1:] for l, G in enumerate([3, 9, 4][: len(dilations)])]
+    blocks = [[t.detach() for t in block] for block in blocks]
+    states = [torch.randn(B, R, (K - 1) * d, generator=g, dtype=torch.float64) for d in dilations]
+    gate_biases = [torch.randn(B, cw.shape[0], generator=g, dtype=torch.float64) for cw, *_ in blocks]
+    position = torch.arange(B, dtype=torch.int64) * 3 + 5
+    lists = (
+        states, [b[0] for b in blocks], gate_biases, [b[2] for b in blocks], [b[3] for b in blocks],
+        [b[4] for b in blocks], [b[5] for b in blocks], list(dilations), position,
+    )
+    return torch.randn(B, R, generator=g, dtype=torch.float64), lists
+
+
+@pytest.mark.skipif("cpp" not in fast_backends(STEP_OP, "cpu", torch.float64), reason="the C++ extension is not built")
+@pytest.mark.parametrize("B,K,dilations", [(1, 2, (1, 2, 4)), (2, 3, (3, 1)), (6, 2, (2, 5, 1))])
+def test_stack_step_equals_the_blocks_in_turn(B, K, dilations):
+    """fastgen::gated_residual_stack_step (the CPU's whole-stack step, WaveNet's cached
+    sampling) equals stepping its blocks in turn: the last h_out and the sum of the skips
+    match the reference's, and every state (which holds the blocks' inputs) equals, bit for
+    bit, the state of the C++ block step called block by block."""
+    h, lists = _stack(B, dilations, K)
+    states, conv_w, gate_b, res_w, res_b, skip_w, skip_b, dils, position = lists
+    ref_states, cpp_states = [s.clone() for s in states], [s.clone() for s in states]
+    h_out, skip = torch.ops.fastgen.gated_residual_stack_step(h, *lists)
+    want_h, want_skip, cpp_h = h, 0, h
+    for ref_state, cpp_state, cw, gb, rw, rb, sw, sb, d in zip(ref_states, cpp_states, *lists[1:8]):
+        want_h, s = gated_residual_block_step_ref(want_h, ref_state, cw, None, rw, rb, sw, sb, dilation=d, cond_t=gb, position=position)
+        want_skip = want_skip + s
+        cpp_h, _ = gated_residual_block_step(cpp_h, cpp_state, cw, None, rw, rb, sw, sb, dilation=d, cond_t=gb, position=position, backend="cpp")
+    torch.testing.assert_close(h_out, want_h, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(skip, want_skip, rtol=1e-12, atol=1e-12)
+    for got, cpp, ref in zip(states, cpp_states, ref_states):
+        assert torch.equal(got, cpp)
+        torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.skipif("cpp" not in fast_backends(STEP_OP, "cpu", torch.float64), reason="the C++ extension is not built")
+def test_stack_step_rejects_mismatched_lists():
+    h, lists = _stack(1, (1, 2), 2)
+    short = list(lists)
+    short[3] = short[3][:1]  # one residual weight for two blocks
+    with pytest.raises(ValueError, match="one entry per block"):
+        torch.ops.fastgen.gated_residual_stack_step(h, *short)
+    with pytest.raises(ValueError, match="at least one block"):
+        torch.ops.fastgen.gated_residual_stack_step(h, *([] for _ in range(8)), None)
