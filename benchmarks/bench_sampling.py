@@ -20,7 +20,6 @@ README table from the latest full run in ``benchmarks/results/sampling/``).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -32,7 +31,7 @@ import torch
 
 from fastgen.models import AutoregressiveModel, build
 from fastgen.sampling import sample_categorical
-from harness import RESULTS_DIR, environment, pin_allocator, save_run
+from harness import RESULTS_DIR, environment, latest_reports, pin_allocator, save_run
 
 SAMPLING_DIR = RESULTS_DIR / "sampling"
 
@@ -166,12 +165,7 @@ def format_report(run: dict[str, Any]) -> str:
 
 def report() -> str:
     """The latest full run of each device."""
-    sections = []
-    for path in sorted(SAMPLING_DIR.glob("*.json")):
-        full = [run for run in json.loads(path.read_text()) if run["filter"] is None]
-        if full:
-            sections.append(f"`benchmarks/results/sampling/{path.name}`: " + format_report(full[-1]))
-    return "\n\n".join(sections)
+    return latest_reports(SAMPLING_DIR, lambda run: run["filter"] is None, format_report)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -196,9 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for r in missed:
         _progress(f"target missed: {r['case']} batch {r['batch']}: {r['ratio']:.0f}x < {r['target_ratio']:.0f}x")
     if not args.no_save:
-        path = SAMPLING_DIR / f"{record['device']['slug']}.json"
-        save_run(record, path)
-        _progress(f"appended to {path}")
+        save_run(record, SAMPLING_DIR)
     return 0
 
 

@@ -12,7 +12,8 @@ log-likelihood in nats per example of the training and the test set (no autograd
 Nothing is timed (``bench_flows.py`` times them).
 
 ``python benchmarks/flows_equivalence.py`` appends the run to
-``benchmarks/results/flows_equivalence/<device-slug>.json``; ``--no-save``, ``--model maf``.
+``benchmarks/results/flows_equivalence/<device-slug>.json``; ``--no-save``, ``--model maf``,
+``--report`` (the README table from the latest run of every model).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any
 import torch
 
 from bench_flows import FLOW_BUILDERS, VECTOR_BATCH, Flow, gaussian_mixture, installed_peers, mixture_vectors
-from harness import RESULTS_DIR, environment, save_run
+from harness import RESULTS_DIR, environment, latest_reports, save_run
 
 __all__ = ["main", "mean_log_prob", "train"]
 
@@ -105,7 +106,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--no-save", action="store_true", help="do not append the run to benchmarks/results/")
+    parser.add_argument("--report", action="store_true", help="print the README table from the results and exit")
     args = parser.parse_args(argv)
+    if args.report:
+        print(latest_reports(EQUIVALENCE_DIR, lambda run: run["models"] is None, format_report))
+        return 0
     models = args.model or list(VECTOR_MODELS)
     record = {
         **environment("cpu"),
@@ -115,9 +120,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     print(format_report(record))
     if not args.no_save:
-        path = EQUIVALENCE_DIR / f"{record['device']['slug']}.json"
-        save_run(record, path)
-        print(f"appended to {path}", file=sys.stderr)
+        save_run(record, EQUIVALENCE_DIR)
     return 0
 
 

@@ -85,6 +85,7 @@ __all__ = [
     "run_case",
     "report",
     "run_record",
+    "latest_reports",
     "save_run",
     "warm_up",
 ]
@@ -401,14 +402,9 @@ def format_report(run: dict[str, Any]) -> str:
     return caption + "\n\n" + "\n\n".join(tables)
 
 
-def report(results_dir: Path = RESULTS_DIR) -> str:
+def report() -> str:
     """The README's benchmark tables: the latest full (not quick, unfiltered) run per device."""
-    sections = []
-    for path in sorted(results_dir.glob("*.json")):
-        full = [run for run in json.loads(path.read_text()) if not run["quick"] and run["filter"] is None]
-        if full:
-            sections.append(f"`benchmarks/results/{path.name}`: " + format_report(full[-1]))
-    return "\n\n".join(sections)
+    return latest_reports(RESULTS_DIR, lambda run: not run["quick"] and run["filter"] is None, format_report)
 
 
 # ------------------------------------------------------------------------------- results
@@ -491,9 +487,11 @@ def run_record(device: str, quick: bool, name_filter: str | None, results: Seque
     }
 
 
-def save_run(record: dict[str, Any], path: Path) -> None:
-    """Appends ``record`` to the JSON list in ``path``; a crash mid-write leaves the previous
-    runs intact (:func:`fastgen._atomic.write_atomic`)."""
+def save_run(record: dict[str, Any], directory: Path) -> Path:
+    """Appends ``record`` to the JSON list in ``directory/<device-slug>.json`` and says so on
+    stderr; a crash mid-write leaves the previous runs intact
+    (:func:`fastgen._atomic.write_atomic`). Returns the path."""
+    path = directory / f"{record['device']['slug']}.json"
     runs: list[dict[str, Any]] = []
     if path.exists():
         try:
@@ -505,6 +503,21 @@ def save_run(record: dict[str, Any], path: Path) -> None:
     runs.append(record)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, lambda file: file.write((json.dumps(runs, indent=2) + "\n").encode()))
+    _progress(f"appended to {path}")
+    return path
+
+
+def latest_reports(
+    directory: Path, is_full: Callable[[dict[str, Any]], bool], format_run: Callable[[dict[str, Any]], str]
+) -> str:
+    """The README's tables from ``directory``: per device file, ``format_run`` of its latest
+    run for which ``is_full`` holds (not a quick or filtered one)."""
+    sections = []
+    for path in sorted(directory.glob("*.json")):
+        full = [run for run in json.loads(path.read_text()) if is_full(run)]
+        if full:
+            sections.append(f"`{path.relative_to(RESULTS_DIR.parent.parent)}`: " + format_run(full[-1]))
+    return "\n\n".join(sections)
 
 
 # -------------------------------------------------------------------------------- pytest
@@ -582,10 +595,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     print(format_table(results))
     if not args.no_save:
-        record = run_record(device, args.quick, args.filter, results)
-        path = RESULTS_DIR / f"{record['device']['slug']}.json"
-        save_run(record, path)
-        _progress(f"appended to {path}")
+        save_run(run_record(device, args.quick, args.filter, results), RESULTS_DIR)
     return 1 if any(r.error is not None for r in results) else 0
 
 

@@ -11,7 +11,6 @@ full run).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -20,7 +19,7 @@ import torch
 
 from fastgen import recipes
 from fastgen.data import mu_law_decode, save_image_grid, save_waveforms
-from harness import RESULTS_DIR, environment, save_run
+from harness import RESULTS_DIR, environment, latest_reports, save_run
 
 ZOO_DIR = RESULTS_DIR / "zoo"
 SAMPLES = 64  # images per sample grid
@@ -89,12 +88,7 @@ def format_report(run: dict[str, Any]) -> str:
 
 def report() -> str:
     """The latest full run of each device."""
-    sections = []
-    for path in sorted(ZOO_DIR.glob("*.json")):
-        full = [run for run in json.loads(path.read_text()) if run["recipes"] is None]
-        if full:
-            sections.append(f"`benchmarks/results/zoo/{path.name}`: " + format_report(full[-1]))
-    return "\n\n".join(sections)
+    return latest_reports(ZOO_DIR, lambda run: run["recipes"] is None, format_report)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -110,9 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     record = {**environment("cpu"), "recipes": args.recipe, "results": rows}
     print(format_report(record))
     if not args.no_save:
-        path = ZOO_DIR / f"{record['device']['slug']}.json"
-        save_run(record, path)
-        print(f"appended to {path}", file=sys.stderr)
+        save_run(record, ZOO_DIR)
     return 0
 
 
