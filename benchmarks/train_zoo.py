@@ -1,7 +1,8 @@
 """Trains every zoo recipe (:data:`fastgen.recipes.RECIPES`: a model, its built-in data set
 and its budget) and records each one's test bits/dim, the trivial baseline's and the
 training time in ``benchmarks/results/zoo/<device-slug>.json``, with samples of the image
-and audio models as PNGs (image grids, waveform plots) in ``benchmarks/results/zoo/samples/``.
+and audio models as PNGs (image grids, waveform plots) and the learned densities of the 2-D
+models (``<recipe>_density.png``) in ``benchmarks/results/zoo/samples/``.
 
 ``python benchmarks/train_zoo.py`` (all recipes, about a minute on 2 CPU cores),
 ``--recipe made`` (one), ``--no-save``, ``--report`` (the README table from the latest
@@ -25,6 +26,8 @@ ZOO_DIR = RESULTS_DIR / "zoo"
 SAMPLES = 64  # images per sample grid
 GRID_ROW = 8  # images per row of the sample grids
 AUDIO_SAMPLES = 8  # waveforms per plot
+DENSITY_PIXELS = 128  # grid points per side of the 2-D density plots
+DENSITY_DRAWS = 2000  # samples that set a density plot's box
 
 
 def save_samples_png(name: str, result: recipes.RecipeResult) -> str:
@@ -43,6 +46,27 @@ def save_samples_png(name: str, result: recipes.RecipeResult) -> str:
         save_waveforms(mu_law_decode(samples, result.categories), path)
     else:
         save_image_grid(samples.view(n, *result.event_shape), path, nrow=GRID_ROW, levels=result.categories, scale=4)
+    return str(path.relative_to(RESULTS_DIR.parent.parent))
+
+
+def save_density_png(name: str, result: recipes.RecipeResult, size: int = DENSITY_PIXELS) -> str:
+    """The learned density of a 2-D model as ``samples/<name>.png``: ``p(x)`` on a
+    ``size x size`` grid (first coordinate across, second up) over the box holding 99% of
+    :data:`DENSITY_DRAWS` of the model's samples (padded by a tenth), black 0 to white at the
+    grid's maximum. Returns the path relative to the repository."""
+    with torch.no_grad():
+        draws = result.model.sample(DENSITY_DRAWS, generator=torch.Generator().manual_seed(0)).double()
+        low, high = torch.quantile(draws, 0.005, dim=0), torch.quantile(draws, 0.995, dim=0)
+        pad = (high - low) / 10
+        axes = [torch.linspace(float(a), float(b), size, dtype=torch.float64) for a, b in zip(low - pad, high + pad)]
+        x0, x1 = torch.meshgrid(axes[0], axes[1].flip(0), indexing="xy")  # rows from the top: x1 decreasing
+        grid = torch.stack([x0.reshape(-1), x1.reshape(-1)], dim=1)
+        dtype = next(result.model.parameters()).dtype
+        density = torch.cat([result.model.log_prob(chunk.to(dtype)) for chunk in grid.split(4096)]).double().exp()
+    image = (density / density.max()).nan_to_num(0.0).clamp(0, 1).view(1, 1, size, size)
+    path = ZOO_DIR / "samples" / f"{name}_density.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image_grid(image, path, nrow=1, scale=2)
     return str(path.relative_to(RESULTS_DIR.parent.parent))
 
 
@@ -67,6 +91,8 @@ def train_all(names: Sequence[str], save_samples: bool) -> list[dict[str, Any]]:
               f"in {result.seconds:.1f} s", file=sys.stderr, flush=True)
         if save_samples and (len(result.event_shape) == 3 or result.data_name == "synthetic_audio"):
             row["samples"] = save_samples_png(name, result)
+        elif save_samples and result.event_shape == (2,) and result.categories is None:
+            row["samples"] = save_density_png(name, result)
         rows.append(row)
     return rows
 
