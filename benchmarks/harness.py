@@ -399,12 +399,20 @@ def format_report(run: dict[str, Any]) -> str:
         f"fastgen {versions['fastgen']} ({run['git_commit']}), CPU kernels {run['cpu_isa']}: "
         f"median of {len(run['results'][0]['times_ms'])} runs"
     )
+    for rerun in run.get("reruns", []):
+        caption += f"; the cases matching `{rerun['filter']}` from a run of {rerun['date'][:10]} ({rerun['git_commit']})"
     return caption + "\n\n" + "\n\n".join(tables)
 
 
 def report() -> str:
-    """The README's benchmark tables: the latest full (not quick, unfiltered) run per device."""
-    return latest_reports(RESULTS_DIR, lambda run: not run["quick"] and run["filter"] is None, format_report)
+    """The README's benchmark tables: the latest full (not quick, unfiltered) run per device,
+    with the cases of any later full-length ``--filter`` run (measured again) taken from it."""
+    return latest_reports(
+        RESULTS_DIR,
+        lambda run: not run["quick"] and run["filter"] is None,
+        format_report,
+        is_rerun=lambda run: not run["quick"] and run["filter"] is not None,
+    )
 
 
 # ------------------------------------------------------------------------------- results
@@ -508,15 +516,35 @@ def save_run(record: dict[str, Any], directory: Path) -> Path:
 
 
 def latest_reports(
-    directory: Path, is_full: Callable[[dict[str, Any]], bool], format_run: Callable[[dict[str, Any]], str]
+    directory: Path,
+    is_full: Callable[[dict[str, Any]], bool],
+    format_run: Callable[[dict[str, Any]], str],
+    is_rerun: Callable[[dict[str, Any]], bool] | None = None,
 ) -> str:
     """The README's tables from ``directory``: per device file, ``format_run`` of its latest
-    run for which ``is_full`` holds (not a quick or filtered one)."""
+    run for which ``is_full`` holds (not a quick or filtered one). With ``is_rerun``, the
+    later runs for which it holds (some cases measured again) replace those cases' results,
+    and are listed in the run's ``"reruns"`` (their date, commit and filter)."""
     sections = []
     for path in sorted(directory.glob("*.json")):
-        full = [run for run in json.loads(path.read_text()) if is_full(run)]
-        if full:
-            sections.append(f"`{path.relative_to(RESULTS_DIR.parent.parent)}`: " + format_run(full[-1]))
+        runs = json.loads(path.read_text())
+        full = [i for i, run in enumerate(runs) if is_full(run)]
+        if not full:
+            continue
+        run = runs[full[-1]]
+        later = [r for r in runs[full[-1] + 1 :] if is_rerun is not None and is_rerun(r)]
+        if later:
+            results = {(r["case"], r["provider"]): r for r in run["results"]}
+            for rerun in later:
+                cases = {r["case"] for r in rerun["results"]}
+                results = {k: r for k, r in results.items() if k[0] not in cases}
+                results.update({(r["case"], r["provider"]): r for r in rerun["results"]})
+            order = list(dict.fromkeys(r["case"] for r in run["results"]))
+            ordered = sorted(results.values(), key=lambda r: order.index(r["case"]) if r["case"] in order else len(order))
+            reruns = [{"date": r["date"], "git_commit": r["git_commit"], "filter": r["filter"]} for r in later]
+            run = {**run, "results": ordered, "reruns": reruns}
+        repo = RESULTS_DIR.parent.parent
+        sections.append(f"`{path.relative_to(repo) if path.is_relative_to(repo) else path}`: " + format_run(run))
     return "\n\n".join(sections)
 
 

@@ -4,6 +4,7 @@ timed here): each ``benchmarks/bench_*.py`` either gives harness cases or runs o
 from __future__ import annotations
 
 import importlib
+import json
 import sys
 from pathlib import Path
 
@@ -36,3 +37,35 @@ def test_discovery_finds_the_cases_of_every_op_file(harness):
         assert any(name.startswith(op) for name in names), f"no case of {op}"
     only = harness.discover_cases("cpu", quick=True, name_filter="gated_pixelcnn_layer")
     assert only and all("gated_pixelcnn_layer" in case.name for case in only)
+
+
+def _run(date, name_filter, cases, ms):
+    """A saved harness run: ``cases`` maps a case to (its providers, its baseline); every
+    provider takes ``ms``, and its speedup over the baseline is recorded as 2 (1 for itself)."""
+    results = [
+        {"case": case, "provider": p, "median_ms": ms, "times_ms": [ms], "ratios": {baseline: 1.0 if p == baseline else 2.0}}
+        for case, (providers, baseline) in cases.items()
+        for p in providers
+    ]
+    return {"device": {"description": "CPU", "slug": "cpu"}, "date": date, "git_commit": "abc", "cpu_isa": "avx2",
+            "versions": {"torch": "t", "fastgen": "f"}, "quick": False, "filter": name_filter, "results": results}
+
+
+def test_report_takes_reruns_of_some_cases_and_groups_tables_by_providers(harness, tmp_path):
+    ops = {"op_a fwd": (("eager", "fastgen-cpp"), "eager"), "op_b fwd": (("eager", "fastgen-cpp"), "eager")}
+    models = {"flows/m train": (("fastgen", "peer"), "peer")}
+    runs = [
+        _run("2026-01-01", None, {**ops, **models}, 10.0),
+        _run("2026-01-02", "op_b", {"op_b fwd": ops["op_b fwd"]}, 4.0),
+    ]
+    (tmp_path / "cpu.json").write_text(json.dumps(runs))
+    harness.RESULTS_DIR, saved = tmp_path, harness.RESULTS_DIR
+    try:
+        text = harness.report()
+    finally:
+        harness.RESULTS_DIR = saved
+    assert "the cases matching `op_b` from a run of 2026-01-02" in text
+    rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| op_") or line.startswith("| flows")}
+    assert "| 10.00 | 10.00 |" in rows["op_a fwd"] and "| 4.00 | 4.00 |" in rows["op_b fwd"]
+    assert rows["flows/m train"] == "| flows/m train | 10.00 | 10.00 | **2.00x** |"  # its own table, vs its peer
+    assert text.count("| case |") == 2
