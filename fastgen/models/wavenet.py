@@ -255,18 +255,12 @@ class WaveNet(AutoregressiveModel):
                     bias = bias + F.linear(label, block.cond_weight)
                 gate_bias.append(bias.contiguous())
             start = self.start.expand(batch, -1).contiguous()
-        b = self.blocks
-        blocks = (
-            states,
-            [block.conv_weight for block in b],
-            gate_bias,
-            [block.res_weight for block in b],
-            [block.res_bias for block in b],
-            [block.skip_weight for block in b],
-            [block.skip_bias for block in b],
-            [block.dilation for block in b],
-            position,
-        )
+        per_block = [
+            [getattr(block, name) for block in self.blocks]
+            for name in ("conv_weight", "res_weight", "res_bias", "skip_weight", "skip_bias", "dilation")
+        ]
+        conv_weights, res_weights, res_biases, skip_weights, skip_biases, dilations = per_block
+        blocks = (states, conv_weights, gate_bias, res_weights, res_biases, skip_weights, skip_biases, dilations, position)
         return WaveNetCache(states, position, gate_bias, start, _stack_step_kernel(start), blocks)
 
     def step(self, cache: WaveNetCache, x_prev: torch.Tensor | None) -> torch.Tensor:
