@@ -25,7 +25,7 @@ using TapGemmFn = void (*)(int64_t K, const T* A, const int64_t* aoff, const T* 
 
 constexpr int kMaxNR = 16;
 
-// The two-tap Winograd kernel of two_tap_conv.h, on MR (= TapGemm::pair_mr) consecutive times
+// The two-tap Winograd kernel of two_tap_conv.h, on MR (= TapGemm::mr) consecutive times
 // and PAIR_NR output channels:
 //   y0[j, m] (+)= bias[j] + sum_k m1 + m2,   y1[j, m] (+)= bias[j] + sum_k m2 + m3
 //   m1 = W[k, 0, j] * (a - b),  m2 = W[k, 1, j] * b,  m3 = W[k, 2, j] * (c - b)
@@ -43,7 +43,6 @@ struct TapGemm {
   TapGemmFn<T> packed[kMaxNR + 1];  // [nr] for 1 <= nr <= nr_max: A_k = A + k * mr (aoff unused)
   TapGemmFn<T> gather[kMaxNR + 1];  // [nr]: A_k = A + aoff[k]
   int64_t pair_nr;                  // output channels of the two-tap kernel
-  int64_t pair_mr;                  // consecutive times (lanes) of the two-tap kernel
   PairGemmFn<T> pair;
 };
 

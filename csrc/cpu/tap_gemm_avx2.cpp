@@ -1,5 +1,5 @@
 // AVX2 + FMA copy of the tap-GEMM micro-kernel: 16 ymm registers hold 2 x 6 accumulators
-// (the two-tap kernel 3 x 4, one product at a time).
+// (the two-tap kernel too, one product at a time).
 #include <utility>
 
 #include "tap_gemm.h"
@@ -9,8 +9,7 @@
 #define FASTGEN_TARGET FASTGEN_TARGET_AVX2
 #define FASTGEN_VECTOR_BYTES 32
 #define FASTGEN_NR_MAX 6
-#define FASTGEN_PAIR_NR 4
-#define FASTGEN_PAIR_VECTORS 3
+#define FASTGEN_PAIR_NR 6
 #define FASTGEN_PAIR_SPLIT 1
 #include "tap_gemm_impl.h"
 #endif

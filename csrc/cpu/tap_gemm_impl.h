@@ -5,17 +5,11 @@
 //   FASTGEN_VECTOR_BYTES   SIMD register width in bytes
 //   FASTGEN_NR_MAX         widest tile that keeps 2 x NR accumulators + 3 operands in registers
 //   FASTGEN_PAIR_NR        output channels of the two-tap kernel (6 x NR accumulators)
-//   FASTGEN_PAIR_SPLIT     (optional) the two-tap kernel one product at a time, on
-//                          FASTGEN_PAIR_VECTORS vectors of times (default 2, the only
-//                          width of the fused kernel) x FASTGEN_PAIR_NR channels
+//   FASTGEN_PAIR_SPLIT     (optional) the two-tap kernel one product at a time (2 x NR accumulators)
 // Everything lives in namespace FASTGEN_ISA so that the copies never merge at link time.
 #include <cstring>
 
 #include "tap_gemm.h"
-
-#ifndef FASTGEN_PAIR_VECTORS
-#define FASTGEN_PAIR_VECTORS 2
-#endif
 
 namespace fastgen::cpu {
 namespace FASTGEN_ISA {
@@ -110,60 +104,56 @@ FASTGEN_TARGET void pair_kernel(int64_t K, const T* __restrict X, const T* __res
 }
 
 #ifdef FASTGEN_PAIR_SPLIT
-// The pair kernel as its three products in turn, each a PV x NR register tile of vectors
-// (PV x NR accumulators, PV loads and NR broadcasts per k), into a scratch tile that stays
-// in L1, then y0 = m1 + m2 and y1 = m2 + m3. For 16-register ISAs (AVX2): the fused
-// kernel's six accumulator sets fit there only for 2 vectors x 2 output channels, where it
-// loads as often as it multiplies.
+// The pair kernel as its three products in turn, each a 2 x NR register tile (2 x NR
+// accumulators, 2 loads and NR broadcasts per k), into a scratch tile that stays in L1,
+// then y0 = m1 + m2 and y1 = m2 + m3. For 16-register ISAs (AVX2): the fused kernel's six
+// accumulator sets fit there only for NR = 2, where it loads as often as it multiplies.
 template <typename T, int NR>
 FASTGEN_TARGET void pair_split_kernel(int64_t K, const T* __restrict X, const T* __restrict W,
                                       const T* __restrict bias, T* __restrict Y0, T* __restrict Y1, int64_t ldc,
                                       bool accumulate) {
   typedef T V __attribute__((vector_size(FASTGEN_VECTOR_BYTES)));
-  constexpr int PV = FASTGEN_PAIR_VECTORS;
-  constexpr int64_t VL = FASTGEN_VECTOR_BYTES / sizeof(T), MR = PV * VL;
-  V m[3][NR][PV];
+  constexpr int64_t VL = FASTGEN_VECTOR_BYTES / sizeof(T), MR = 2 * VL;
+  V m[3][NR][2];
 #pragma GCC unroll 1
   for (int r = 0; r < 3; ++r) {
-    V acc[NR][PV];
+    V acc0[NR], acc1[NR];
 #pragma GCC unroll 16
-    for (int j = 0; j < NR; ++j)
-#pragma GCC unroll 4
-      for (int v = 0; v < PV; ++v) acc[j][v] = V{};
+    for (int j = 0; j < NR; ++j) acc0[j] = acc1[j] = V{};
     const T* x = X + r * MR;
     const T* w = W + r * NR;
     for (int64_t k = 0; k < K; ++k, x += 3 * MR, w += 3 * NR) {
-      V a[PV];
-#pragma GCC unroll 4
-      for (int v = 0; v < PV; ++v) std::memcpy(&a[v], x + v * VL, sizeof(V));
+      V a0, a1;
+      std::memcpy(&a0, x, sizeof(V));
+      std::memcpy(&a1, x + VL, sizeof(V));
 #pragma GCC unroll 16
       for (int j = 0; j < NR; ++j) {
         const T wj = w[j];
-#pragma GCC unroll 4
-        for (int v = 0; v < PV; ++v) acc[j][v] += a[v] * wj;
+        acc0[j] += a0 * wj;
+        acc1[j] += a1 * wj;
       }
     }
 #pragma GCC unroll 16
-    for (int j = 0; j < NR; ++j)
-#pragma GCC unroll 4
-      for (int v = 0; v < PV; ++v) m[r][j][v] = acc[j][v];
+    for (int j = 0; j < NR; ++j) {
+      m[r][j][0] = acc0[j];
+      m[r][j][1] = acc1[j];
+    }
   }
+  auto store = [&](T* y, V lo, V hi) {
+    if (accumulate) {
+      V old;
+      std::memcpy(&old, y, sizeof(V));
+      lo += old;
+      std::memcpy(&old, y + VL, sizeof(V));
+      hi += old;
+    }
+    std::memcpy(y, &lo, sizeof(V));
+    std::memcpy(y + VL, &hi, sizeof(V));
+  };
   for (int j = 0; j < NR; ++j) {
     const T bj = bias ? bias[j] : T(0);
-    for (int v = 0; v < PV; ++v) {
-      V y0 = m[0][j][v] + m[1][j][v] + bj, y1 = m[1][j][v] + m[2][j][v] + bj, old;
-      if (accumulate) {
-        std::memcpy(&old, Y0 + j * ldc + v * VL, sizeof(V));
-        y0 += old;
-      }
-      std::memcpy(Y0 + j * ldc + v * VL, &y0, sizeof(V));
-      if (!Y1) continue;
-      if (accumulate) {
-        std::memcpy(&old, Y1 + j * ldc + v * VL, sizeof(V));
-        y1 += old;
-      }
-      std::memcpy(Y1 + j * ldc + v * VL, &y1, sizeof(V));
-    }
+    store(Y0 + j * ldc, m[0][j][0] + m[1][j][0] + bj, m[0][j][1] + m[1][j][1] + bj);
+    if (Y1) store(Y1 + j * ldc, m[1][j][0] + m[2][j][0] + bj, m[1][j][1] + m[2][j][1] + bj);
   }
 }
 #define FASTGEN_PAIR_KERNEL pair_split_kernel
@@ -179,7 +169,6 @@ constexpr TapGemm<T> make(std::integer_sequence<int, NR...>) {
                     {nullptr, &kernel<T, NR + 1, false>...},
                     {nullptr, &kernel<T, NR + 1, true>...},
                     FASTGEN_PAIR_NR,
-                    FASTGEN_PAIR_VECTORS * FASTGEN_VECTOR_BYTES / static_cast<int64_t>(sizeof(T)),
                     &FASTGEN_PAIR_KERNEL<T, FASTGEN_PAIR_NR>};
 }
 

@@ -39,7 +39,7 @@ template <typename T>
 void pairs(const T* x, int64_t x_stride, int64_t T_len, const TwoTapWeights& w, const T* bias, int64_t off,
            int64_t d, int64_t p0, int64_t p1, int64_t t_end, T* y, int64_t y_t0, int64_t y_stride, bool accumulate) {
   const TapGemm<T>& gemm = tap_gemm<T>();
-  const int64_t MR = gemm.pair_mr, NR = gemm.pair_nr, c_in = w.c_in, c_out = w.c_out;
+  const int64_t MR = gemm.mr, NR = gemm.pair_nr, c_in = w.c_in, c_out = w.c_out;
   const int64_t groups = (c_out + NR - 1) / NR;
   std::vector<T> block(c_in * 3 * MR), tile(NR * 2 * MR, T(0)), padded_bias;
   if (bias) {  // the last group reads NR values
@@ -94,7 +94,7 @@ TwoTapWeights pack_two_tap(const at::Tensor& w_first, const at::Tensor& w_second
 }
 
 bool two_tap_conv_applies(at::ScalarType dtype, int64_t d) {
-  const int64_t MR = dtype == at::kDouble ? tap_gemm<double>().pair_mr : tap_gemm<float>().pair_mr;
+  const int64_t MR = dtype == at::kDouble ? tap_gemm<double>().mr : tap_gemm<float>().mr;
   return (dtype == at::kFloat || dtype == at::kDouble) && d >= MR;
 }
 
@@ -118,7 +118,7 @@ void two_tap_conv(const at::Tensor& x, const TwoTapWeights& w, const c10::option
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "two_tap_conv", [&] {
     // Work items: (sequence, block of 2d times, chunk of CHUNK first-half lanes runs), so
     // that a few long blocks still spread over the threads.
-    const int64_t MR = tap_gemm<scalar_t>().pair_mr, chunk = 8 * MR;
+    const int64_t MR = tap_gemm<scalar_t>().mr, chunk = 8 * MR;
     const int64_t blocks = (T_len + 2 * d - 1) / (2 * d), chunks = (d + chunk - 1) / chunk;
     const scalar_t* X = x.data_ptr<scalar_t>();
     scalar_t* Y = out.data_ptr<scalar_t>();
