@@ -56,6 +56,21 @@ FASTGEN_TARGET void kernel(int64_t K, const T* __restrict A, const int64_t* __re
   }
 }
 
+// y[0, 2 VL) (+)= the two vectors lo | hi: one output row of a pair kernel.
+template <typename T, typename V>
+FASTGEN_TARGET __attribute__((always_inline)) inline void store_row(T* y, V lo, V hi, bool accumulate) {
+  constexpr int64_t VL = sizeof(V) / sizeof(T);
+  if (accumulate) {
+    V old;
+    std::memcpy(&old, y, sizeof(V));
+    lo += old;
+    std::memcpy(&old, y + VL, sizeof(V));
+    hi += old;
+  }
+  std::memcpy(y, &lo, sizeof(V));
+  std::memcpy(y + VL, &hi, sizeof(V));
+}
+
 template <typename T, int NR>
 FASTGEN_TARGET void pair_kernel(int64_t K, const T* __restrict X, const T* __restrict W, const T* __restrict bias,
                                 T* __restrict Y0, T* __restrict Y1, int64_t ldc, bool accumulate) {
@@ -85,21 +100,10 @@ FASTGEN_TARGET void pair_kernel(int64_t K, const T* __restrict X, const T* __res
       m3h[j] += vh * wl;
     }
   }
-  auto store = [&](T* y, V lo, V hi) {
-    if (accumulate) {
-      V old;
-      std::memcpy(&old, y, sizeof(V));
-      lo += old;
-      std::memcpy(&old, y + VL, sizeof(V));
-      hi += old;
-    }
-    std::memcpy(y, &lo, sizeof(V));
-    std::memcpy(y + VL, &hi, sizeof(V));
-  };
   for (int j = 0; j < NR; ++j) {
     const T bj = bias ? bias[j] : T(0);
-    store(Y0 + j * ldc, m1l[j] + m2l[j] + bj, m1h[j] + m2h[j] + bj);
-    if (Y1) store(Y1 + j * ldc, m2l[j] + m3l[j] + bj, m2h[j] + m3h[j] + bj);
+    store_row(Y0 + j * ldc, m1l[j] + m2l[j] + bj, m1h[j] + m2h[j] + bj, accumulate);
+    if (Y1) store_row(Y1 + j * ldc, m2l[j] + m3l[j] + bj, m2h[j] + m3h[j] + bj, accumulate);
   }
 }
 
@@ -139,21 +143,10 @@ FASTGEN_TARGET void pair_split_kernel(int64_t K, const T* __restrict X, const T*
       m[r][j][1] = acc1[j];
     }
   }
-  auto store = [&](T* y, V lo, V hi) {
-    if (accumulate) {
-      V old;
-      std::memcpy(&old, y, sizeof(V));
-      lo += old;
-      std::memcpy(&old, y + VL, sizeof(V));
-      hi += old;
-    }
-    std::memcpy(y, &lo, sizeof(V));
-    std::memcpy(y + VL, &hi, sizeof(V));
-  };
   for (int j = 0; j < NR; ++j) {
     const T bj = bias ? bias[j] : T(0);
-    store(Y0 + j * ldc, m[0][j][0] + m[1][j][0] + bj, m[0][j][1] + m[1][j][1] + bj);
-    if (Y1) store(Y1 + j * ldc, m[1][j][0] + m[2][j][0] + bj, m[1][j][1] + m[2][j][1] + bj);
+    store_row(Y0 + j * ldc, m[0][j][0] + m[1][j][0] + bj, m[0][j][1] + m[1][j][1] + bj, accumulate);
+    if (Y1) store_row(Y1 + j * ldc, m[1][j][0] + m[2][j][0] + bj, m[1][j][1] + m[2][j][1] + bj, accumulate);
   }
 }
 #define FASTGEN_PAIR_KERNEL pair_split_kernel
