@@ -446,12 +446,12 @@ def masked_conv2d(
     return _FAST_OPS[name](x, weight, bias, mask_type, color_channels, dilation)
 
 
-def _check_step_args(buffer, weight, bias, i, j, mask_type, color_channels, dilation, packed_weight) -> None:
+def _check_step_args(buffer, weight, bias, mask_type, color_channels, dilation, packed_weight) -> None:
+    """Everything of a step but the pixel, which each step checks (:func:`_check_pixel`)."""
     check_tensor(STEP_OP, "buffer", buffer, ("B", "H + P", "W + 2P", "C_in"))
     k = _check_weights(STEP_OP, "buffer", buffer, 3, weight, bias, mask_type, color_channels, dilation)
     c_out, c_in = weight.shape[:2]
-    height, width = _buffer_image(STEP_OP, buffer, k, dilation)
-    _check_pixel(STEP_OP, i, j, height, width)
+    _buffer_image(STEP_OP, buffer, k, dilation)
     if packed_weight is not None:
         check_tensor(STEP_OP, "packed_weight", packed_weight, ("T * C_in", "C_out"))
         check_same_device(STEP_OP, "buffer", buffer, packed_weight=packed_weight)
@@ -509,16 +509,11 @@ def masked_conv2d_step(
         >>> torch.allclose(y, masked_conv2d(x, w, b, mask_type="B")[:, :, 3, 4], atol=1e-5)
         True
     """
-    _check_step_args(buffer, weight, bias, i, j, mask_type, color_channels, dilation, packed_weight)
-    name = _STEP_BACKENDS.select(backend, buffer)
-    with torch.no_grad():
-        if name == "ref":
-            return masked_conv2d_step_ref(
-                buffer, weight, bias, i=i, j=j, mask_type=mask_type, color_channels=color_channels, dilation=dilation
-            )
-        if packed_weight is None:
-            packed_weight = masked_conv2d_step_pack(weight, mask_type=mask_type, color_channels=color_channels)
-        return _STEP_OPS[name](buffer, packed_weight, bias, i, j, weight.shape[2], mask_type, color_channels, dilation)
+    step = masked_conv2d_stepper(
+        buffer, weight, bias, mask_type=mask_type, color_channels=color_channels, dilation=dilation,
+        packed_weight=packed_weight, backend=backend,
+    )
+    return step(i, j)
 
 
 def masked_conv2d_stepper(
@@ -550,7 +545,7 @@ def masked_conv2d_stepper(
         >>> step(3, 4).shape
         torch.Size([2, 8])
     """
-    _check_step_args(buffer, weight, bias, 0, 0, mask_type, color_channels, dilation, packed_weight)
+    _check_step_args(buffer, weight, bias, mask_type, color_channels, dilation, packed_weight)
     name = _STEP_BACKENDS.select(backend, buffer)
     k = weight.shape[2]
     height, width = _buffer_image(STEP_OP, buffer, k, dilation)
