@@ -381,6 +381,23 @@ void input_transform(const Plan& p, const Shape& s, int64_t C, const T* X, int64
               s.W2, C, false);
 }
 
+// The channel products at every transform point: out[ab, t, g * mr + m] = sum_{k < K}
+// V[ab, g, k, m] in[ab, t, k] for the AB points, the groups of mr lanes of V's packing, and
+// the nt tiles (register tiles of up to nr_max); in and out have row strides in_ld, out_ld
+// per tile. The forward (V the weights, in the transformed input) and the input gradient
+// (V the transposed weights, in the output gradient).
+template <typename T>
+void point_products(const TapGemm<T>& gemm, int64_t AB, int64_t groups, int64_t nt, int64_t K, const T* V,
+                    const T* in, int64_t in_ld, const int64_t* iota, T* out, int64_t out_ld) {
+  const int64_t mr = gemm.mr;
+  const std::vector<Tile> tts = tiles(0, nt, gemm.nr_max);
+  for (int64_t ab = 0; ab < AB; ++ab)
+    for (int64_t g = 0; g < groups; ++g)
+      for (const Tile& tt : tts)
+        gemm.packed[tt.size](K, V + (ab * groups + g) * K * mr, nullptr, in + (ab * nt + tt.start) * in_ld, iota,
+                             in_ld, out + (ab * nt + tt.start) * out_ld + g * mr, out_ld, false);
+}
+
 template <typename T>
 void forward_impl(const at::Tensor& in, const at::Tensor& weight, const WinogradConv& conv, const T* bias,
                   at::Tensor& out) {
@@ -405,13 +422,7 @@ void forward_impl(const at::Tensor& in, const at::Tensor& weight, const Winograd
       const int64_t b = item / s.n_blocks, j0 = (item % s.n_blocks) * s.rows;
       const int64_t nr = std::min(s.rows, s.H2 - j0), nt = nr * s.W2, TC = nt * s.co_pad;
       input_transform(p, s, s.c_in, Xd + b * s.Hp * WpC, j0, nr, rowT.data(), U.data());
-      const std::vector<Tile> tts = tiles(0, nt, gemm.nr_max);
-      for (int64_t ab = 0; ab < AB; ++ab)
-        for (int64_t og = 0; og < n_og; ++og)
-          for (const Tile& tt : tts)
-            gemm.packed[tt.size](s.c_in, Vd + (ab * n_og + og) * s.c_in * mr, nullptr,
-                                 U.data() + (ab * nt + tt.start) * s.c_in, iota.data(), s.c_in,
-                                 M.data() + (ab * nt + tt.start) * s.co_pad + og * mr, s.co_pad, false);
+      point_products(gemm, AB, n_og, nt, s.c_in, Vd, U.data(), s.c_in, iota.data(), M.data(), s.co_pad);
       // cols[a, ec] = sum_b AT_c[ec, b] M[a, b]; tile[er, ec] = sum_a AT_r[er, a] cols[a, ec].
       for (int64_t a = 0; a < p.alpha; ++a)
         for (int64_t ec = 0; ec < 2; ++ec)
@@ -501,13 +512,7 @@ std::tuple<at::Tensor, at::Tensor> backward_impl(const at::Tensor& in, const at:
                                      dv + ((ab * n_og + og) * s.c_in + it.start) * mr, mr, true);
         }
         if (need_in) {  // dU[a, b] = V[a, b]^T dM[a, b], then back through BT_c and BT_r
-          const std::vector<Tile> tts = tiles(0, nt, gemm.nr_max);
-          for (int64_t ab = 0; ab < AB; ++ab)
-            for (int64_t ig = 0; ig < n_ig; ++ig)
-              for (const Tile& tt : tts)
-                gemm.packed[tt.size](s.c_out, Vd + (ab * n_ig + ig) * s.c_out * mr, nullptr,
-                                     dM.data() + (ab * nt + tt.start) * s.co_pad, iota.data(), s.co_pad,
-                                     dU.data() + (ab * nt + tt.start) * s.ci_pad + ig * mr, s.ci_pad, false);
+          point_products(gemm, AB, n_ig, nt, s.c_out, Vd, dM.data(), s.co_pad, iota.data(), dU.data(), s.ci_pad);
           std::fill(rowT.data(), rowT.data() + p.alpha * nr * WpC, T(0));
           for (int64_t a = 0; a < p.alpha; ++a)
             for (int64_t jj = 0; jj < nr; ++jj)
