@@ -524,7 +524,8 @@ def latest_reports(
     """The README's tables from ``directory``: per device file, ``format_run`` of its latest
     run for which ``is_full`` holds (not a quick or filtered one). With ``is_rerun``, the
     later runs for which it holds (some cases measured again) replace those cases' results,
-    and are listed in the run's ``"reruns"`` (their date, commit and filter)."""
+    and those that still supply a result are listed in the run's ``"reruns"`` (their date,
+    commit and filter)."""
     sections = []
     for path in sorted(directory.glob("*.json")):
         runs = json.loads(path.read_text())
@@ -541,7 +542,13 @@ def latest_reports(
                 results.update({(r["case"], r["provider"]): r for r in rerun["results"]})
             order = list(dict.fromkeys(r["case"] for r in run["results"]))
             ordered = sorted(results.values(), key=lambda r: order.index(r["case"]) if r["case"] in order else len(order))
-            reruns = [{"date": r["date"], "git_commit": r["git_commit"], "filter": r["filter"]} for r in later]
+            # A rerun whose cases were all measured again later contributes nothing: not listed.
+            kept = {id(r) for r in results.values()}
+            reruns = [
+                {"date": r["date"], "git_commit": r["git_commit"], "filter": r["filter"]}
+                for r in later
+                if any(id(result) in kept for result in r["results"])
+            ]
             run = {**run, "results": ordered, "reruns": reruns}
         repo = RESULTS_DIR.parent.parent
         sections.append(f"`{path.relative_to(repo) if path.is_relative_to(repo) else path}`: " + format_run(run))

@@ -56,7 +56,8 @@ def test_report_takes_reruns_of_some_cases_and_groups_tables_by_providers(harnes
     models = {"flows/m train": (("fastgen", "peer"), "peer")}
     runs = [
         _run("2026-01-01", None, {**ops, **models}, 10.0),
-        _run("2026-01-02", "op_b", {"op_b fwd": ops["op_b fwd"]}, 4.0),
+        _run("2026-01-02", "op_", {"op_b fwd": ops["op_b fwd"]}, 3.0),  # superseded by the next: not listed
+        _run("2026-01-03", "op_b", {"op_b fwd": ops["op_b fwd"]}, 4.0),
     ]
     (tmp_path / "cpu.json").write_text(json.dumps(runs))
     harness.RESULTS_DIR, saved = tmp_path, harness.RESULTS_DIR
@@ -64,7 +65,7 @@ def test_report_takes_reruns_of_some_cases_and_groups_tables_by_providers(harnes
         text = harness.report()
     finally:
         harness.RESULTS_DIR = saved
-    assert "the cases matching `op_b` from a run of 2026-01-02" in text
+    assert "the cases matching `op_b` from a run of 2026-01-03" in text and "`op_`" not in text
     rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| op_") or line.startswith("| flows")}
     assert "| 10.00 | 10.00 |" in rows["op_a fwd"] and "| 4.00 | 4.00 |" in rows["op_b fwd"]
     assert rows["flows/m train"] == "| flows/m train | 10.00 | 10.00 | **2.00x** |"  # its own table, vs its peer
