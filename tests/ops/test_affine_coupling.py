@@ -10,6 +10,8 @@ cannot leak); extreme inputs; opcheck, gradcheck and torch.compile(fullgraph=Tru
 inputs, also straight into the C++ op.
 """
 
+import importlib
+
 import pytest
 import torch
 
@@ -387,3 +389,24 @@ def test_cpp_ops_called_directly_check_their_arguments():
         ops.affine_coupling_backward(x, torch.zeros(3, dtype=x.dtype), x, shift, ls, m, "exp", False, [True] * 3)
     with pytest.raises(ValueError, match="grad_y"):
         ops.affine_coupling_backward(x[:1], torch.zeros(2, dtype=x.dtype), x, shift, ls, m, "exp", False, [True] * 3)
+
+
+@pytest.mark.skipif("cpp" not in fast_backends(OP, "cpu", torch.float32), reason="the C++ extension is not built")
+def test_auto_runs_small_unmasked_cpu_calls_on_the_reference(monkeypatch):
+    """Chosen automatically on the CPU, a call without a mask of at most CPU_SMALL elements
+    runs on the reference (the kernel's fixed costs outweigh its fused passes); a larger
+    one, a masked one or an explicit request runs the kernel."""
+    module = importlib.import_module("fastgen.ops.affine_coupling")  # the package exports the function
+    calls = []
+    kernel = module._FAST_OPS["cpp"]
+    monkeypatch.setitem(module._FAST_OPS, "cpp", lambda *args: calls.append(args) or kernel(*args))
+    checkerboard = torch.arange(8) % 2
+    for features, mask, kernel_runs in ((8, None, 0), (module.CPU_SMALL // 4 + 1, None, 1), (8, checkerboard, 1)):
+        x, shift, log_scale = torch.randn(3, 4, features, dtype=torch.float64).unbind(0)
+        calls.clear()
+        got, want = affine_coupling(x, shift, log_scale, mask=mask), affine_coupling_ref(x, shift, log_scale, mask=mask)
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, **tolerances(torch.float64))
+        assert len(calls) == kernel_runs
+        affine_coupling(x, shift, log_scale, mask=mask, backend="cpp")
+        assert len(calls) == kernel_runs + 1
