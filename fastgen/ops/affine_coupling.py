@@ -54,13 +54,13 @@ __all__ = ["affine_coupling", "affine_coupling_ref"]
 
 OP = "affine_coupling"
 SCALES = ("exp", "sigmoid")
-# Calls without a mask of at most this many elements run on the reference when the backend
-# is chosen automatically on the CPU: there the fast op's fixed costs (its autograd runs in
-# Python, about 0.1 ms a call) outweigh its fused passes (measured on 2 Zen 3 cores,
-# fwd+bwd, scale "exp": (256, 64), a vector flow's coupling, 0.20 ms on the reference
-# against 0.31 on the kernel; (1024, 128) about equal; (2048, 128) the kernel 1.3-1.6x
-# faster). With a mask the reference's extra passes make the kernel faster from about
-# 16K elements already.
+# Calls of at most this many elements, without a mask and with scale "exp" (or additive),
+# run on the reference when the backend is chosen automatically on the CPU: there the fast
+# op's fixed costs (its autograd runs in Python, about 0.1 ms a call) outweigh its fused
+# passes (measured on 2 Zen 3 cores, fwd+bwd: (256, 64), a vector flow's coupling, 0.20 ms
+# on the reference against 0.31 on the kernel; (1024, 128) about equal; (2048, 128) the
+# kernel 1.3-1.6x faster). A mask or the sigmoid scale adds passes to the reference that
+# make the kernel as fast or faster from about 16K elements already.
 CPU_SMALL = 2**15
 
 
@@ -229,8 +229,8 @@ def affine_coupling(
             ``s = sigmoid(log_scale + 2)``); ignored for additive coupling.
         inverse: apply the inverse map ``(x - shift) / s``; its logdet is that of the inverse.
         backend: ``"ref"``, ``"cpp"``, ``"triton"``, ``"auto"`` or None (see :mod:`fastgen.backends`);
-            chosen automatically on the CPU, a call without a mask of at most
-            :data:`CPU_SMALL` elements runs on the reference.
+            chosen automatically on the CPU, a call of at most :data:`CPU_SMALL` elements
+            without a mask and with scale ``"exp"`` runs on the reference.
 
     Returns:
         ``(y, logdet)``: ``y`` of ``x``'s shape (contiguous) and ``logdet`` ``(B,)``, the
@@ -251,7 +251,8 @@ def affine_coupling(
         _check_mask(mask, x)
     check_choice(OP, "scale", scale, SCALES)
     check_bool(OP, "inverse", inverse)
-    name = _BACKENDS.select(backend, x, small=x.device.type == "cpu" and mask is None and x.numel() <= CPU_SMALL)
+    simple = mask is None and (log_scale is None or scale == "exp")
+    name = _BACKENDS.select(backend, x, small=x.device.type == "cpu" and simple and x.numel() <= CPU_SMALL)
     if name == "ref":
         return affine_coupling_ref(x, shift, log_scale, mask=mask, scale=scale, inverse=inverse)
     return _FAST_OPS[name](x, shift, log_scale, mask, scale, inverse)

@@ -393,20 +393,31 @@ def test_cpp_ops_called_directly_check_their_arguments():
 
 @pytest.mark.skipif("cpp" not in fast_backends(OP, "cpu", torch.float32), reason="the C++ extension is not built")
 def test_auto_runs_small_unmasked_cpu_calls_on_the_reference(monkeypatch):
-    """Chosen automatically on the CPU, a call without a mask of at most CPU_SMALL elements
-    runs on the reference (the kernel's fixed costs outweigh its fused passes); a larger
-    one, a masked one or an explicit request runs the kernel."""
+    """Chosen automatically on the CPU, a call of at most CPU_SMALL elements without a mask
+    and with scale "exp" (or additive) runs on the reference (the kernel's fixed costs
+    outweigh its fused passes); a larger one, a masked one, one with the sigmoid scale or an
+    explicit request runs the kernel."""
     module = importlib.import_module("fastgen.ops.affine_coupling")  # the package exports the function
     calls = []
     kernel = module._FAST_OPS["cpp"]
     monkeypatch.setitem(module._FAST_OPS, "cpp", lambda *args: calls.append(args) or kernel(*args))
     checkerboard = torch.arange(8) % 2
-    for features, mask, kernel_runs in ((8, None, 0), (module.CPU_SMALL // 4 + 1, None, 1), (8, checkerboard, 1)):
+    small = module.CPU_SMALL // 4  # features: 4 examples of these are CPU_SMALL elements
+    cases = [  # features, mask, scale, additive, kernel runs
+        (small, None, "exp", False, 0),
+        (small, None, "sigmoid", True, 0),  # additive: the scale is ignored
+        (small + 1, None, "exp", False, 1),
+        (8, checkerboard, "exp", False, 1),
+        (8, None, "sigmoid", False, 1),
+    ]
+    for features, mask, scale, additive, kernel_runs in cases:
         x, shift, log_scale = torch.randn(3, 4, features, dtype=torch.float64).unbind(0)
+        log_scale = None if additive else log_scale
         calls.clear()
-        got, want = affine_coupling(x, shift, log_scale, mask=mask), affine_coupling_ref(x, shift, log_scale, mask=mask)
+        got = affine_coupling(x, shift, log_scale, mask=mask, scale=scale)
+        want = affine_coupling_ref(x, shift, log_scale, mask=mask, scale=scale)
         for a, b in zip(got, want):
             torch.testing.assert_close(a, b, **tolerances(torch.float64))
         assert len(calls) == kernel_runs
-        affine_coupling(x, shift, log_scale, mask=mask, backend="cpp")
+        affine_coupling(x, shift, log_scale, mask=mask, scale=scale, backend="cpp")
         assert len(calls) == kernel_runs + 1
