@@ -254,5 +254,6 @@ def affine_coupling(
     simple = mask is None and (log_scale is None or scale == "exp")
     name = _BACKENDS.select(backend, x, small=x.device.type == "cpu" and simple and x.numel() <= CPU_SMALL)
     if name == "ref":
-        return affine_coupling_ref(x, shift, log_scale, mask=mask, scale=scale, inverse=inverse)
+        y, logdet = affine_coupling_ref(x, shift, log_scale, mask=mask, scale=scale, inverse=inverse)
+        return y.contiguous(), logdet  # element-wise ops keep a permuted x's layout
     return _FAST_OPS[name](x, shift, log_scale, mask, scale, inverse)

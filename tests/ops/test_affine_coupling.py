@@ -418,6 +418,8 @@ def test_auto_runs_small_unmasked_cpu_calls_on_the_reference(monkeypatch):
         want = affine_coupling_ref(x, shift, log_scale, mask=mask, scale=scale)
         for a, b in zip(got, want):
             torch.testing.assert_close(a, b, **tolerances(torch.float64))
-        assert len(calls) == kernel_runs
+        assert len(calls) == kernel_runs and got[0].is_contiguous()
         affine_coupling(x, shift, log_scale, mask=mask, scale=scale, backend="cpp")
         assert len(calls) == kernel_runs + 1
+    x, shift, log_scale = torch.randn(3, 8, 4).transpose(1, 2).unbind(0)  # (4, 8), column-major
+    assert affine_coupling(x, shift, log_scale)[0].is_contiguous()  # on the reference, as documented
