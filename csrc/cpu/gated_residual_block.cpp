@@ -9,10 +9,11 @@
 // tanh(z[:G]) | sigmoid(z[G:]), is the op's third output, saved for the backward: the
 // block is compute-bound here, and the conv costs far more to redo than its output costs
 // to keep (the eager autograd keeps both activations and g). The backward recomputes
-// only g = tanh * sigmoid per tile; each batch element is owned by one thread, so grad_h
-// (which receives dz at t + s_k at time t, across tile boundaries) and the per-batch
-// weight-gradient partials are written without races and summed in a fixed order
-// (deterministic whatever the thread count). The conv's input and weight gradients stay
+// only g = tanh * sigmoid per tile; each segment of a sequence (a few tiles, fixed by the
+// shapes) is owned by one thread, so grad_h (which receives dz at t + s_k at time t, across
+// tile boundaries; before the segment through a carry added at the end) and the
+// per-segment weight-gradient partials are written without races and summed in a fixed
+// order (deterministic whatever the thread count). The conv's input and weight gradients stay
 // GEMMs per tap: a Winograd F(2, 2) form of each (three products per pair of times, as in
 // the forward) measured no faster on the benchmark block, its smaller GEMMs and transforms
 // eating the 25% fewer FLOPs.
@@ -113,6 +114,11 @@ struct Conv {
   c10::optional<TwoTapWeights> two_tap;
   int64_t tile = TILE;
 };
+
+// The backward's work items: segments of a sequence, of at least SEGMENT_TILES tiles, and
+// long enough that there are at most MAX_ITEMS in all where the batch allows (each item
+// has its own weight-gradient partials).
+constexpr int64_t SEGMENT_TILES = 2, MAX_ITEMS = 32;
 
 // Pairs need tiles of whole blocks of 2d times: beyond this a tile would be several times TILE.
 constexpr int64_t MAX_PAIR_TILE = 1024;
@@ -260,30 +266,42 @@ gated_residual_block_backward_cpu(const at::Tensor& grad_h_out_in, const at::Ten
   const bool need_dz = need_h || need_conv_w || need_conv_b || need_cond;
   const bool need_1x1 = need_res_w || need_skip_w;
 
+  // Work items: (sequence, segment of whole tiles), each owned by one thread, which runs its
+  // tiles in order. dz at t feeds grad_h at t - s (s up to reach): into an earlier tile of
+  // the item's own segment, or, before the segment, into the item's carry, added to grad_h
+  // once every item is done (segments are at least reach long, so a carry lands in the
+  // segment before). Segments are fixed by the shapes, so that a short batch still spreads
+  // over the threads and the sums are the same whatever the thread count.
+  const int64_t n_tiles = (d.T + TILE - 1) / TILE, reach = (d.K - 1) * dilation;
+  const int64_t segs_wanted = std::max<int64_t>(MAX_ITEMS / d.B, 1);
+  const int64_t seg_tiles =
+      std::max({SEGMENT_TILES, (reach + TILE - 1) / TILE, (n_tiles + segs_wanted - 1) / segs_wanted});
+  const int64_t n_segs = (n_tiles + seg_tiles - 1) / seg_tiles, items = d.B * n_segs;
   at::Tensor grad_h = need_h ? dh_out.clone() : none();
+  at::Tensor carry = need_h && n_segs > 1 && reach > 0 ? at::zeros({items, d.R, reach}, opt) : at::Tensor();
   at::Tensor grad_cond_full = need_cond && full_cond ? at::empty({d.B, 2 * d.G, d.T}, opt) : at::Tensor();
-  // Per-batch partials, summed over the batch in order at the end.
-  at::Tensor conv_w_part = need_conv_w ? at::zeros({d.B, d.K, 2 * d.G, d.R}, opt) : none();
-  at::Tensor res_w_part = need_res_w ? at::zeros({d.B, d.R, d.G}, opt) : none();
-  at::Tensor skip_w_part = need_skip_w ? at::zeros({d.B, d.S, d.G}, opt) : none();
-  at::Tensor dz_sum = (need_conv_b || (need_cond && !full_cond)) ? at::zeros({d.B, 2 * d.G}, opt) : at::Tensor();
+  // Per-item partials, summed over the items in order at the end.
+  at::Tensor conv_w_part = need_conv_w ? at::zeros({items, d.K, 2 * d.G, d.R}, opt) : none();
+  at::Tensor res_w_part = need_res_w ? at::zeros({items, d.R, d.G}, opt) : none();
+  at::Tensor skip_w_part = need_skip_w ? at::zeros({items, d.S, d.G}, opt) : none();
+  at::Tensor dz_sum = (need_conv_b || (need_cond && !full_cond)) ? at::zeros({items, 2 * d.G}, opt) : at::Tensor();
 
   if (need_dz || need_1x1) {
-    const int64_t n_tiles = (d.T + TILE - 1) / TILE;
-    at::parallel_for(0, d.B, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
       at::NoGradGuard worker_no_grad;
       at::Tensor g = at::empty({d.G, TILE}, opt), dg = at::empty({d.G, TILE}, opt);
       at::Tensor dz = at::empty({2 * d.G, TILE}, opt);
-      for (int64_t b = begin; b < end; ++b) {
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t b = item / n_segs, seg = item % n_segs, seg_start = seg * seg_tiles * TILE;
         const at::Tensor hb = h[b], dhb = dh_out[b], dsb = dskip[b], gb = gates[b];
-        for (int64_t tile = 0; tile < n_tiles; ++tile) {
+        for (int64_t tile = seg * seg_tiles; tile < std::min(n_tiles, (seg + 1) * seg_tiles); ++tile) {
           const int64_t t0 = tile * TILE, n = std::min(TILE, d.T - t0);
           const at::Tensor dh_t = dhb.narrow(1, t0, n), ds_t = dsb.narrow(1, t0, n);
           if (need_1x1) {
             at::Tensor gt = g.narrow(1, 0, n);
             at::mul_out(gt, gb.narrow(0, 0, d.G).narrow(1, t0, n), gb.narrow(0, d.G, d.G).narrow(1, t0, n));
-            if (need_res_w) res_w_part[b].addmm_(dh_t, gt.t());
-            if (need_skip_w) skip_w_part[b].addmm_(ds_t, gt.t());
+            if (need_res_w) res_w_part[item].addmm_(dh_t, gt.t());
+            if (need_skip_w) skip_w_part[item].addmm_(ds_t, gt.t());
           }
           if (!need_dz) continue;
           at::Tensor dgt = dg.narrow(1, 0, n), dzt = dz.narrow(1, 0, n);
@@ -298,21 +316,34 @@ gated_residual_block_backward_cpu(const at::Tensor& grad_h_out_in, const at::Ten
               gate_backward<scalar_t>(dgp + c * TILE, ap + c * d.T, ap + (d.G + c) * d.T, dzp + c * TILE,
                                       dzp + (d.G + c) * TILE, n);
           });
-          if (dz_sum.defined()) dz_sum[b].add_(dzt.sum(1));
+          if (dz_sum.defined()) dz_sum[item].add_(dzt.sum(1));
           if (grad_cond_full.defined()) grad_cond_full[b].narrow(1, t0, n).copy_(dzt);
           for (int64_t k = 0; k < d.K; ++k) {
-            // z at time t reads h at t - s: dz at t feeds grad_h at t - s, possibly in an
-            // earlier tile of this same batch element, which this thread owns.
+            // z at time t reads h at t - s: dz at times [lo, t1) feeds grad_h at [o0, o1).
             const int64_t s = (d.K - 1 - k) * dilation, lo = std::max(t0, s), t1 = t0 + n;
             if (lo >= t1) continue;
             const at::Tensor dz_k = dzt.narrow(1, lo - t0, t1 - lo);
-            if (need_conv_w) conv_w_part[b][k].addmm_(dz_k, hb.narrow(1, lo - s, t1 - lo).t());
-            if (need_h) grad_h[b].narrow(1, lo - s, t1 - lo).addmm_(taps_t[k], dz_k);
+            if (need_conv_w) conv_w_part[item][k].addmm_(dz_k, hb.narrow(1, lo - s, t1 - lo).t());
+            if (!need_h) continue;
+            const int64_t o0 = lo - s, o1 = t1 - s, mid = std::clamp(seg_start, o0, o1);
+            if (mid < o1) grad_h[b].narrow(1, mid, o1 - mid).addmm_(taps_t[k], dz_k.narrow(1, mid - o0, o1 - mid));
+            if (o0 < mid)  // before the segment: its carry holds times [seg_start - reach, seg_start)
+              carry[item].narrow(1, o0 - (seg_start - reach), mid - o0).addmm_(taps_t[k], dz_k.narrow(1, 0, mid - o0));
           }
         }
       }
     });
   }
+  if (carry.defined()) {
+    at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
+      at::NoGradGuard worker_no_grad;
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t b = item / n_segs, seg_start = item % n_segs * seg_tiles * TILE;
+        if (seg_start > 0) grad_h[b].narrow(1, seg_start - reach, reach).add_(carry[item]);
+      }
+    });
+  }
+  if (dz_sum.defined()) dz_sum = dz_sum.view({d.B, n_segs, 2 * d.G}).sum(1);
   at::Tensor grad_conv_w = need_conv_w ? conv_w_part.sum(0).permute({1, 2, 0}).contiguous() : none();
   at::Tensor grad_conv_b = need_conv_b ? dz_sum.sum(0) : none();
   at::Tensor grad_res_w = need_res_w ? res_w_part.sum(0) : none();

@@ -72,6 +72,7 @@ GRID = [
     (1, 3, 3, 4, 10, 4, 3, "global", True, False),
     (2, 7, 5, 9, 2100, 3, 64, "local", True, True),  # several CPU time tiles (1024 times)
     (2, 7, 5, 9, 1300, 2, 257, "global", False, True),  # shift crosses a tile boundary
+    (1, 3, 2, 3, 5000, 3, 1100, None, True, True),  # the CPU backward's segments, shifts across them
     (2, 5, 3, 4, 40, 2, 17, "local", False, True),  # several Triton time blocks (16 interpreted)
     # K = 2 with dilation >= 32: the CPU's two-tap Winograd conv, tiles of whole 2d blocks
     (2, 6, 5, 7, 2100, 2, 40, None, True, True),  # several tiles, the last block partial
