@@ -26,6 +26,7 @@
 #include <cstring>
 #include <limits>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "two_tap_conv.h"
@@ -277,6 +278,10 @@ gated_residual_block_backward_cpu(const at::Tensor& grad_h_out_in, const at::Ten
   const int64_t seg_tiles =
       std::max({SEGMENT_TILES, (reach + TILE - 1) / TILE, (n_tiles + segs_wanted - 1) / segs_wanted});
   const int64_t n_segs = (n_tiles + seg_tiles - 1) / seg_tiles, items = d.B * n_segs;
+  // An item's sequence and the first time of its segment.
+  const auto segment = [&](int64_t item) {
+    return std::pair<int64_t, int64_t>(item / n_segs, item % n_segs * seg_tiles * TILE);
+  };
   at::Tensor grad_h = need_h ? dh_out.clone() : none();
   at::Tensor carry = need_h && n_segs > 1 && reach > 0 ? at::zeros({items, d.R, reach}, opt) : at::Tensor();
   at::Tensor grad_cond_full = need_cond && full_cond ? at::empty({d.B, 2 * d.G, d.T}, opt) : at::Tensor();
@@ -292,9 +297,10 @@ gated_residual_block_backward_cpu(const at::Tensor& grad_h_out_in, const at::Ten
       at::Tensor g = at::empty({d.G, TILE}, opt), dg = at::empty({d.G, TILE}, opt);
       at::Tensor dz = at::empty({2 * d.G, TILE}, opt);
       for (int64_t item = begin; item < end; ++item) {
-        const int64_t b = item / n_segs, seg = item % n_segs, seg_start = seg * seg_tiles * TILE;
+        const auto [b, seg_start] = segment(item);
         const at::Tensor hb = h[b], dhb = dh_out[b], dsb = dskip[b], gb = gates[b];
-        for (int64_t tile = seg * seg_tiles; tile < std::min(n_tiles, (seg + 1) * seg_tiles); ++tile) {
+        const int64_t first_tile = seg_start / TILE;
+        for (int64_t tile = first_tile; tile < std::min(n_tiles, first_tile + seg_tiles); ++tile) {
           const int64_t t0 = tile * TILE, n = std::min(TILE, d.T - t0);
           const at::Tensor dh_t = dhb.narrow(1, t0, n), ds_t = dsb.narrow(1, t0, n);
           if (need_1x1) {
@@ -338,7 +344,7 @@ gated_residual_block_backward_cpu(const at::Tensor& grad_h_out_in, const at::Ten
     at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
       at::NoGradGuard worker_no_grad;
       for (int64_t item = begin; item < end; ++item) {
-        const int64_t b = item / n_segs, seg_start = item % n_segs * seg_tiles * TILE;
+        const auto [b, seg_start] = segment(item);
         if (seg_start > 0) grad_h[b].narrow(1, seg_start - reach, reach).add_(carry[item]);
       }
     });
