@@ -1,7 +1,8 @@
 // Every schema of the fastgen operator library, and the Python module stub of fastgen._C.
 // Kernels register their implementations per device in cpu/<op>.cpp (and cuda/<op>.cu);
 // fake (meta) implementations and autograd are registered from Python, next to each op's
-// reference (fastgen/ops/<op>.py).
+// reference (fastgen/ops/<op>.py), except masked_linear's forward autograd (in C++, in
+// cpu/masked_linear.cpp: MADE's layers are too small for a Python one's cost).
 #include <Python.h>
 #include <torch/library.h>
 

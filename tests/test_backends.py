@@ -165,8 +165,9 @@ def test_info_reports_every_op_and_backend():
 
 @pytest.mark.parametrize("isa", ["base", "avx2", "avx512"])
 def test_every_cpu_instruction_set_matches_reference(isa):
-    """Each compiled copy of the CPU micro-kernels (the tap GEMM under masked_conv2d and the
-    two-tap Winograd kernel under causal_conv1d with K = 2), forced by FASTGEN_CPU_ISA."""
+    """Each compiled copy of the CPU micro-kernels (the tap GEMM under masked_conv2d and
+    masked_linear, whose panels are as wide as its lanes, and the two-tap Winograd kernel
+    under causal_conv1d with K = 2), forced by FASTGEN_CPU_ISA."""
     code = (
         "from fastgen.ops import causal_conv1d, causal_conv1d_ref, masked_conv2d, masked_conv2d_ref\n"
         "for dtype, (c_in, c_out) in [(torch.float32, (6, 39)), (torch.float64, (6, 39)), (torch.float32, (39, 6))]:\n"
@@ -181,6 +182,15 @@ def test_every_cpu_instruction_set_matches_reference(isa):
         "    x = torch.randn(2, 5, 150, dtype=dtype, requires_grad=True)\n"
         "    w = torch.randn(7, 5, 2, dtype=dtype, requires_grad=True)\n"
         "    y, r = causal_conv1d(x, w, dilation=40, backend='cpp'), causal_conv1d_ref(x, w, dilation=40)\n"
+        "    g = torch.randn_like(y)\n"
+        "    for a, b in zip((y,) + torch.autograd.grad(y, (x, w), g), (r,) + torch.autograd.grad(r, (x, w), g)):\n"
+        "        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)\n"
+        "from fastgen.ops import masked_linear, masked_linear_ref\n"
+        "for dtype in (torch.float32, torch.float64):\n"
+        "    x = torch.randn(13, 45, dtype=dtype, requires_grad=True)\n"
+        "    w = torch.randn(70, 45, dtype=dtype, requires_grad=True)\n"
+        "    mask = torch.rand(70, 45) < torch.linspace(0, 1, 45)  # ragged, denser to the right\n"
+        "    y, r = masked_linear(x, w, mask, backend='cpp'), masked_linear_ref(x, w, mask)\n"
         "    g = torch.randn_like(y)\n"
         "    for a, b in zip((y,) + torch.autograd.grad(y, (x, w), g), (r,) + torch.autograd.grad(r, (x, w), g)):\n"
         "        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)\n"

@@ -72,10 +72,18 @@ def _backward_grads(forward_op, backward_op):
     return backward
 
 
-def register(forward_name: str, backward_name: str, fake_forward: Callable, fake_backward: Callable):
+def register(
+    forward_name: str,
+    backward_name: str,
+    fake_forward: Callable,
+    fake_backward: Callable,
+    *,
+    forward_autograd: bool = True,
+):
     """Registers the fakes and autograd (double backward included) of
-    ``torch.ops.fastgen.<forward_name>`` and its backward op; returns the forward op."""
+    ``torch.ops.fastgen.<forward_name>`` and its backward op; returns the forward op.
+    ``forward_autograd=False``: the forward's autograd is registered in C++ (same formula)."""
     autograd = PairAutograd(
         fake_forward, fake_backward, _setup_forward, _forward_grads, _backward_grads, _setup_backward
     )
-    return autograd.register(forward_name, backward_name)
+    return autograd.register(forward_name, backward_name, forward_autograd=forward_autograd)

@@ -49,16 +49,21 @@ class PairAutograd:
     double_backward: Callable | None = None
     setup_double_backward: Callable | None = None
 
-    def register(self, forward_name: str, backward_name: str) -> torch._ops.OpOverload:
+    def register(
+        self, forward_name: str, backward_name: str, *, forward_autograd: bool = True
+    ) -> torch._ops.OpOverload:
         """Registers the fakes and autograd of ``torch.ops.fastgen.<forward_name>`` and
-        ``torch.ops.fastgen.<backward_name>``; returns the forward op."""
+        ``torch.ops.fastgen.<backward_name>``; returns the forward op. ``forward_autograd=False``
+        leaves out the forward's autograd, for an op whose autograd kernel is registered in
+        C++ (it must call the backward op, whose autograd is still registered here)."""
         forward_op = getattr(torch.ops.fastgen, forward_name).default
         backward_op = getattr(torch.ops.fastgen, backward_name).default
         torch.library.register_fake(f"fastgen::{forward_name}")(self.fake_forward)
         torch.library.register_fake(f"fastgen::{backward_name}")(self.fake_backward)
-        torch.library.register_autograd(
-            f"fastgen::{forward_name}", self.grads(backward_op), setup_context=self.setup_context
-        )
+        if forward_autograd:
+            torch.library.register_autograd(
+                f"fastgen::{forward_name}", self.grads(backward_op), setup_context=self.setup_context
+            )
         if self.double_backward is None:
             op = forward_name.removesuffix("_triton")
             torch.library.register_autograd(

@@ -2,24 +2,25 @@ r"""Masked linear layer (MADE, Germain et al. 2015, "MADE: Masked Autoencoder fo
 Distribution Estimation"): :math:`y = x (W \odot M)^\top + b`.
 
 The mask :math:`M` is fixed per layer and usually sparse in blocks (MADE's masks are
-staircases once the units are sorted by degree), which the fast paths exploit: they cut
-the mask into tiles and never multiply an all-zero tile. Tiles of ones use the weight as
-it is and only the tiles that mix ones and zeros are masked, so a staircase costs about
-half of a dense layer, forward and backward. Any mask is correct; one without block
-structure (random) costs about what the reference does.
+staircases once the units are sorted by degree), which the fast paths exploit: they never
+multiply the all-zero part of a staircase, so one costs about half of a dense layer,
+forward and backward. Any mask is correct; one without block structure (random) costs
+about what the reference does.
 
-- ``cpp``: 64 x 64 tiles, each all-zero (skipped), all-one (the weight used as it is) or
-  mixed (a masked copy of that block). Along each band of 64 outputs the tiles form runs
-  of one kind, each one BLAS GEMM into the band's outputs; ``grad_x`` does the same along
-  bands of 64 inputs, ``grad_weight`` one GEMM per span of non-zero tiles, then zeroes the
-  masked entries. The bands run in parallel, largest first.
+- ``cpp``: the register-tiled micro-kernel of the CPU ops on panels of outputs (forward)
+  or inputs (gradients) as wide as its SIMD lanes (16 floats with AVX2), each k loop only
+  over the span of the panel's ones; a panel's masked weights are selected to 0 as it is
+  packed. No BLAS call, so the small layers of MAF's MADEs (64 -> 256 -> 256 -> 128) gain
+  about as much as large ones.
+  Its autograd is registered in C++ (csrc/cpu/masked_linear.cpp): a Python one would cost
+  more than the kernels of such a layer.
 - ``triton``: block-sparse GEMMs. Each output tile loops only over the input tiles
   between the first and the last non-zero tile of its band of the mask (a range computed
   per call from the mask), masking the weight tile in registers; ``grad_x`` likewise per
   band of inputs, and ``grad_weight`` computes only the tiles in those ranges.
 
-Both find the mask's tile structure again on every call (one pass over the mask, 1-2% of
-a MADE layer's forward and backward on the CPU), so a mask may change between calls. The
+Both find the mask's structure again on every call (a pass over the mask's rows), so a
+mask may change between calls. The
 weight gradient is exactly zero where the mask is false, on every backend; the fast
 paths' backward has its own autograd formula (double backward works).
 
@@ -39,13 +40,6 @@ from ._checks import check_same_device, check_tensor
 __all__ = ["masked_linear", "masked_linear_ref"]
 
 OP = "masked_linear"
-# Weights of at most this many entries run on the reference when the backend is chosen
-# automatically on the CPU: a 256 x 256 MADE layer has too few 64 x 64 tiles for the
-# skipped ones to pay for the kernel's per-call costs (measured on 2 Zen 3 cores, a MADE
-# hidden layer, batch 256, fwd+bwd: at 256 x 256 the reference 1.2x faster, 1.5 against
-# 1.8 ms; at 512 x 512 the kernel 1.25x faster, 4.0 against 5.0 ms; MAF's training step
-# on 64 dims with MADEs of 256-256, 13.1 ms on the reference against 17.7 on the kernel).
-CPU_SMALL_WEIGHT = 256 * 256
 
 
 # ----------------------------------------------------------------------------- reference
@@ -117,7 +111,11 @@ _FAST_OPS = {
     )
 }
 if _BACKENDS.supports["cpp"].unavailable is None:
-    _FAST_OPS["cpp"] = _conv_autograd.register("masked_linear", "masked_linear_backward", _fake_forward, _fake_backward)
+    # The forward's autograd is the C++ one of csrc/cpu/masked_linear.cpp (a Python one costs
+    # more than a small layer's kernels).
+    _FAST_OPS["cpp"] = _conv_autograd.register(
+        "masked_linear", "masked_linear_backward", _fake_forward, _fake_backward, forward_autograd=False
+    )
 
 
 # ------------------------------------------------------------------------------ public
@@ -138,9 +136,7 @@ def masked_linear(
         weight: ``(out_features, in_features)``, ``x``'s dtype and device.
         mask: ``(out_features, in_features)`` bool, on ``x``'s device (True = connected).
         bias: ``(out_features,)`` or None.
-        backend: ``"ref"``, ``"cpp"``, ``"triton"``, ``"auto"`` or None (see :mod:`fastgen.backends`);
-            chosen automatically on the CPU, a weight of at most :data:`CPU_SMALL_WEIGHT`
-            entries runs on the reference.
+        backend: ``"ref"``, ``"cpp"``, ``"triton"``, ``"auto"`` or None (see :mod:`fastgen.backends`).
 
     Returns:
         ``(B, out_features)``, contiguous; gradients flow to ``x``, ``weight`` (zero where masked) and ``bias``.
@@ -167,7 +163,7 @@ def masked_linear(
         if bias.shape[0] != weight.shape[0]:
             raise ValueError(f"{OP}: bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
     check_same_device(OP, "x", x, weight=weight, bias=bias)
-    name = _BACKENDS.select(backend, x, small=x.device.type == "cpu" and weight.numel() <= CPU_SMALL_WEIGHT)
+    name = _BACKENDS.select(backend, x)
     if name == "ref":
         return masked_linear_ref(x, weight, mask, bias)
     return _FAST_OPS[name](x, weight, bias, mask)

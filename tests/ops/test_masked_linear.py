@@ -1,14 +1,13 @@
 """fastgen.ops.masked_linear: every fast backend against the reference.
 
 Outputs and all gradients (masked weights get exactly zero) for MADE staircase masks,
-random, all-zero, all-one and block masks, batch 1, odd sizes, sizes spanning many tiles
-of the kernels (64 on the CPU, 16 for Triton under the interpreter), non-contiguous inputs,
+random, all-zero, all-one and block masks, batch 1, odd sizes, sizes spanning many panels
+and tiles of the kernels (8 or 16 lanes on the CPU, 16 for Triton under the interpreter),
+batches of several work items, results independent of the thread count, non-contiguous inputs,
 float32/float64; masked weights that hold inf/NaN; the Triton tile ranges; opcheck,
 gradcheck, gradgradcheck and torch.compile(fullgraph=True); bad inputs.
 """
 
-import importlib
-import math
 
 import pytest
 import torch
@@ -116,7 +115,7 @@ def test_matches_reference(backend, device, dtype, B, in_features, out_features,
 @pytest.mark.parametrize(
     "kind,B,in_features,out_features",
     [
-        ("made", 3, 150, 200),  # the CPU's 64-wide tiles: dense, mixed and zero runs per band
+        ("made", 3, 150, 200),  # many panels, spans of every length
         ("made-strict", 2, 200, 150),
         ("blocks64", 2, 140, 200),  # a zero tile between non-zero ones, equal bands
         ("blocks16", 2, 70, 90),  # Triton's 16-wide tiles under the interpreter
@@ -134,15 +133,24 @@ def test_matches_reference_many_tiles(backend, device, kind, B, in_features, out
 
 @pytest.mark.skipif("cpp" not in fast_backends(OP, "cpu"), reason="needs the extension")
 @pytest.mark.parametrize("kind", ["made", "blocks64"])
-def test_cpp_bands_on_several_threads(kind):
-    """Enough bands of 64 rows (forward, grad_weight) or of 64 columns (grad_x) for the CPU
-    kernels to share them out among threads, each running its own GEMMs."""
+@pytest.mark.parametrize("B", [3, 700])
+def test_cpp_items_on_several_threads(kind, B):
+    """The CPU kernels share panels and runs of rows (of the batch, or of a panel's span)
+    out among threads: the results match the reference and are bit-identical on 1 and 3
+    threads (every k loop runs in a fixed order). Batch 700: several items per panel."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(2)
     try:
         for in_features, out_features in ((150, 530), (530, 150)):
-            x, weight, bias = make_inputs(3, in_features, out_features, dtype=torch.float64, device="cpu")
-            assert_matches_reference("cpp", x, weight, make_mask(kind, out_features, in_features, "cpu"), bias)
+            x, weight, bias = make_inputs(B, in_features, out_features, dtype=torch.float64, device="cpu")
+            mask = make_mask(kind, out_features, in_features, "cpu")
+            results = []
+            for n in (1, 3):
+                torch.set_num_threads(n)
+                assert_matches_reference("cpp", x, weight, mask, bias)
+                y = masked_linear(x, weight, mask, bias, backend="cpp")
+                results.append((y, *torch.autograd.grad(y, (x, weight, bias), torch.ones_like(y))))
+            for one, three in zip(*results):
+                assert torch.equal(one, three)
     finally:
         torch.set_num_threads(threads)
 
@@ -305,23 +313,3 @@ def test_cpp_op_called_directly_checks_its_arguments():
         op(x.half(), w.half(), None, m)
     with pytest.raises(ValueError, match="grad_out"):
         backward(torch.randn(2, 5), x, w, m, [True, True, True])
-
-
-
-@pytest.mark.skipif("cpp" not in fast_backends(OP, "cpu", torch.float32), reason="the C++ extension is not built")
-def test_auto_runs_small_cpu_weights_on_the_reference(monkeypatch):
-    """Chosen automatically on the CPU, a weight of at most CPU_SMALL_WEIGHT entries runs on
-    the reference (the kernel's per-call costs outweigh its skipped tiles); a larger one, or
-    an explicit request, runs the kernel."""
-    module = importlib.import_module("fastgen.ops.masked_linear")  # fastgen.ops.masked_linear is the function
-    calls = []
-    kernel = module._FAST_OPS["cpp"]
-    monkeypatch.setitem(module._FAST_OPS, "cpp", lambda *args: calls.append(args) or kernel(*args))
-    for features, kernel_runs in ((32, 0), (math.isqrt(module.CPU_SMALL_WEIGHT) + 1, 1)):
-        x, w = torch.randn(4, features), torch.randn(features, features)
-        mask = torch.ones(features, features, dtype=torch.bool).tril()
-        calls.clear()
-        torch.testing.assert_close(masked_linear(x, w, mask), masked_linear_ref(x, w, mask))
-        assert len(calls) == kernel_runs
-        masked_linear(x, w, mask, backend="cpp")
-        assert len(calls) == kernel_runs + 1
