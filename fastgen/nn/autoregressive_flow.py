@@ -124,8 +124,9 @@ class MaskedAffineAutoregressive(nn.Module):
 
     def _shift_and_log_scale(self, x: torch.Tensor, cond: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """``(mu, alpha)``, each ``(B, D)``, from one network pass over ``x``."""
-        params = self.net(x, cond).view(x.shape[0], self.features, 2)
-        return params[..., 0], self.log_scale_bound * torch.tanh(params[..., 1])
+        # unbind: one backward node (a stack) where two selects each fill a zero gradient
+        shift, raw = self.net(x, cond).view(x.shape[0], self.features, 2).unbind(-1)
+        return shift, self.log_scale_bound * torch.tanh(raw)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         self._check(x, "x", cond)
