@@ -18,7 +18,7 @@
 //   grad_x   gx[b, panel]     = gy[b, span] . Wm[span, panel]
 //   grad_W   gW[span, panel]  = gy[:, span]^T . x[:, panel], k over the batch; then the
 //            masked entries selected to 0, and 0 outside the span.
-// Work items are (panel, chunk of the batch or of the span): each packs the operands the
+// Work items are (panel, rows of the batch or of the span): each packs the operands the
 // kernel reads by vector (the masked weight's panel; x's panel for grad_W) into a thread's
 // buffer and writes its own tiles of the result. Threads take the items largest first
 // (the spans of a staircase grow along it). The k loops run in a fixed order, so results
@@ -140,10 +140,10 @@ void select(const T* src, int64_t src_ld, const uint8_t* mask, int64_t mask_ld, 
             int64_t rows, int64_t width) {
   for (int64_t r = 0; r < rows; ++r) {
     const T* s = src + r * src_ld;
-    const uint8_t* mr = mask + r * mask_ld;
+    const uint8_t* keep = mask + r * mask_ld;
     T* d = dst + r * dst_ld;
 #pragma omp simd
-    for (int64_t c = 0; c < width; ++c) d[c] = masked(s[c], mr[c]);
+    for (int64_t c = 0; c < width; ++c) d[c] = masked(s[c], keep[c]);
   }
 }
 
@@ -197,7 +197,7 @@ void run_items(const std::vector<Item>& items, int64_t scratch, const F& f) {
   });
 }
 
-// C[b, panel] (+)= sum_k A[b, span.lo + k] * Wm(panel, span.lo + k) (+ bias[panel]) for
+// C[b, panel] = (bias[panel] +) sum_k A[b, span.lo + k] * Wm(panel, span.lo + k) for
 // every panel of `width` outputs and row b < B: A (B, lda), C (B, ldc) row-major, the
 // masked weight packed per panel by pack(panel, dst). Forward (A = x, C = y) and grad_x
 // (A = gy, C = gx).

@@ -11,18 +11,17 @@ about what the reference does.
   or inputs (gradients) as wide as its SIMD lanes (16 floats with AVX2), each k loop only
   over the span of the panel's ones; a panel's masked weights are selected to 0 as it is
   packed. No BLAS call, so the small layers of MAF's MADEs (64 -> 256 -> 256 -> 128) gain
-  about as much as large ones.
-  Its autograd is registered in C++ (csrc/cpu/masked_linear.cpp): a Python one would cost
-  more than the kernels of such a layer.
+  about as much as large ones. Its autograd is registered in C++ (csrc/cpu/masked_linear.cpp):
+  a Python one would cost more than the kernels of such a layer.
 - ``triton``: block-sparse GEMMs. Each output tile loops only over the input tiles
   between the first and the last non-zero tile of its band of the mask (a range computed
   per call from the mask), masking the weight tile in registers; ``grad_x`` likewise per
   band of inputs, and ``grad_weight`` computes only the tiles in those ranges.
 
 Both find the mask's structure again on every call (a pass over the mask's rows), so a
-mask may change between calls. The
-weight gradient is exactly zero where the mask is false, on every backend; the fast
-paths' backward has its own autograd formula (double backward works).
+mask may change between calls. The weight gradient is exactly zero where the mask is
+false, on every backend; the fast paths' backward has its own autograd formula (double
+backward works).
 
 This file holds, in order: the reference, the registrations of the fast paths (fake
 tensors and autograd), and the public function.

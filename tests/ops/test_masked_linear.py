@@ -8,7 +8,6 @@ float32/float64; masked weights that hold inf/NaN; the Triton tile ranges; opche
 gradcheck, gradgradcheck and torch.compile(fullgraph=True); bad inputs.
 """
 
-
 import pytest
 import torch
 
@@ -137,7 +136,8 @@ def test_matches_reference_many_tiles(backend, device, kind, B, in_features, out
 def test_cpp_items_on_several_threads(kind, B):
     """The CPU kernels share panels and runs of rows (of the batch, or of a panel's span)
     out among threads: the results match the reference and are bit-identical on 1 and 3
-    threads (every k loop runs in a fixed order). Batch 700: several items per panel."""
+    threads (every k loop runs in a fixed order). Batch 700: several items per panel, and a
+    gradient too large for the weight gradient to read in place (it packs a copy)."""
     threads = torch.get_num_threads()
     try:
         for in_features, out_features in ((150, 530), (530, 150)):
