@@ -11,6 +11,7 @@ import fastgen
 
 __all__ = [
     "DEVICES",
+    "assert_same_on_thread_counts",
     "backend_params",
     "fast_backends",
     "logdet_by_jacobian",
@@ -31,6 +32,23 @@ def tolerances(dtype: torch.dtype) -> dict:
         torch.float16: dict(atol=2e-2, rtol=2e-2),
         torch.bfloat16: dict(atol=1e-1, rtol=5e-2),
     }[dtype]
+
+
+def assert_same_on_thread_counts(run, counts=(1, 3)) -> None:
+    """Runs ``run()`` (a sequence of tensors) with ``torch.set_num_threads(n)`` for each ``n``
+    in ``counts`` and asserts the results bit-identical: a CPU kernel's sums in a fixed order."""
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in counts:
+            torch.set_num_threads(n)
+            results.append(list(run()))
+    finally:
+        torch.set_num_threads(threads)
+    for other in results[1:]:
+        assert len(other) == len(results[0])
+        for a, b in zip(results[0], other):
+            assert torch.equal(a, b)
 
 
 def fast_backends(op: str, device: str, dtype: torch.dtype = torch.float32) -> list[str]:

@@ -17,7 +17,7 @@ import torch
 
 from fastgen.ops import affine_coupling, affine_coupling_ref
 
-from ..helpers import backend_params, fast_backends, run_on_isa, tolerances
+from ..helpers import assert_same_on_thread_counts, backend_params, fast_backends, run_on_isa, tolerances
 
 OP = "affine_coupling"
 
@@ -235,17 +235,12 @@ def test_cpp_is_deterministic_across_thread_counts():
     shape = (3, 2, 96, 96)
     args = make_inputs(shape, dtype=torch.float32, layout="split")
     m = make_mask("checker", shape[1:])
-    threads = torch.get_num_threads()
-    results = []
-    try:
-        for n in (1, 2):
-            torch.set_num_threads(n)
-            out = affine_coupling(*args, mask=m, backend="cpp")
-            results.append([*out, *loss_grads(out, args)])
-    finally:
-        torch.set_num_threads(threads)
-    for a, b in zip(*results):
-        assert torch.equal(a, b)
+
+    def run():
+        out = affine_coupling(*args, mask=m, backend="cpp")
+        return [*out, *loss_grads(out, args)]
+
+    assert_same_on_thread_counts(run, counts=(1, 2))
 
 
 OP_NAMES = {"cpp": ("affine_coupling", "affine_coupling_backward"),

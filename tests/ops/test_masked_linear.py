@@ -13,7 +13,7 @@ import torch
 
 from fastgen.ops import masked_linear, masked_linear_ref
 
-from ..helpers import DEVICES, backend_params, fast_backends, tolerances
+from ..helpers import DEVICES, assert_same_on_thread_counts, backend_params, fast_backends, tolerances
 
 OP = "masked_linear"
 
@@ -138,21 +138,16 @@ def test_cpp_items_on_several_threads(kind, B):
     out among threads: the results match the reference and are bit-identical on 1 and 3
     threads (every k loop runs in a fixed order). Batch 700: several items per panel, and a
     gradient too large for the weight gradient to read in place (it packs a copy)."""
-    threads = torch.get_num_threads()
-    try:
-        for in_features, out_features in ((150, 530), (530, 150)):
-            x, weight, bias = make_inputs(B, in_features, out_features, dtype=torch.float64, device="cpu")
-            mask = make_mask(kind, out_features, in_features, "cpu")
-            results = []
-            for n in (1, 3):
-                torch.set_num_threads(n)
-                assert_matches_reference("cpp", x, weight, mask, bias)
-                y = masked_linear(x, weight, mask, bias, backend="cpp")
-                results.append((y, *torch.autograd.grad(y, (x, weight, bias), torch.ones_like(y))))
-            for one, three in zip(*results):
-                assert torch.equal(one, three)
-    finally:
-        torch.set_num_threads(threads)
+    for in_features, out_features in ((150, 530), (530, 150)):
+        x, weight, bias = make_inputs(B, in_features, out_features, dtype=torch.float64, device="cpu")
+        mask = make_mask(kind, out_features, in_features, "cpu")
+
+        def run():
+            assert_matches_reference("cpp", x, weight, mask, bias)
+            y = masked_linear(x, weight, mask, bias, backend="cpp")
+            return (y, *torch.autograd.grad(y, (x, weight, bias), torch.ones_like(y)))
+
+        assert_same_on_thread_counts(run)
 
 
 @pytest.mark.parametrize("backend,device", backend_device_params())
