@@ -1,5 +1,5 @@
 """Benchmarks of the flow ops: :func:`fastgen.ops.affine_coupling`,
-:func:`fastgen.ops.actnorm`, :func:`fastgen.ops.logit_transform`,
+:func:`fastgen.ops.affine_coupling_mlp`, :func:`fastgen.ops.actnorm`, :func:`fastgen.ops.logit_transform`,
 :func:`fastgen.ops.mixture_icdf` and :func:`fastgen.ops.mixture_cdf`.
 
 Element-wise cases (float32, the shapes of a RealNVP/Glow layer on CIFAR-sized activations):
@@ -8,6 +8,9 @@ Element-wise cases (float32, the shapes of a RealNVP/Glow layer on CIFAR-sized a
   backward to x, shift and log_scale through both y and logdet ("fwd+bwd", the issue's
   target), and the forward alone; the channel-split form (mask None) fwd+bwd; the Glow
   form (``scale="sigmoid"``, mask None) fwd+bwd.
+- affine_coupling_mlp, RealNVP's vector coupling (the benchmarked RealNVP of
+  ``bench_flows.py``): x (256, 64), parity 0, an MLP 32 -> 256 -> 256 -> 64, fwd+bwd to x,
+  every weight and bias and the log-scale bound.
 - actnorm, x (64, 12, 16, 16), fwd+bwd to x, loc and log_scale.
 - logit_transform, alpha = 0.05, x (64, 3, 32, 32) in [0, 1], fwd+bwd to x.
 
@@ -34,7 +37,7 @@ network's convolutions are PyTorch's in every provider.
 No FLOP counts: the element-wise ops are memory-bound, the mixture ops' work is
 transcendental functions.
 
-``python benchmarks/harness.py --filter affine_coupling`` (or ``actnorm``,
+``python benchmarks/harness.py --filter affine_coupling`` (or ``affine_coupling_mlp``, ``actnorm``,
 ``logit_transform``, ``mixture``, ``glow``), or ``pytest benchmarks/bench_flow_ops.py --benchmark-only``.
 """
 
@@ -49,6 +52,8 @@ from fastgen.ops import (
     actnorm,
     actnorm_ref,
     affine_coupling,
+    affine_coupling_mlp,
+    affine_coupling_mlp_ref,
     affine_coupling_ref,
     default_icdf_iters,
     logit_transform,
@@ -70,6 +75,7 @@ ACTNORM_SHAPE = (64, 12, 16, 16)
 LOGIT_SHAPE = (64, 3, 32, 32)
 MIXTURE_N, MIXTURE_K = 1 << 20, 8
 GLOW_SHAPE, GLOW_HIDDEN = (64, 12, 16, 16), (64, 64)
+MLP_COUPLING_BATCH, MLP_COUPLING_DIM, MLP_COUPLING_HIDDEN = 256, 64, (256, 256)
 
 
 def _checkerboard(h: int, w: int, device: str) -> torch.Tensor:
@@ -119,6 +125,29 @@ def _coupling_case(mask: bool, scale: str, backward: bool, device: str) -> Case:
     kind = "checkerboard" if mask else "mask=None"
     name = f"affine_coupling {kind} {scale} {shape} {'fwd+bwd' if backward else 'fwd'}"
     return Case(name, None, setup)
+
+
+def _coupling_mlp_case(device: str) -> Case:
+    def setup() -> dict[str, Provider]:
+        g = torch.Generator().manual_seed(0)
+        B, D = MLP_COUPLING_BATCH, MLP_COUPLING_DIM
+        widths = [D // 2, *MLP_COUPLING_HIDDEN, D]
+        x = _randn(g, (B, D), device).requires_grad_()
+        weights = [_randn(g, (o, i), device, i**-0.5).requires_grad_() for i, o in zip(widths[:-1], widths[1:])]
+        biases = [_randn(g, (o,), device, 0.1).requires_grad_() for o in widths[1:]]
+        bound = torch.ones(D - D // 2, device=device, dtype=DTYPE, requires_grad=True)
+        grads = (_randn(g, (B, D), device), _randn(g, (B,), device))
+
+        def call(impl: Callable[..., Any]) -> Any:
+            return impl(x, weights, biases, bound, parity=0)
+
+        timed = _timed([x, *weights, *biases, bound], grads, call, True)
+        return op_providers(
+            "affine_coupling_mlp", affine_coupling_mlp_ref, affine_coupling_mlp, timed, device=device, dtype=DTYPE
+        )
+
+    hidden = "-".join(map(str, MLP_COUPLING_HIDDEN))
+    return Case(f"affine_coupling_mlp {MLP_COUPLING_BATCH}x{MLP_COUPLING_DIM} hidden={hidden} fwd+bwd", None, setup)
 
 
 def _actnorm_case(device: str) -> Case:
@@ -213,8 +242,8 @@ def _glow_step_case(device: str) -> Case:
 
 
 def cases(device: str, quick: bool) -> list[Case]:
-    """The coupling (checkerboard fwd+bwd and fwd, channel-split, Glow's sigmoid), ActNorm,
-    logit, mixture and Glow step cases; ``quick`` keeps them all (the harness takes fewer runs)."""
+    """The coupling (checkerboard fwd+bwd and fwd, channel-split, Glow's sigmoid), the vector
+    coupling with its MLP, ActNorm, logit, mixture and Glow step cases; ``quick`` keeps them all (the harness takes fewer runs)."""
     coupling = [
         _coupling_case(True, "exp", True, device),
         _coupling_case(True, "exp", False, device),
@@ -222,7 +251,8 @@ def cases(device: str, quick: bool) -> list[Case]:
         _coupling_case(False, "sigmoid", True, device),
     ]
     mixture = [_mixture_icdf_case(device), _mixture_cdf_case(device)]
-    return coupling + [_actnorm_case(device), _logit_case(device)] + mixture + [_glow_step_case(device)]
+    flow_layers = [_coupling_mlp_case(device), _actnorm_case(device), _logit_case(device)]
+    return coupling + flow_layers + mixture + [_glow_step_case(device)]
 
 
 def test_flow_ops(benchmark: Any, bench_device: str, case: Case, provider: str) -> None:

@@ -1,8 +1,9 @@
 // Every schema of the fastgen operator library, and the Python module stub of fastgen._C.
 // Kernels register their implementations per device in cpu/<op>.cpp (and cuda/<op>.cu);
 // fake (meta) implementations and autograd are registered from Python, next to each op's
-// reference (fastgen/ops/<op>.py), except masked_linear's forward autograd (in C++, in
-// cpu/masked_linear.cpp: MADE's layers are too small for a Python one's cost).
+// reference (fastgen/ops/<op>.py), except the forward autograd of masked_linear and
+// affine_coupling_mlp (in C++, in their cpu/<op>.cpp: their layers are too small for a Python
+// one's cost).
 #include <Python.h>
 #include <torch/library.h>
 
@@ -86,6 +87,18 @@ TORCH_LIBRARY(fastgen, m) {
   m.def(
       "affine_coupling_backward(Tensor grad_y, Tensor grad_logdet, Tensor x, Tensor shift, Tensor? log_scale, "
       "Tensor? mask, str scale, bool inverse, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+  // A vector affine coupling with its MLP network (affine_coupling_mlp.py): x (B, D), the passed
+  // half (parity 0: the first D // 2 entries, 1: the last D - D // 2) through the layers (ReLU
+  // between), the last one's output (shift | raw log-scale r), log_scale = log_scale_bound * tanh(r).
+  // Returns (y, logdet, activations): every layer's output, saved for the backward.
+  m.def(
+      "affine_coupling_mlp(Tensor x, Tensor[] weights, Tensor[] biases, Tensor log_scale_bound, int parity, "
+      "bool inverse) -> (Tensor, Tensor, Tensor[])");
+  // Returns [grad_x, grad_log_scale_bound, grad_weights..., grad_biases...]; an entry whose
+  // output_mask (x, log_scale_bound, weights, biases) is False is an empty tensor.
+  m.def(
+      "affine_coupling_mlp_backward(Tensor grad_y, Tensor grad_logdet, Tensor x, Tensor[] weights, "
+      "Tensor log_scale_bound, Tensor[] activations, int parity, bool inverse, bool[4] output_mask) -> Tensor[]");
   // ActNorm: loc and log_scale (C,) over dim 1 of x.
   m.def("actnorm(Tensor x, Tensor loc, Tensor log_scale, bool inverse) -> (Tensor, Tensor)");
   // Returns (grad_x, grad_loc, grad_log_scale); an entry whose output_mask is False is an empty tensor.

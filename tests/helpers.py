@@ -14,6 +14,7 @@ __all__ = [
     "assert_same_on_thread_counts",
     "backend_params",
     "fast_backends",
+    "flow_loss_grads",
     "logdet_by_jacobian",
     "randomize",
     "run_on_isa",
@@ -65,6 +66,16 @@ def backend_params(op: str, dtypes=(torch.float32, torch.float64)) -> list:
         for dt in dtypes
         for b in fast_backends(op, dev, dt)
     ]
+
+
+def flow_loss_grads(out, inputs, seed: int = 1):
+    """Gradients of ``inputs`` of a loss that uses both outputs ``(y, logdet)`` of a flow op,
+    with random weights (fixed by ``seed``): what a negative log-likelihood gives the backward."""
+    y, logdet = out
+    g = torch.Generator().manual_seed(seed)
+    gy = torch.randn(y.shape, generator=g, dtype=torch.float64).to(y)
+    gl = torch.randn(logdet.shape, generator=g, dtype=torch.float64).to(logdet)
+    return torch.autograd.grad((y * gy).sum() + (logdet * gl).sum(), inputs)
 
 
 def logdet_by_jacobian(fn, x: torch.Tensor) -> torch.Tensor:

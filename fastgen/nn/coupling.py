@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from ..ops import affine_coupling
+from ..ops import affine_coupling, affine_coupling_mlp
 from ..ops._checks import check_choice, check_int
 from ..ops.affine_coupling import SCALES
 from ..ops.mixture_cdf import KINDS
@@ -241,6 +241,29 @@ class AffineCoupling(_Coupling):
         self.scale = scale
         if scale == "exp":
             self._init_log_scale_bound()
+
+    def _mlp(self) -> tuple[list[torch.Tensor], list[torch.Tensor]] | None:
+        """The network's ``(weights, biases)`` when the whole layer is one
+        :func:`~fastgen.ops.affine_coupling_mlp` (a vector channel split with the exp scale, no
+        conditioning, and the network an MLP of Linear layers with ReLUs between, as the
+        default :func:`coupling_net`), else None."""
+        if self.image or self.mask != "channel" or self.scale != "exp" or self.cond_features:
+            return None
+        modules = list(self.net) if type(self.net) is nn.Sequential else []
+        linears, relus = modules[0::2], modules[1::2]
+        if len(modules) % 2 == 0 or any(type(m) is not nn.Linear or m.bias is None for m in linears):
+            return None
+        if any(type(m) is not nn.ReLU for m in relus):
+            return None
+        return [m.weight for m in linears], [m.bias for m in linears]
+
+    def _transform(self, x, cond, inverse):
+        mlp = self._mlp()
+        if mlp is None:
+            return super()._transform(x, cond, inverse)
+        # One op, one autograd node: the network's modules are not called (nor their hooks).
+        self._check(x, "y" if inverse else "x")
+        return affine_coupling_mlp(x, *mlp, self.log_scale_bound, parity=self.parity, inverse=inverse)
 
     def _elementwise(self, x, params, mask, inverse):
         shift, raw = params.chunk(2, dim=1)

@@ -6,6 +6,7 @@ before any kernel runs.
 
 from .actnorm import actnorm, actnorm_ref
 from .affine_coupling import affine_coupling, affine_coupling_ref
+from .affine_coupling_mlp import affine_coupling_mlp, affine_coupling_mlp_ref
 from .causal_conv1d import causal_conv1d, causal_conv1d_ref, causal_conv1d_step, causal_conv1d_step_ref
 from .dequantize import uniform_dequantize
 from .gated_pixelcnn import gated_pixelcnn_layer, gated_pixelcnn_layer_ref, gated_pixelcnn_masks
@@ -35,6 +36,8 @@ __all__ = [
     "actnorm_ref",
     "affine_coupling",
     "affine_coupling_ref",
+    "affine_coupling_mlp",
+    "affine_coupling_mlp_ref",
     "causal_conv1d",
     "causal_conv1d_ref",
     "causal_conv1d_step",

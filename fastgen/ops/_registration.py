@@ -37,6 +37,7 @@ class PairAutograd:
         fake_forward, fake_backward: the fake implementations (same signatures as the ops).
         setup_context: ``(ctx, inputs, output)``, saves what the forward's backward needs.
         grads: ``grads(backward_op)`` is the forward's autograd backward ``(ctx, *grad_outputs)``.
+            Both None for an op whose forward autograd is registered in C++.
         double_backward: ``double_backward(forward_op, backward_op)`` is the backward op's
             autograd backward, with ``setup_double_backward`` its setup; None makes
             differentiating the backward op raise ``NotImplementedError``.
@@ -44,8 +45,8 @@ class PairAutograd:
 
     fake_forward: Callable
     fake_backward: Callable
-    setup_context: Callable
-    grads: Callable
+    setup_context: Callable | None = None
+    grads: Callable | None = None
     double_backward: Callable | None = None
     setup_double_backward: Callable | None = None
 
@@ -61,6 +62,7 @@ class PairAutograd:
         torch.library.register_fake(f"fastgen::{forward_name}")(self.fake_forward)
         torch.library.register_fake(f"fastgen::{backward_name}")(self.fake_backward)
         if forward_autograd:
+            assert self.grads is not None and self.setup_context is not None, "a Python forward autograd needs both"
             torch.library.register_autograd(
                 f"fastgen::{forward_name}", self.grads(backward_op), setup_context=self.setup_context
             )

@@ -42,6 +42,8 @@ def layers(shape):
         # CDF rounds to 1 (a flat, clamped map) where later layers' outputs would reach.
         "mixture-elementwise": ElementwiseMixtureCDFFlow(c, 3, kind="gaussian", output="logit"),
         "affine-checker-exp": AffineCoupling(c, [8], mask="checkerboard", parity=0, image=image),
+        # Vectors: one affine_coupling_mlp op (the channel split, the exp scale, the default MLP).
+        "affine-channel-exp": AffineCoupling(c, [8, 8], mask="channel", parity=1, image=image),
         "affine-channel-sigmoid": AffineCoupling(c, [8], mask="channel", parity=1, scale="sigmoid", image=image),
         "additive-channel": AdditiveCoupling(c, [8], mask="channel", parity=0, image=image),
         "mixture-coupling": MixtureCDFCoupling(c, [8], components=3, mask="checkerboard", parity=1, image=image),
@@ -88,6 +90,32 @@ def test_checkerboard_couplings_of_one_channel_images(coupling):
     assert torch.equal(y[passed], x[passed]) and not torch.allclose(y[~passed], x[~passed])
     torch.testing.assert_close(layer.inverse(y)[0], x, atol=1e-10, rtol=1e-10)
     torch.testing.assert_close(logdet, logdet_by_jacobian(lambda e: layer(e)[0], x), atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("parity", [0, 1])
+def test_vector_affine_coupling_is_one_op(monkeypatch, parity):
+    """A vector channel coupling with the exp scale and the default MLP runs as one
+    affine_coupling_mlp call, equal (values and gradients) to the same layer with its
+    network run module by module; a network of another structure takes that path."""
+    import fastgen.nn.coupling as coupling_module
+
+    layer = randomize(AffineCoupling(5, [6, 7], mask="channel", parity=parity).double())
+    calls = []
+    fused = coupling_module.affine_coupling_mlp
+    monkeypatch.setattr(coupling_module, "affine_coupling_mlp", lambda *a, **k: calls.append(1) or fused(*a, **k))
+    x = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    outs = {}
+    for name in ("fused", "modules"):
+        if name == "modules":  # the same layers, one more module: no longer the default MLP
+            layer.net.append(nn.Identity())
+        y, logdet = layer(x)
+        back, _ = layer.inverse(y)
+        torch.testing.assert_close(back, x, atol=1e-10, rtol=1e-10)
+        grads = torch.autograd.grad((y.square().sum() + logdet.sum()), [x, *layer.parameters()])
+        outs[name] = (y, logdet, *grads)
+    assert len(calls) == 2  # forward and inverse of the first run only
+    for a, b in zip(outs["fused"], outs["modules"]):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
 
 
 def test_couplings_start_as_identity_and_condition():

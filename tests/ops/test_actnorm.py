@@ -15,7 +15,7 @@ import torch
 
 from fastgen.ops import actnorm, actnorm_ref
 
-from ..helpers import backend_params, fast_backends, tolerances
+from ..helpers import backend_params, fast_backends, flow_loss_grads, tolerances
 
 OP = "actnorm"
 
@@ -33,14 +33,6 @@ def make_inputs(shape, *, dtype=torch.float64, device="cpu", contiguous=True, se
 
     C = shape[1]
     return [rand(*shape, scale=2.0), rand(C), rand(C, scale=0.5)]
-
-
-def loss_grads(out, inputs, seed=1):
-    y, logdet = out
-    g = torch.Generator().manual_seed(seed)
-    gy = torch.randn(y.shape, generator=g, dtype=torch.float64).to(y)
-    gl = torch.randn(logdet.shape, generator=g, dtype=torch.float64).to(logdet)
-    return torch.autograd.grad((y * gy).sum() + (logdet * gl).sum(), inputs)
 
 
 GRID = [
@@ -69,7 +61,7 @@ def test_matches_reference(backend, device, dtype, shape, contiguous, inverse):
     for got, want in zip(out, ref):
         assert got.shape == want.shape and got.dtype == want.dtype
         torch.testing.assert_close(got, want, **tol)
-    for name, a, b in zip(("x", "loc", "log_scale"), loss_grads(out, args), loss_grads(ref, args)):
+    for name, a, b in zip(("x", "loc", "log_scale"), flow_loss_grads(out, args), flow_loss_grads(ref, args)):
         torch.testing.assert_close(a, b, **tol, msg=lambda m: f"grad of {name}: {m}")
 
 

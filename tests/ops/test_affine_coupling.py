@@ -17,7 +17,14 @@ import torch
 
 from fastgen.ops import affine_coupling, affine_coupling_ref
 
-from ..helpers import assert_same_on_thread_counts, backend_params, fast_backends, run_on_isa, tolerances
+from ..helpers import (
+    assert_same_on_thread_counts,
+    backend_params,
+    fast_backends,
+    flow_loss_grads,
+    run_on_isa,
+    tolerances,
+)
 
 OP = "affine_coupling"
 
@@ -64,15 +71,6 @@ def make_inputs(shape, *, dtype=torch.float64, device="cpu", layout="contiguous"
     return [x, shift, ls if log_scale else None]
 
 
-def loss_grads(out, inputs, seed=1):
-    """Gradients of inputs of a loss using both y and logdet with random weights."""
-    y, logdet = out
-    g = torch.Generator().manual_seed(seed)
-    gy = torch.randn(y.shape, generator=g, dtype=torch.float64).to(y)
-    gl = torch.randn(logdet.shape, generator=g, dtype=torch.float64).to(logdet)
-    return torch.autograd.grad((y * gy).sum() + (logdet * gl).sum(), inputs)
-
-
 def assert_matches_reference(backend, args, mask, scale, inverse):
     tol = tolerances(args[0].dtype)
     out = affine_coupling(*args, mask=mask, scale=scale, inverse=inverse, backend=backend)
@@ -81,7 +79,7 @@ def assert_matches_reference(backend, args, mask, scale, inverse):
         assert got.shape == want.shape and got.dtype == want.dtype
         torch.testing.assert_close(got, want, **tol)
     inputs = [a for a in args if a is not None]
-    for name, a, b in zip(("x", "shift", "log_scale"), loss_grads(out, inputs), loss_grads(ref, inputs)):
+    for name, a, b in zip(("x", "shift", "log_scale"), flow_loss_grads(out, inputs), flow_loss_grads(ref, inputs)):
         torch.testing.assert_close(a, b, **tol, msg=lambda m: f"grad of {name}: {m}")
 
 
@@ -238,7 +236,7 @@ def test_cpp_is_deterministic_across_thread_counts():
 
     def run():
         out = affine_coupling(*args, mask=m, backend="cpp")
-        return [*out, *loss_grads(out, args)]
+        return [*out, *flow_loss_grads(out, args)]
 
     assert_same_on_thread_counts(run, counts=(1, 2))
 
