@@ -1,5 +1,6 @@
 """Benchmarks of the flow ops: :func:`fastgen.ops.affine_coupling`,
-:func:`fastgen.ops.affine_coupling_mlp`, :func:`fastgen.ops.actnorm`, :func:`fastgen.ops.logit_transform`,
+:func:`fastgen.ops.affine_coupling_mlp`, :func:`fastgen.ops.masked_affine_autoregressive`,
+:func:`fastgen.ops.actnorm`, :func:`fastgen.ops.logit_transform`,
 :func:`fastgen.ops.mixture_icdf` and :func:`fastgen.ops.mixture_cdf`.
 
 Element-wise cases (float32, the shapes of a RealNVP/Glow layer on CIFAR-sized activations):
@@ -11,6 +12,9 @@ Element-wise cases (float32, the shapes of a RealNVP/Glow layer on CIFAR-sized a
 - affine_coupling_mlp, RealNVP's vector coupling (the benchmarked RealNVP of
   ``bench_flows.py``): x (256, 64), parity 0, an MLP 32 -> 256 -> 256 -> 64, fwd+bwd to x,
   every weight and bias and the log-scale bound.
+- masked_affine_autoregressive, MAF's layer (the benchmarked MAF of ``bench_flows.py``):
+  x (256, 64), a MADE 64 -> 256 -> 256 -> 128 (``fastgen.nn.MaskedMLP``'s masks), fwd+bwd to
+  x, every weight and bias and the log-scale bound.
 - actnorm, x (64, 12, 16, 16), fwd+bwd to x, loc and log_scale.
 - logit_transform, alpha = 0.05, x (64, 3, 32, 32) in [0, 1], fwd+bwd to x.
 
@@ -37,7 +41,8 @@ network's convolutions are PyTorch's in every provider.
 No FLOP counts: the element-wise ops are memory-bound, the mixture ops' work is
 transcendental functions.
 
-``python benchmarks/harness.py --filter affine_coupling`` (or ``affine_coupling_mlp``, ``actnorm``,
+``python benchmarks/harness.py --filter affine_coupling`` (or ``affine_coupling_mlp``,
+``masked_affine_autoregressive``, ``actnorm``,
 ``logit_transform``, ``mixture``, ``glow``), or ``pytest benchmarks/bench_flow_ops.py --benchmark-only``.
 """
 
@@ -58,13 +63,15 @@ from fastgen.ops import (
     default_icdf_iters,
     logit_transform,
     logit_transform_ref,
+    masked_affine_autoregressive,
+    masked_affine_autoregressive_ref,
     mixture_cdf,
     mixture_cdf_ref,
     mixture_icdf,
     mixture_icdf_ref,
 )
 from fastgen.backends import use_backend
-from fastgen.nn import ActNorm, AffineCoupling, FlowSequential, InvConv1x1
+from fastgen.nn import ActNorm, AffineCoupling, FlowSequential, InvConv1x1, MaskedMLP
 from harness import COMPILE, EAGER, Case, Provider, benchmark_with_pytest, fastgen_backends, op_providers
 
 __all__ = ["cases", "test_flow_ops"]
@@ -76,6 +83,7 @@ LOGIT_SHAPE = (64, 3, 32, 32)
 MIXTURE_N, MIXTURE_K = 1 << 20, 8
 GLOW_SHAPE, GLOW_HIDDEN = (64, 12, 16, 16), (64, 64)
 MLP_COUPLING_BATCH, MLP_COUPLING_DIM, MLP_COUPLING_HIDDEN = 256, 64, (256, 256)
+MAF_LAYER_BATCH, MAF_LAYER_DIM, MAF_LAYER_HIDDEN = 256, 64, (256, 256)
 
 
 def _checkerboard(h: int, w: int, device: str) -> torch.Tensor:
@@ -148,6 +156,37 @@ def _coupling_mlp_case(device: str) -> Case:
 
     hidden = "-".join(map(str, MLP_COUPLING_HIDDEN))
     return Case(f"affine_coupling_mlp {MLP_COUPLING_BATCH}x{MLP_COUPLING_DIM} hidden={hidden} fwd+bwd", None, setup)
+
+
+def _maf_layer_case(device: str) -> Case:
+    def setup() -> dict[str, Provider]:
+        g = torch.Generator().manual_seed(0)
+        B, D = MAF_LAYER_BATCH, MAF_LAYER_DIM
+        made = MaskedMLP(D, list(MAF_LAYER_HIDDEN), 2).to(device)
+        x = _randn(g, (B, D), device).requires_grad_()
+        weights = [
+            _randn(g, tuple(m.weight.shape), device, m.weight.shape[1] ** -0.5).requires_grad_() for m in made.layers
+        ]
+        masks = [m.mask for m in made.layers]
+        biases = [_randn(g, (m.weight.shape[0],), device, 0.1).requires_grad_() for m in made.layers]
+        bound = torch.ones(D, device=device, dtype=DTYPE, requires_grad=True)
+        grads = (_randn(g, (B, D), device), _randn(g, (B,), device))
+
+        def call(impl: Callable[..., Any]) -> Any:
+            return impl(x, weights, masks, biases, bound)
+
+        timed = _timed([x, *weights, *biases, bound], grads, call, True)
+        return op_providers(
+            "masked_affine_autoregressive",
+            masked_affine_autoregressive_ref,
+            masked_affine_autoregressive,
+            timed,
+            device=device,
+            dtype=DTYPE,
+        )
+
+    hidden = "-".join(map(str, MAF_LAYER_HIDDEN))
+    return Case(f"masked_affine_autoregressive {MAF_LAYER_BATCH}x{MAF_LAYER_DIM} hidden={hidden} fwd+bwd", None, setup)
 
 
 def _actnorm_case(device: str) -> Case:
@@ -243,7 +282,7 @@ def _glow_step_case(device: str) -> Case:
 
 def cases(device: str, quick: bool) -> list[Case]:
     """The coupling (checkerboard fwd+bwd and fwd, channel-split, Glow's sigmoid), the vector
-    coupling with its MLP, ActNorm, logit, mixture and Glow step cases; ``quick`` keeps them all (the harness takes fewer runs)."""
+    coupling with its MLP, MAF's layer, ActNorm, logit, mixture and Glow step cases; ``quick`` keeps them all (the harness takes fewer runs)."""
     coupling = [
         _coupling_case(True, "exp", True, device),
         _coupling_case(True, "exp", False, device),
@@ -251,7 +290,7 @@ def cases(device: str, quick: bool) -> list[Case]:
         _coupling_case(False, "sigmoid", True, device),
     ]
     mixture = [_mixture_icdf_case(device), _mixture_cdf_case(device)]
-    flow_layers = [_coupling_mlp_case(device), _actnorm_case(device), _logit_case(device)]
+    flow_layers = [_coupling_mlp_case(device), _maf_layer_case(device), _actnorm_case(device), _logit_case(device)]
     return coupling + flow_layers + mixture + [_glow_step_case(device)]
 
 

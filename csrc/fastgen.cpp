@@ -1,9 +1,9 @@
 // Every schema of the fastgen operator library, and the Python module stub of fastgen._C.
 // Kernels register their implementations per device in cpu/<op>.cpp (and cuda/<op>.cu);
 // fake (meta) implementations and autograd are registered from Python, next to each op's
-// reference (fastgen/ops/<op>.py), except the forward autograd of masked_linear and
-// affine_coupling_mlp (in C++, in their cpu/<op>.cpp: their layers are too small for a Python
-// one's cost).
+// reference (fastgen/ops/<op>.py), except the forward autograd of masked_linear,
+// affine_coupling_mlp and masked_affine_autoregressive (in C++, in cpu/masked_linear.cpp and
+// cpu/affine_mlp.cpp: their layers are too small for a Python one's cost).
 #include <Python.h>
 #include <torch/library.h>
 
@@ -99,6 +99,18 @@ TORCH_LIBRARY(fastgen, m) {
   m.def(
       "affine_coupling_mlp_backward(Tensor grad_y, Tensor grad_logdet, Tensor x, Tensor[] weights, "
       "Tensor log_scale_bound, Tensor[] activations, int parity, bool inverse, bool[4] output_mask) -> Tensor[]");
+  // A MAF layer with its MADE (masked_affine_autoregressive.py): x (B, D) through the masked
+  // layers (ReLU between), the last one's output (shift_j, raw log-scale r_j) per entry j,
+  // u = (x - shift) exp(-log_scale_bound * tanh(r)). Returns (u, logdet, activations).
+  m.def(
+      "masked_affine_autoregressive(Tensor x, Tensor[] weights, Tensor[] masks, Tensor[] biases, "
+      "Tensor log_scale_bound) -> (Tensor, Tensor, Tensor[])");
+  // Returns [grad_x, grad_log_scale_bound, grad_weights..., grad_biases...] (weight gradients
+  // zero where masked); an entry whose output_mask (x, log_scale_bound, weights, biases) is False
+  // is an empty tensor.
+  m.def(
+      "masked_affine_autoregressive_backward(Tensor grad_u, Tensor grad_logdet, Tensor x, Tensor[] weights, "
+      "Tensor[] masks, Tensor log_scale_bound, Tensor[] activations, bool[4] output_mask) -> Tensor[]");
   // ActNorm: loc and log_scale (C,) over dim 1 of x.
   m.def("actnorm(Tensor x, Tensor loc, Tensor log_scale, bool inverse) -> (Tensor, Tensor)");
   // Returns (grad_x, grad_loc, grad_log_scale); an entry whose output_mask is False is an empty tensor.

@@ -42,6 +42,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "masked_linear.h"
 #include "tap_gemm.h"
 
 namespace fastgen::cpu {
@@ -359,6 +360,8 @@ void check_args(const char* op, const at::Tensor& x, const at::Tensor& weight, c
                     " (cpu): tensors must be on the CPU");
 }
 
+}  // namespace
+
 at::Tensor masked_linear_cpu(const at::Tensor& x_in, const at::Tensor& weight_in,
                              const c10::optional<at::Tensor>& bias_in, const at::Tensor& mask_in) {
   check_args("masked_linear", x_in, weight_in, mask_in);
@@ -408,6 +411,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> masked_linear_backward_cpu(const 
   if (output_mask[2]) grad_b = grad_out.sum(0);
   return {grad_x, grad_w, grad_b};
 }
+
+namespace {
 
 // Autograd of the forward op, in C++: a MADE layer is small (a 256 x 256 layer's forward
 // and backward take about 0.5 ms here) and a Python autograd function around it costs

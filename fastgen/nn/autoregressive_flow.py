@@ -24,7 +24,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..ops import affine_coupling
+from ..ops import affine_coupling, masked_affine_autoregressive
 from ..ops._checks import check_int
 from .masked_mlp import MaskedMLP
 
@@ -75,8 +75,10 @@ class MaskedAffineAutoregressive(nn.Module):
     The log-scale is stabilized as :math:`\alpha_i = a_i \tanh(r_i)` with a learned
     per-entry bound ``a`` (started at 1, as :class:`~fastgen.nn.AffineCoupling`), ``r`` the
     network's raw output, so that no input makes a scale or its inverse overflow. The
-    network's last layer starts at zero: the layer starts as the identity. The element-wise
-    map and its log-determinant are the fused :func:`fastgen.ops.affine_coupling`.
+    network's last layer starts at zero: the layer starts as the identity. Without ``cond``,
+    :meth:`forward` is one op, :func:`fastgen.ops.masked_affine_autoregressive` (the network,
+    the map and its log-determinant); with it, the network then the fused
+    :func:`fastgen.ops.affine_coupling`.
 
     The inverse steps the network's incremental form over the entries (about one network
     pass, in chunks of the batch that keep its state in the cache) when autograd does not
@@ -130,6 +132,11 @@ class MaskedAffineAutoregressive(nn.Module):
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         self._check(x, "x", cond)
+        layers = self.net.layers
+        if self.cond_features == 0 and all(layer.backend is None for layer in layers):
+            # The whole layer as one op, one autograd node.
+            weights, masks, biases = zip(*((layer.weight, layer.mask, layer.bias) for layer in layers))
+            return masked_affine_autoregressive(x, weights, masks, biases, self.log_scale_bound)
         shift, log_scale = self._shift_and_log_scale(x, cond)
         return affine_coupling(x, shift, log_scale, inverse=True)
 

@@ -28,6 +28,7 @@ from .masked_conv2d import (
     masked_conv2d_step_write,
     masked_conv2d_stepper,
 )
+from .masked_affine_autoregressive import masked_affine_autoregressive, masked_affine_autoregressive_ref
 from .masked_linear import masked_linear, masked_linear_ref
 from .mixture_cdf import default_icdf_iters, mixture_cdf, mixture_cdf_ref, mixture_icdf, mixture_icdf_ref
 
@@ -52,6 +53,8 @@ __all__ = [
     "gated_residual_block_step_ref",
     "logit_transform",
     "logit_transform_ref",
+    "masked_affine_autoregressive",
+    "masked_affine_autoregressive_ref",
     "masked_conv2d",
     "masked_conv2d_mask",
     "masked_conv2d_ref",

@@ -18,7 +18,9 @@ __all__ = [
     "check_int_sequence",
     "check_integer_values",
     "check_real",
+    "check_layer_masks",
     "check_like",
+    "check_mlp_layers",
     "check_same_device",
     "check_tensor",
     "check_widths",
@@ -168,3 +170,50 @@ def check_choice(op: str, name: str, value: object, choices: Sequence[str]) -> s
     if not isinstance(value, str) or value not in choices:
         raise ValueError(f"{op}: {name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
     return value  # type: ignore[return-value]
+
+
+def _check_tensor_list(op: str, name: str, value: object, length: int | None = None) -> list:
+    if not isinstance(value, Sequence) or isinstance(value, (str, bytes)) or len(value) == 0:
+        raise TypeError(f"{op}: {name} must be a non-empty list of tensors, got {type(value).__name__}")
+    if length is not None and len(value) != length:
+        raise ValueError(f"{op}: {name} must hold one tensor per layer ({length}), got {len(value)}")
+    return list(value)
+
+
+def check_mlp_layers(
+    op: str, x: torch.Tensor, weights: object, biases: object, *, inputs: int, outputs: int
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The layers of an MLP from ``inputs`` to ``outputs`` features, on ``x``'s dtype and device:
+    ``weights`` ``(out_k, in_k)`` chaining from ``inputs`` to ``outputs`` and ``biases``
+    ``(out_k,)``, as lists."""
+    weights = _check_tensor_list(op, "weights", weights)
+    width = inputs
+    for k, weight in enumerate(weights):
+        check_tensor(op, f"weights[{k}]", weight, ("out", "in"))
+        if weight.shape[1] != width:
+            raise ValueError(f"{op}: weights[{k}] must have {width} columns (its input's width), got {_shape(weight)}")
+        check_same_device(op, "x", x, **{f"weights[{k}]": weight})
+        width = weight.shape[0]
+    if width != outputs:
+        raise ValueError(f"{op}: the last layer must have {outputs} outputs, got {width}")
+    biases = _check_tensor_list(op, "biases", biases, len(weights))
+    for k, (weight, bias) in enumerate(zip(weights, biases)):
+        check_tensor(op, f"biases[{k}]", bias, ("out",))
+        if bias.shape[0] != weight.shape[0]:
+            raise ValueError(f"{op}: biases[{k}] must have shape ({weight.shape[0]},), got {_shape(bias)}")
+        check_same_device(op, "x", x, **{f"biases[{k}]": bias})
+    return weights, biases
+
+
+def check_layer_masks(op: str, x: torch.Tensor, masks: object, weights: list[torch.Tensor]) -> list[torch.Tensor]:
+    """One bool mask per layer of ``weights``, of its shape, on ``x``'s device, as a list."""
+    masks = _check_tensor_list(op, "masks", masks, len(weights))
+    for k, (weight, mask) in enumerate(zip(weights, masks)):
+        check_tensor(op, f"masks[{k}]", mask, ("out", "in"), floating=False)
+        if mask.dtype != torch.bool:
+            raise TypeError(f"{op}: masks[{k}] must be a bool tensor, got {mask.dtype}")
+        if mask.shape != weight.shape:
+            raise ValueError(f"{op}: masks[{k}] must have weights[{k}]'s shape {_shape(weight)}, got {_shape(mask)}")
+        if mask.device != x.device:
+            raise ValueError(f"{op}: masks[{k}] is on {mask.device} but x is on {x.device}; they must match")
+    return masks

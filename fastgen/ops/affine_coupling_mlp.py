@@ -20,10 +20,11 @@ The ``cpp`` fast path runs the MLP on ATen's GEMMs and everything else in two pa
 transform and the log-determinant in one, the backward's element-wise part (the gradients of
 the network's outputs, of ``x``'s transformed half and of :math:`a`, and the last layer's
 bias gradient) in another, then one pass per hidden layer for its ReLU's backward and its
-bias gradient; its autograd is one node, registered in C++ (``csrc/cpu/affine_coupling_mlp.cpp``).
+bias gradient; its autograd is one node, registered in C++ (``csrc/cpu/affine_mlp.cpp``).
 At a vector flow's sizes (64 dimensions, batch 256, layers of 256 units) the composition of
-modules and ops it replaces costs about as much as the GEMMs. There is no Triton path: on a
-GPU the GEMMs are cuBLAS's either way and the reference runs (``backend=None``).
+modules and ops it replaces costs about as much as the GEMMs. The ``triton`` path is that
+composition, with :func:`~fastgen.ops.affine_coupling`'s Triton kernel for the affine map
+(the GEMMs are cuBLAS's either way).
 
 This file holds, in order: the reference, the registrations of the fast path (fake tensors,
 the backward op's autograd), and the public function.
@@ -37,9 +38,9 @@ import torch
 import torch.nn.functional as F
 
 from .. import backends
-from ._checks import check_bool, check_same_device, check_tensor
+from ._checks import check_bool, check_mlp_layers, check_same_device, check_tensor
 from ._registration import PairAutograd
-from .affine_coupling import affine_coupling_ref
+from .affine_coupling import affine_coupling, affine_coupling_ref
 
 __all__ = ["affine_coupling_mlp", "affine_coupling_mlp_ref"]
 
@@ -77,6 +78,13 @@ def affine_coupling_mlp_ref(
     Returns:
         ``(y, logdet)``: ``(B, D)`` and ``(B,)``.
     """
+    return _composed(x, weights, biases, log_scale_bound, parity, inverse, None)
+
+
+def _composed(x, weights, biases, log_scale_bound, parity, inverse, backend):
+    """The layer from its parts: ``F.linear`` layers and the affine map
+    (:func:`~fastgen.ops.affine_coupling_ref` for ``backend`` None, else
+    :func:`~fastgen.ops.affine_coupling` on ``backend``)."""
     x_pass, x_rest = _halves(x, parity)
     h = x_pass
     for k, (weight, bias) in enumerate(zip(weights, biases)):
@@ -84,13 +92,17 @@ def affine_coupling_mlp_ref(
         if k < len(weights) - 1:
             h = torch.relu(h)
     shift, raw = h.chunk(2, dim=1)
-    y_rest, logdet = affine_coupling_ref(x_rest, shift, log_scale_bound * torch.tanh(raw), inverse=inverse)
+    log_scale = log_scale_bound * torch.tanh(raw)
+    if backend is None:
+        y_rest, logdet = affine_coupling_ref(x_rest, shift, log_scale, inverse=inverse)
+    else:
+        y_rest, logdet = affine_coupling(x_rest, shift, log_scale, inverse=inverse, backend=backend)
     return torch.cat([x_pass, y_rest] if parity == 0 else [y_rest, x_pass], dim=1), logdet
 
 
 # ------------------------------------------------------------------------- registrations
 # The schemas are in csrc/fastgen.cpp, the CPU kernels and the forward's autograd (C++: a
-# Python one would cost a tenth of a vector coupling) in csrc/cpu/affine_coupling_mlp.cpp;
+# Python one would cost a tenth of a vector coupling) in csrc/cpu/affine_mlp.cpp;
 # registered here: the fakes and the backward op's autograd (no double backward).
 
 
@@ -109,7 +121,9 @@ def _fake_backward(grad_y, grad_logdet, x, weights, log_scale_bound, activations
     ]
 
 
-_BACKENDS = backends.OpBackends(OP, {"ref": backends.ref_support(), "cpp": backends.cpp_support(OP)})
+_BACKENDS = backends.OpBackends(
+    OP, {"ref": backends.ref_support(), "cpp": backends.cpp_support(OP), "triton": backends.triton_support()}
+)
 _FAST_OPS = {}
 if _BACKENDS.supports["cpp"].unavailable is None:
     _FAST_OPS["cpp"] = PairAutograd(_fake_forward, _fake_backward).register(
@@ -118,34 +132,6 @@ if _BACKENDS.supports["cpp"].unavailable is None:
 
 
 # ------------------------------------------------------------------------------ public
-
-
-def _check_layers(
-    x: torch.Tensor, weights: object, biases: object, n_pass: int, n_rest: int
-) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    for name, value in (("weights", weights), ("biases", biases)):
-        if not isinstance(value, Sequence) or isinstance(value, torch.Tensor) or len(value) == 0:
-            raise TypeError(f"{OP}: {name} must be a non-empty list of tensors, got {type(value).__name__}")
-    if len(biases) != len(weights):
-        raise ValueError(f"{OP}: biases must hold one tensor per layer ({len(weights)}), got {len(biases)}")
-    width = n_pass
-    for k, weight in enumerate(weights):
-        check_tensor(OP, f"weights[{k}]", weight, ("out", "in"))
-        if weight.shape[1] != width:
-            raise ValueError(f"{OP}: weights[{k}] must have {width} columns (its input's width), got shape {tuple(weight.shape)}")
-        check_same_device(OP, "x", x, **{f"weights[{k}]": weight})
-        width = weight.shape[0]
-    if width != 2 * n_rest:
-        raise ValueError(
-            f"{OP}: the last layer must have 2 * {n_rest} outputs (the transformed half's shifts and "
-            f"log-scales), got {width}"
-        )
-    for k, (weight, bias) in enumerate(zip(weights, biases)):
-        check_tensor(OP, f"biases[{k}]", bias, ("out",))
-        if bias.shape[0] != weight.shape[0]:
-            raise ValueError(f"{OP}: biases[{k}] must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
-        check_same_device(OP, "x", x, **{f"biases[{k}]": bias})
-    return list(weights), list(biases)
 
 
 def affine_coupling_mlp(
@@ -192,7 +178,7 @@ def affine_coupling_mlp(
         raise ValueError(f"{OP}: parity must be 0 or 1, got {parity!r}")
     check_bool(OP, "inverse", inverse)
     x_pass, x_rest = _halves(x, parity)
-    weights, biases = _check_layers(x, weights, biases, x_pass.shape[1], x_rest.shape[1])
+    weights, biases = check_mlp_layers(OP, x, weights, biases, inputs=x_pass.shape[1], outputs=2 * x_rest.shape[1])
     check_tensor(OP, "log_scale_bound", log_scale_bound, ("n",))
     if log_scale_bound.shape[0] != x_rest.shape[1]:
         raise ValueError(
@@ -201,7 +187,7 @@ def affine_coupling_mlp(
         )
     check_same_device(OP, "x", x, log_scale_bound=log_scale_bound)
     name = _BACKENDS.select(backend, x)
-    if name == "ref":
-        return affine_coupling_mlp_ref(x, weights, biases, log_scale_bound, parity=parity, inverse=inverse)
+    if name != "cpp":
+        return _composed(x, weights, biases, log_scale_bound, parity, inverse, None if name == "ref" else name)
     y, logdet, _ = _FAST_OPS[name](x, weights, biases, log_scale_bound, parity, inverse)
     return y, logdet

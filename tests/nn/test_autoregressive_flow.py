@@ -80,6 +80,27 @@ def test_the_incremental_inverse_in_chunks_equals_the_differentiable_one(monkeyp
         torch.testing.assert_close(a, b.detach(), **TOL)
 
 
+def test_forward_is_one_op_without_cond(monkeypatch):
+    """Without cond the layer's forward is one masked_affine_autoregressive call, equal
+    (values and every gradient) to the layer run module by module (a backend set on its
+    network's layers keeps that path)."""
+    torch.manual_seed(0)
+    layer = randomize(MaskedAffineAutoregressive(5, [8, 7]).double())
+    calls = []
+    fused = autoregressive_flow.masked_affine_autoregressive
+    monkeypatch.setattr(autoregressive_flow, "masked_affine_autoregressive", lambda *a, **k: calls.append(1) or fused(*a, **k))
+    x = randn(4, 5).requires_grad_()
+    outs = []
+    for backend in (None, "ref"):
+        for masked in layer.net.layers:
+            masked.backend = backend
+        u, logdet = layer(x)
+        outs.append((u, logdet, *torch.autograd.grad(u.square().sum() + logdet.sum(), [x, *layer.parameters()])))
+    assert len(calls) == 1
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, **TOL)
+
+
 def test_starts_as_the_identity():
     flow = MaskedAffineAutoregressive(3, 8, cond_features=2).double()
     x = randn(4, 3)
