@@ -24,7 +24,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..ops import affine_coupling, masked_affine_autoregressive
+from ..ops import affine_coupling
+from ..ops.masked_affine_autoregressive import run as run_masked_affine_autoregressive
 from ..ops._checks import check_int
 from .masked_mlp import MaskedMLP
 
@@ -135,8 +136,12 @@ class MaskedAffineAutoregressive(nn.Module):
         layers = self.net.layers
         if self.cond_features == 0 and all(layer.backend is None for layer in layers):
             # The whole layer as one op, one autograd node.
-            weights, masks, biases = zip(*((layer.weight, layer.mask, layer.bias) for layer in layers))
-            return masked_affine_autoregressive(x, weights, masks, biases, self.log_scale_bound)
+            weights, masks, biases = [], [], []
+            for layer in layers:
+                weights.append(layer.weight)
+                masks.append(layer.mask)
+                biases.append(layer.bias)
+            return run_masked_affine_autoregressive(x, weights, masks, biases, self.log_scale_bound)
         shift, log_scale = self._shift_and_log_scale(x, cond)
         return affine_coupling(x, shift, log_scale, inverse=True)
 

@@ -23,7 +23,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from ..ops import affine_coupling, affine_coupling_mlp
+from ..ops import affine_coupling
+from ..ops.affine_coupling_mlp import run as run_affine_coupling_mlp
 from ..ops._checks import check_choice, check_int
 from ..ops.affine_coupling import SCALES
 from ..ops.mixture_cdf import KINDS
@@ -249,13 +250,17 @@ class AffineCoupling(_Coupling):
         default :func:`coupling_net`), else None."""
         if self.image or self.mask != "channel" or self.scale != "exp" or self.cond_features:
             return None
-        modules = list(self.net) if type(self.net) is nn.Sequential else []
-        linears, relus = modules[0::2], modules[1::2]
-        if len(modules) % 2 == 0 or any(type(m) is not nn.Linear or m.bias is None for m in linears):
+        if type(self.net) is not nn.Sequential:
             return None
-        if any(type(m) is not nn.ReLU for m in relus):
-            return None
-        return [m.weight for m in linears], [m.bias for m in linears]
+        weights, biases, linear = [], [], True
+        for module in self.net._modules.values():
+            if linear and type(module) is nn.Linear and module.bias is not None:
+                weights.append(module.weight)
+                biases.append(module.bias)
+            elif linear or type(module) is not nn.ReLU:
+                return None
+            linear = not linear
+        return (weights, biases) if not linear else None
 
     def _transform(self, x, cond, inverse):
         mlp = self._mlp()
@@ -263,7 +268,7 @@ class AffineCoupling(_Coupling):
             return super()._transform(x, cond, inverse)
         # One op, one autograd node: the network's modules are not called (nor their hooks).
         self._check(x, "y" if inverse else "x")
-        return affine_coupling_mlp(x, *mlp, self.log_scale_bound, parity=self.parity, inverse=inverse)
+        return run_affine_coupling_mlp(x, *mlp, self.log_scale_bound, self.parity, inverse)
 
     def _elementwise(self, x, params, mask, inverse):
         shift, raw = params.chunk(2, dim=1)

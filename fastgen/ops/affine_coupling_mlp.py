@@ -186,6 +186,13 @@ def affine_coupling_mlp(
             f"got {tuple(log_scale_bound.shape)}"
         )
     check_same_device(OP, "x", x, log_scale_bound=log_scale_bound)
+    return run(x, weights, biases, log_scale_bound, parity, inverse, backend)
+
+
+def run(x, weights, biases, log_scale_bound, parity, inverse, backend=None):
+    """:func:`affine_coupling_mlp` without its Python checks of the arguments, for a module
+    whose parameters are the layers (valid by construction; the C++ op checks them again) and
+    that has checked ``x``: they cost a tenth of a vector flow's coupling forward."""
     name = _BACKENDS.select(backend, x)
     if name != "cpp":
         return _composed(x, weights, biases, log_scale_bound, parity, inverse, None if name == "ref" else name)

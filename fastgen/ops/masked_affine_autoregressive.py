@@ -163,6 +163,13 @@ def masked_affine_autoregressive(
     if log_scale_bound.shape[0] != D:
         raise ValueError(f"{OP}: log_scale_bound must have shape ({D},), got {tuple(log_scale_bound.shape)}")
     check_same_device(OP, "x", x, log_scale_bound=log_scale_bound)
+    return run(x, weights, masks, biases, log_scale_bound, backend)
+
+
+def run(x, weights, masks, biases, log_scale_bound, backend=None):
+    """:func:`masked_affine_autoregressive` without its Python checks of the arguments, for a
+    module whose parameters and masks are the layers (valid by construction; the C++ op checks
+    them again) and that has checked ``x``."""
     name = _BACKENDS.select(backend, x)
     if name != "cpp":
         return _composed(x, weights, masks, biases, log_scale_bound, None if name == "ref" else name)

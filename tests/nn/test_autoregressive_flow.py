@@ -87,8 +87,10 @@ def test_forward_is_one_op_without_cond(monkeypatch):
     torch.manual_seed(0)
     layer = randomize(MaskedAffineAutoregressive(5, [8, 7]).double())
     calls = []
-    fused = autoregressive_flow.masked_affine_autoregressive
-    monkeypatch.setattr(autoregressive_flow, "masked_affine_autoregressive", lambda *a, **k: calls.append(1) or fused(*a, **k))
+    fused = autoregressive_flow.run_masked_affine_autoregressive
+    monkeypatch.setattr(
+        autoregressive_flow, "run_masked_affine_autoregressive", lambda *a, **k: calls.append(1) or fused(*a, **k)
+    )
     x = randn(4, 5).requires_grad_()
     outs = []
     for backend in (None, "ref"):
