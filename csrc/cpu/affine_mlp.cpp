@@ -8,7 +8,8 @@
 // Why one op: at a vector flow's sizes (64 dimensions, batch 256, layers of 256 units) the
 // layers' products take about 1 ms per layer forward and backward, and the eager composition
 // around them (a module per layer, splits, tanh, the affine op, an autograd node for each)
-// as much again. Here everything but the products is a few passes:
+// half as much again (2.5 against 1.85 ms for RealNVP's coupling, on 2 Zen 3 cores). Here
+// everything but the products is a few passes:
 //   forward:  y_pass = x_pass (couplings); y = x e^{l} + t (inverse: (x - t) e^{-l}) on the
 //             transformed entries, l = a tanh(r), (t, r) the network's outputs, logdet =
 //             +-sum l, in one pass over rows;

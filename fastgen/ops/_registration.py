@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["PairAutograd"]
+__all__ = ["PairAutograd", "fake_mlp_layer_grads", "fake_mlp_layer_outputs"]
 
 
 def _no_double_backward(op: str) -> Callable:
@@ -78,3 +78,22 @@ class PairAutograd:
                 setup_context=self.setup_double_backward,
             )
         return forward_op
+
+
+def fake_mlp_layer_outputs(x: torch.Tensor, weights) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """The fake outputs of a flow layer op with an MLP (affine_coupling_mlp,
+    masked_affine_autoregressive): ``(y, logdet, activations)``, one activation per layer."""
+    activations = [x.new_empty((x.shape[0], w.shape[0])) for w in weights]
+    return x.new_empty(x.shape), x.new_empty(x.shape[0]), activations
+
+
+def fake_mlp_layer_grads(x: torch.Tensor, weights, log_scale_bound: torch.Tensor, output_mask) -> list[torch.Tensor]:
+    """The fake results of their backward ops: ``[grad_x, grad_log_scale_bound, grad_weights...,
+    grad_biases...]``, each empty where ``output_mask`` (x, log_scale_bound, weights, biases) is False."""
+    need_x, need_a, need_w, need_b = output_mask
+    return [
+        x.new_empty(x.shape) if need_x else x.new_empty(0),
+        x.new_empty(log_scale_bound.shape) if need_a else x.new_empty(0),
+        *(x.new_empty(w.shape) if need_w else x.new_empty(0) for w in weights),
+        *(x.new_empty(w.shape[0]) if need_b else x.new_empty(0) for w in weights),
+    ]
