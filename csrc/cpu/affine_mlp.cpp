@@ -214,6 +214,20 @@ void forward_rows(const Layout& s, const T* xp, int64_t xs, const T* outp, const
   });
 }
 
+// A hidden layer's bias and ReLU in place on its product h (rows, width): one pass, where
+// addmm would first copy the bias into every row.
+template <typename T>
+void bias_relu_rows(T* hp, int64_t rows, int64_t width, const T* bp) {
+  with_isa([&]() FASTGEN_INLINE_LAMBDA {
+    const T* __restrict b = bp;
+    for (int64_t i = 0; i < rows; ++i) {
+      T* __restrict h = hp + i * width;
+#pragma omp simd
+      for (int64_t k = 0; k < width; ++k) h[k] = vmax(T(0), h[k] + b[k]);  // a NaN stays NaN, as torch.relu
+    }
+  });
+}
+
 // Returns (y, logdet, activations): every layer's output (after its ReLU), the last one the
 // (shift, raw log-scale) of the transformed entries.
 //
@@ -257,8 +271,15 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> mlp_affine_forward(
         at::Tensor h = x.narrow(0, row0, rows).narrow(1, s.in0, s.n_in);
         for (size_t l = 0; l < weights.size(); ++l) {
           at::Tensor out = activations[l].narrow(0, row0, rows);
-          at::addmm_out(out, biases[l], h, weights[l].t());
-          if (l + 1 < weights.size()) out.clamp_min_(0);
+          if (l + 1 < weights.size()) {
+            at::mm_out(out, h, weights[l].t());
+            const at::Tensor bias = biases[l].contiguous();
+            AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bias_relu_rows", [&] {
+              bias_relu_rows<scalar_t>(out.data_ptr<scalar_t>(), rows, out.size(1), bias.data_ptr<scalar_t>());
+            });
+          } else {
+            at::addmm_out(out, biases[l], h, weights[l].t());
+          }
           h = out;
         }
         affine_rows(row0, rows, h);

@@ -16,15 +16,17 @@ outputs are the shifts :math:`t` then the raw log-scales :math:`r`), and :math:`
 learned bound of the log-scales (:class:`fastgen.nn.AffineCoupling` with ``scale="exp"``).
 It is ``fastgen.nn.AffineCoupling(D, hidden, mask="channel")``'s whole forward.
 
-The ``cpp`` fast path runs the MLP on ATen's GEMMs and everything else in two passes: the
-transform and the log-determinant in one, the backward's element-wise part (the gradients of
-the network's outputs, of ``x``'s transformed half and of :math:`a`, and the last layer's
-bias gradient) in another, then one pass per hidden layer for its ReLU's backward and its
-bias gradient; its autograd is one node, registered in C++ (``csrc/cpu/affine_mlp.cpp``).
-At a vector flow's sizes (64 dimensions, batch 256, layers of 256 units) the composition of
-modules and ops it replaces costs about half as much again as the GEMMs. The ``triton`` path is that
-composition, with :func:`~fastgen.ops.affine_coupling`'s Triton kernel for the affine map
-(the GEMMs are cuBLAS's either way).
+The ``cpp`` fast path runs the MLP on ATen's GEMMs (the forward in blocks of rows run in
+parallel, the backward's two products of a layer at once) and everything else in a few
+passes: the transform and the log-determinant in one, the backward's element-wise part (the
+gradients of the network's outputs, of ``x``'s transformed half and of :math:`a`, and the
+last layer's bias gradient) in another, then one pass per hidden layer for its ReLU's
+backward and its bias gradient; its autograd is one node, registered in C++
+(``csrc/cpu/affine_mlp.cpp``). At a vector flow's sizes (64 dimensions, batch 256, layers of
+256 units) the composition of modules and ops it replaces costs about half as much again as
+the GEMMs. The ``triton`` path is that composition, with
+:func:`~fastgen.ops.affine_coupling`'s Triton kernel for the affine map (the GEMMs are
+cuBLAS's either way).
 
 This file holds, in order: the reference, the registrations of the fast path (fake tensors,
 the backward op's autograd), and the public function.
@@ -148,7 +150,7 @@ def affine_coupling_mlp(
         log_scale_bound: ``(n,)``, the bound ``a`` of the log-scales ``a * tanh(r)``.
         parity: 0 or 1, which half passes (see the module docstring).
         inverse: apply the inverse map.
-        backend: ``"ref"``, ``"cpp"``, ``"auto"`` or None (see :mod:`fastgen.backends`).
+        backend: ``"ref"``, ``"cpp"``, ``"triton"``, ``"auto"`` or None (see :mod:`fastgen.backends`).
 
     Returns:
         ``(y, logdet)``: ``(B, D)`` (contiguous) and ``(B,)``, the log-determinant of the map

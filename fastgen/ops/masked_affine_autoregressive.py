@@ -19,8 +19,9 @@ skip the masks' all-zero blocks) and the rest in a few passes, with one autograd
 registered in C++ (``csrc/cpu/affine_mlp.cpp``, shared with
 :func:`~fastgen.ops.affine_coupling_mlp`): at MAF's sizes (64 dimensions, batch 256, layers of
 256 units) the eager composition around the products (a module per layer, a reshape, tanh,
-the affine op, an autograd node each) costs about half as much again as the products. The ``triton`` path
-is that composition on the Triton kernels of ``masked_linear`` and ``affine_coupling``.
+the affine op, an autograd node each) costs about half as much again as the products. The
+``triton`` path is that composition on the Triton kernels of ``masked_linear`` and
+``affine_coupling``.
 
 This file holds, in order: the reference, the registrations of the fast path (fake tensors,
 the backward op's autograd), and the public function.
@@ -130,7 +131,7 @@ def masked_affine_autoregressive(
         masks: one bool ``(out_k, in_k)`` per layer (True = connected), on ``x``'s device.
         biases: one ``(out_k,)`` per layer.
         log_scale_bound: ``(D,)``, the bound ``a`` of the log-scales ``a * tanh(r)``.
-        backend: ``"ref"``, ``"cpp"``, ``"auto"`` or None (see :mod:`fastgen.backends`).
+        backend: ``"ref"``, ``"cpp"``, ``"triton"``, ``"auto"`` or None (see :mod:`fastgen.backends`).
 
     Returns:
         ``(u, logdet)``: ``(B, D)`` (contiguous) and ``(B,)``, the log-determinant of

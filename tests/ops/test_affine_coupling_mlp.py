@@ -117,6 +117,20 @@ def test_partial_gradients(backend, device, dtype):
             torch.testing.assert_close(a, b, **tolerances(dtype))
 
 
+@pytest.mark.parametrize("backend", fast_backends(OP, "cpu", torch.float64))
+def test_nan_propagates_as_in_the_reference(backend):
+    """A NaN in the passed half reaches y and logdet of its example, as on the reference
+    (the ReLUs keep it), never a silent number; other examples stay finite."""
+    x, weights, biases, bound = (t.detach() if isinstance(t, torch.Tensor) else [w.detach() for w in t]
+                                 for t in make_inputs(3, 6, [8, 8], 0))
+    x[1, 0] = float("nan")
+    y, logdet = affine_coupling_mlp(x, weights, biases, bound, parity=0, backend=backend)
+    y_ref, logdet_ref = affine_coupling_mlp_ref(x, weights, biases, bound, parity=0)
+    assert torch.equal(y.isnan(), y_ref.isnan()) and torch.equal(logdet.isnan(), logdet_ref.isnan())
+    assert y[1, 3:].isnan().all() and logdet[1].isnan()
+    assert torch.isfinite(y[[0, 2]]).all() and torch.isfinite(logdet[[0, 2]]).all()
+
+
 @pytest.mark.skipif("cpp" not in fast_backends(OP, "cpu"), reason="C++ extension not built")
 def test_cpp_is_deterministic_across_thread_counts():
     """The element-wise passes' column sums per fixed block of rows, added in order: the
