@@ -20,6 +20,7 @@ __all__ = [
     "check_real",
     "check_layer_masks",
     "check_like",
+    "check_mask",
     "check_mlp_layers",
     "check_same_device",
     "check_tensor",
@@ -205,15 +206,20 @@ def check_mlp_layers(
     return weights, biases
 
 
+def check_mask(op: str, name: str, mask: object, weight_name: str, weight: torch.Tensor, x: torch.Tensor) -> None:
+    """``mask`` (a masked linear layer's) must be bool, of ``weight``'s shape, on ``x``'s device."""
+    check_tensor(op, name, mask, ("out_features", "in_features"), floating=False)
+    if mask.dtype != torch.bool:
+        raise TypeError(f"{op}: {name} must be a bool tensor, got {mask.dtype}")
+    if mask.shape != weight.shape:
+        raise ValueError(f"{op}: {name} must have {weight_name}'s shape {_shape(weight)}, got {_shape(mask)}")
+    if mask.device != x.device:
+        raise ValueError(f"{op}: {name} is on {mask.device} but x is on {x.device}; they must match")
+
+
 def check_layer_masks(op: str, x: torch.Tensor, masks: object, weights: list[torch.Tensor]) -> list[torch.Tensor]:
-    """One bool mask per layer of ``weights``, of its shape, on ``x``'s device, as a list."""
+    """One mask per layer of ``weights`` (:func:`check_mask`), as a list."""
     masks = _check_tensor_list(op, "masks", masks, len(weights))
     for k, (weight, mask) in enumerate(zip(weights, masks)):
-        check_tensor(op, f"masks[{k}]", mask, ("out", "in"), floating=False)
-        if mask.dtype != torch.bool:
-            raise TypeError(f"{op}: masks[{k}] must be a bool tensor, got {mask.dtype}")
-        if mask.shape != weight.shape:
-            raise ValueError(f"{op}: masks[{k}] must have weights[{k}]'s shape {_shape(weight)}, got {_shape(mask)}")
-        if mask.device != x.device:
-            raise ValueError(f"{op}: masks[{k}] is on {mask.device} but x is on {x.device}; they must match")
+        check_mask(op, f"masks[{k}]", mask, f"weights[{k}]", weight, x)
     return masks

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 
 from .. import backends
 from . import _conv_autograd
-from ._checks import check_same_device, check_tensor
+from ._checks import check_mask, check_same_device, check_tensor
 
 __all__ = ["masked_linear", "masked_linear_ref"]
 
@@ -148,15 +148,9 @@ def masked_linear(
     """
     check_tensor(OP, "x", x, ("B", "in_features"))
     check_tensor(OP, "weight", weight, ("out_features", "in_features"))
-    check_tensor(OP, "mask", mask, ("out_features", "in_features"), floating=False)
-    if mask.dtype != torch.bool:
-        raise TypeError(f"{OP}: mask must be a bool tensor, got {mask.dtype}")
     if weight.shape[1] != x.shape[1]:
         raise ValueError(f"{OP}: weight must have x's in_features {x.shape[1]} columns, got shape {tuple(weight.shape)}")
-    if mask.shape != weight.shape:
-        raise ValueError(f"{OP}: mask must have weight's shape {tuple(weight.shape)}, got {tuple(mask.shape)}")
-    if mask.device != x.device:
-        raise ValueError(f"{OP}: mask is on {mask.device} but x is on {x.device}; they must match")
+    check_mask(OP, "mask", mask, "weight", weight, x)
     if bias is not None:
         check_tensor(OP, "bias", bias, ("out_features",))
         if bias.shape[0] != weight.shape[0]:
