@@ -228,17 +228,32 @@ void bias_relu_rows(T* hp, int64_t rows, int64_t width, const T* bp) {
   });
 }
 
-// Returns (y, logdet, activations): every layer's output (after its ReLU), the last one the
-// (shift, raw log-scale) of the transformed entries.
-//
 // Dense layers run in an even number of blocks of at most GEMM_ROWS rows, in parallel, each
-// block's GEMMs and element-wise pass on one thread: MKL on both cores runs (256, 256) x
-// (256, 256) about 5% slower than two threads on (128, 256) halves, and (10000, 256) x
-// (256, 256) slower than blocks of 1000-4000 rows, whose activations stay in the cache for
-// the next layer (RealNVP's sampling of 10000 vectors: 111-113 ms in blocks of 1024-4096 rows
-// run one after the other, 121 in 512, 129 in one, on 2 Zen 3 cores). The partition depends
-// on B only: the same results on any thread count. Masked layers run on masked_linear's
-// kernels (parallel inside), whole.
+// block on one thread, forward and backward: MKL on both cores runs (256, 256) x (256, 256)
+// about 5% slower than two threads on (128, 256) halves, and (10000, 256) x (256, 256) slower
+// than blocks of 1000-4000 rows, whose activations stay in the cache for the next layer
+// (RealNVP's sampling of 10000 vectors: 111-113 ms in blocks of 1024-4096 rows run one after
+// the other, 121 in 512, 129 in one, on 2 Zen 3 cores); a block's backward runs down the
+// layers with no wait for the other threads. The partition depends on B only: the same
+// results on any thread count.
+int64_t dense_blocks(int64_t B) { return 2 * ((B + 2 * GEMM_ROWS - 1) / (2 * GEMM_ROWS)); }
+
+// Calls body(block, row0, rows) for each non-empty block of dense_blocks(B), in parallel.
+template <class Body>
+void for_dense_blocks(int64_t B, const Body& body) {
+  const int64_t blocks = dense_blocks(B), block_rows = blocks ? (B + blocks - 1) / blocks : 0;
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;  // the caller's is thread-local
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t row0 = b * block_rows, rows = std::min(block_rows, B - row0);
+      if (rows > 0) body(b, row0, rows);
+    }
+  });
+}
+
+// Returns (y, logdet, activations): every layer's output (after its ReLU), the last one the
+// (shift, raw log-scale) of the transformed entries. Dense layers run in dense_blocks; masked
+// layers on masked_linear's kernels (parallel inside), whole.
 std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> mlp_affine_forward(
     const at::Tensor& x_in, const Layout& s, at::TensorList weights, at::TensorList biases, at::TensorList masks,
     const at::Tensor& log_scale_bound, bool inverse) {
@@ -261,29 +276,22 @@ std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>> mlp_affine_forward(
   std::vector<at::Tensor> activations;
   if (masks.empty()) {
     for (const at::Tensor& w : weights) activations.push_back(at::empty({s.B, w.size(0)}, x.options()));
-    const int64_t blocks = 2 * ((s.B + 2 * GEMM_ROWS - 1) / (2 * GEMM_ROWS));
-    const int64_t block_rows = blocks ? (s.B + blocks - 1) / blocks : 0;
-    at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-      at::AutoDispatchBelowADInplaceOrView below_autograd;  // the caller's is thread-local
-      for (int64_t b = begin; b < end; ++b) {
-        const int64_t row0 = b * block_rows, rows = std::min(block_rows, s.B - row0);
-        if (rows <= 0) continue;
-        at::Tensor h = x.narrow(0, row0, rows).narrow(1, s.in0, s.n_in);
-        for (size_t l = 0; l < weights.size(); ++l) {
-          at::Tensor out = activations[l].narrow(0, row0, rows);
-          if (l + 1 < weights.size()) {
-            at::mm_out(out, h, weights[l].t());
-            const at::Tensor bias = biases[l].contiguous();
-            AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bias_relu_rows", [&] {
-              bias_relu_rows<scalar_t>(out.data_ptr<scalar_t>(), rows, out.size(1), bias.data_ptr<scalar_t>());
-            });
-          } else {
-            at::addmm_out(out, biases[l], h, weights[l].t());
-          }
-          h = out;
+    for_dense_blocks(s.B, [&](int64_t, int64_t row0, int64_t rows) {
+      at::Tensor h = x.narrow(0, row0, rows).narrow(1, s.in0, s.n_in);
+      for (size_t l = 0; l < weights.size(); ++l) {
+        at::Tensor out = activations[l].narrow(0, row0, rows);
+        if (l + 1 < weights.size()) {
+          at::mm_out(out, h, weights[l].t());
+          const at::Tensor bias = biases[l].contiguous();
+          AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "bias_relu_rows", [&] {
+            bias_relu_rows<scalar_t>(out.data_ptr<scalar_t>(), rows, out.size(1), bias.data_ptr<scalar_t>());
+          });
+        } else {
+          at::addmm_out(out, biases[l], h, weights[l].t());
         }
-        affine_rows(row0, rows, h);
+        h = out;
       }
+      affine_rows(row0, rows, h);
     });
   } else {
     at::Tensor h = x.narrow(1, s.in0, s.n_in);
@@ -358,12 +366,18 @@ std::vector<T> relu_backward_rows(int64_t B, int64_t width, T* gp, const T* hp) 
 
 // Returns [grad_x, grad_log_scale_bound, grad_weights..., grad_biases...]; an entry whose
 // output_mask is False is an empty tensor (output_mask: x, log_scale_bound, weights, biases).
+//
+// Dense layers: each of dense_blocks' row blocks runs down the layers on one thread (the
+// gradients of the layers' outputs and of x, the column sums), then the weights' gradients
+// over all rows, each layer's split in two halves of its outputs, one per thread. Masked
+// layers: all rows at once, layer by layer, on masked_linear's kernels (parallel inside).
 std::vector<at::Tensor> mlp_affine_backward(const at::Tensor& grad_y, const at::Tensor& grad_logdet,
                                             const at::Tensor& x_in, const Layout& s, at::TensorList weights,
                                             at::TensorList masks, const at::Tensor& log_scale_bound,
                                             at::TensorList activations, bool inverse,
                                             std::array<bool, 4> output_mask) {
   const size_t L = weights.size();
+  const bool dense = masks.empty();
   const at::Tensor x = x_in.stride(1) == 1 ? x_in : x_in.contiguous();
   const int64_t n = s.n_rest;
   const bool need_x = output_mask[0], need_a = output_mask[1], need_w = output_mask[2], need_b = output_mask[3];
@@ -372,46 +386,83 @@ std::vector<at::Tensor> mlp_affine_backward(const at::Tensor& grad_y, const at::
   at::Tensor grad_x = need_x ? at::empty({s.B, s.D}, x.options()) : x.new_empty(0);
   at::Tensor grad_a = x.new_empty(0);
   std::vector<at::Tensor> grad_w(L), grad_b(L);  // each its own empty tensor when not wanted: outputs never alias
-  for (size_t l = 0; l < L; ++l) grad_w[l] = x.new_empty(0), grad_b[l] = x.new_empty(0);
-  // The gradient of the layers' outputs, from the last one's (shift, raw log-scale) down.
-  at::Tensor g = at::empty({s.B, 2 * n}, x.options());
+  for (size_t l = 0; l < L; ++l) {
+    grad_w[l] = need_w && dense ? at::empty(weights[l].sizes(), x.options()) : x.new_empty(0);
+    grad_b[l] = x.new_empty(0);
+  }
+  // The input of layer l, and the gradient of its output: G[L - 1] that of the (shift, raw
+  // log-scale), G[l - 1] = relu'(G[l] W_l) (masked layers: set as they come).
+  const auto input_of = [&](size_t l) {
+    return l > 0 ? activations[l - 1].contiguous() : x.narrow(1, s.in0, s.n_in);
+  };
+  std::vector<at::Tensor> G(L);
+  for (size_t l = 0; l < L; ++l)
+    if (dense || l + 1 == L) G[l] = at::empty({s.B, weights[l].size(0)}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "mlp_affine_backward", [&] {
     using T = scalar_t;
-    std::vector<T> sums;
-    dispatch_loops(inverse, s.interleaved, [&]<bool INVERSE, int STRIDE>() {
-      sums = backward_rows<T, INVERSE, STRIDE>(s, x.data_ptr<T>(), x.stride(0), out.data_ptr<T>(), a.data_ptr<T>(),
-                                               gy.data_ptr<T>(), gld.data_ptr<T>(), g.data_ptr<T>(),
-                                               need_x ? grad_x.data_ptr<T>() : nullptr);
-    });
-    if (need_b) grad_b[L - 1] = to_tensor(x, sums.data(), 2 * n);
-    if (need_a) grad_a = to_tensor(x, sums.data() + 2 * n, n);
-    for (size_t l = L; l-- > 0;) {
-      const at::Tensor input = l > 0 ? activations[l - 1].contiguous() : x.narrow(1, s.in0, s.n_in);
-      const bool need_input = l > 0 || need_x;
-      at::Tensor grad_input;
-      if (masks.empty()) {
-        // The two products at once, one thread each: about 5-15% faster than one after the
-        // other on both cores at a vector flow's sizes (256 x 256 x 256, 256 x 64 x 256).
-        at::parallel_for(0, 2, 1, [&](int64_t begin, int64_t end) {
-          at::AutoDispatchBelowADInplaceOrView below_autograd;  // the caller's is thread-local
-          for (int64_t product = begin; product < end; ++product) {
-            if (product == 0 && need_w) grad_w[l] = at::mm(g.t(), input);
-            if (product == 1 && need_input) grad_input = at::mm(g, weights[l]);
+    // Rows [row0, row0 + rows) down the layers: their rows of G and grad_x, and their column
+    // sums into sums: sums[l] layer l's bias gradient, sums[L] log_scale_bound's gradient.
+    const auto down = [&](int64_t row0, int64_t rows, std::vector<std::vector<T>>& sums) {
+      Layout block = s;
+      block.B = rows;
+      dispatch_loops(inverse, s.interleaved, [&]<bool INVERSE, int STRIDE>() {
+        sums[L - 1] = backward_rows<T, INVERSE, STRIDE>(
+            block, x.data_ptr<T>() + row0 * x.stride(0), x.stride(0), out.data_ptr<T>() + row0 * 2 * n,
+            a.data_ptr<T>(), gy.data_ptr<T>() + row0 * s.D, gld.data_ptr<T>() + row0,
+            G[L - 1].data_ptr<T>() + row0 * 2 * n, need_x ? grad_x.data_ptr<T>() + row0 * s.D : nullptr);
+      });
+      sums[L].assign(sums[L - 1].begin() + 2 * n, sums[L - 1].end());
+      sums[L - 1].resize(2 * n);
+      for (size_t l = L; l-- > 0;) {
+        const at::Tensor g = G[l].narrow(0, row0, rows), input = input_of(l).narrow(0, row0, rows);
+        at::Tensor grad_input;
+        if (dense) {
+          if (l > 0) {
+            grad_input = G[l - 1].narrow(0, row0, rows);
+            at::mm_out(grad_input, g, weights[l]);
+          } else if (need_x) {
+            grad_input = at::mm(g, weights[l]);
           }
+        } else if (need_w || l > 0 || need_x) {
+          auto [gi, gw, gb] = masked_linear_backward_cpu(g, input, weights[l], masks[l], {l > 0 || need_x, need_w, false});
+          if (need_w) grad_w[l] = gw;
+          grad_input = gi;
+          if (l > 0) G[l - 1] = gi;
+        }
+        if (l == 0) {
+          if (need_x) grad_x.narrow(0, row0, rows).narrow(1, s.in0, s.n_in).add_(grad_input);
+          break;
+        }
+        // The previous layer's ReLU: its gradient where it was positive, and its bias's gradient.
+        sums[l - 1] = relu_backward_rows<T>(rows, grad_input.size(1), grad_input.data_ptr<T>(), input.data_ptr<T>());
+      }
+    };
+    // Column sums per block (one block when masked), added in block order.
+    std::vector<std::vector<std::vector<T>>> block_sums(dense ? dense_blocks(s.B) : 1,
+                                                        std::vector<std::vector<T>>(L + 1));
+    if (dense) {
+      for_dense_blocks(s.B, [&](int64_t b, int64_t row0, int64_t rows) { down(row0, rows, block_sums[b]); });
+      if (need_w)
+        at::parallel_for(0, 2, 1, [&](int64_t begin, int64_t end) {
+          at::AutoDispatchBelowADInplaceOrView below_autograd;
+          for (int64_t half = begin; half < end; ++half)
+            for (size_t l = 0; l < L; ++l) {
+              const int64_t width = weights[l].size(0), lo = half * width / 2, count = (half + 1) * width / 2 - lo;
+              at::Tensor rows_of_w = grad_w[l].narrow(0, lo, count);
+              if (count > 0) at::mm_out(rows_of_w, G[l].narrow(1, lo, count).t(), input_of(l));
+            }
         });
-      } else if (need_w || need_input) {
-        auto [gi, gw, gb] = masked_linear_backward_cpu(g, input, weights[l], masks[l], {need_input, need_w, false});
-        if (need_w) grad_w[l] = gw;
-        grad_input = gi;
-      }
-      if (l == 0) {
-        if (need_x) grad_x.narrow(1, s.in0, s.n_in).add_(grad_input);
-        break;
-      }
-      // The previous layer's ReLU: its gradient where it was positive, and its bias's gradient.
-      g = grad_input;
-      const std::vector<T> bias_sums = relu_backward_rows<T>(s.B, g.size(1), g.data_ptr<T>(), input.data_ptr<T>());
-      if (need_b) grad_b[l - 1] = to_tensor(x, bias_sums.data(), g.size(1));
+    } else {
+      down(0, s.B, block_sums[0]);
+    }
+    for (size_t l = 0; l <= L; ++l) {
+      if (l < L ? !need_b : !need_a) continue;
+      const int64_t columns = l < L ? weights[l].size(0) : n;
+      std::vector<T> sum(columns, T(0));
+      for (const auto& block : block_sums)
+        if (!block[l].empty())
+          for (int64_t c = 0; c < columns; ++c) sum[c] += block[l][c];
+      (l < L ? grad_b[l] : grad_a) = to_tensor(x, sum.data(), columns);
     }
   });
   std::vector<at::Tensor> grads{grad_x, grad_a};
@@ -554,6 +605,15 @@ torch::autograd::variable_list input_grads(torch::autograd::AutogradContext* ctx
 
 bool any(const std::array<bool, 4>& need) { return need[0] || need[1] || need[2] || need[3]; }
 
+// Calls the backward op, below autograd unless under create_graph: its autograd (registered
+// from Python, to refuse a double backward) costs a trip through Python per call.
+template <class F>
+std::vector<at::Tensor> call_backward(const F& call) {
+  if (at::GradMode::is_enabled()) return call();
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  return call();
+}
+
 class AffineCouplingMLPFunction : public torch::autograd::Function<AffineCouplingMLPFunction> {
  public:
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
@@ -581,9 +641,10 @@ class AffineCouplingMLPFunction : public torch::autograd::Function<AffineCouplin
                                                               at::TensorList, int64_t, bool, std::array<bool, 4>)>();
     const Saved s = saved(ctx, grads);
     if (!any(s.need)) return input_grads(ctx, s, {}, 2);
-    const std::vector<at::Tensor> g =
-        op.call(s.grad_y, s.grad_logdet, s.tensors[0], s.weights(), s.tensors[1], s.activations(),
-                ctx->saved_data["parity"].toInt(), ctx->saved_data["inverse"].toBool(), s.need);
+    const std::vector<at::Tensor> g = call_backward([&] {
+      return op.call(s.grad_y, s.grad_logdet, s.tensors[0], s.weights(), s.tensors[1], s.activations(),
+                     ctx->saved_data["parity"].toInt(), ctx->saved_data["inverse"].toBool(), s.need);
+    });
     return input_grads(ctx, s, g, 2);
   }
 };
@@ -616,8 +677,10 @@ class MaskedAffineAutoregressiveFunction : public torch::autograd::Function<Mask
                                                               const at::Tensor&, at::TensorList, std::array<bool, 4>)>();
     const Saved s = saved(ctx, grads);
     if (!any(s.need)) return input_grads(ctx, s, {}, 1);
-    const std::vector<at::Tensor> g = op.call(s.grad_y, s.grad_logdet, s.tensors[0], s.weights(), s.masks(),
-                                              s.tensors[1], s.activations(), s.need);
+    const std::vector<at::Tensor> g = call_backward([&] {
+      return op.call(s.grad_y, s.grad_logdet, s.tensors[0], s.weights(), s.masks(), s.tensors[1], s.activations(),
+                     s.need);
+    });
     return input_grads(ctx, s, g, 1);
   }
 };
