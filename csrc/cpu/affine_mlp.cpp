@@ -30,6 +30,7 @@
 #include <tuple>
 #include <vector>
 
+#include "backward_call.h"
 #include "masked_linear.h"
 #include "vec_math.h"
 
@@ -605,15 +606,6 @@ torch::autograd::variable_list input_grads(torch::autograd::AutogradContext* ctx
 
 bool any(const std::array<bool, 4>& need) { return need[0] || need[1] || need[2] || need[3]; }
 
-// Calls the backward op, below autograd unless under create_graph: its autograd (registered
-// from Python, to refuse a double backward) costs a trip through Python per call.
-template <class F>
-std::vector<at::Tensor> call_backward(const F& call) {
-  if (at::GradMode::is_enabled()) return call();
-  at::AutoDispatchBelowADInplaceOrView below_autograd;
-  return call();
-}
-
 class AffineCouplingMLPFunction : public torch::autograd::Function<AffineCouplingMLPFunction> {
  public:
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
@@ -641,7 +633,7 @@ class AffineCouplingMLPFunction : public torch::autograd::Function<AffineCouplin
                                                               at::TensorList, int64_t, bool, std::array<bool, 4>)>();
     const Saved s = saved(ctx, grads);
     if (!any(s.need)) return input_grads(ctx, s, {}, 2);
-    const std::vector<at::Tensor> g = call_backward([&] {
+    const std::vector<at::Tensor> g = call_backward_op([&] {
       return op.call(s.grad_y, s.grad_logdet, s.tensors[0], s.weights(), s.tensors[1], s.activations(),
                      ctx->saved_data["parity"].toInt(), ctx->saved_data["inverse"].toBool(), s.need);
     });
@@ -677,7 +669,7 @@ class MaskedAffineAutoregressiveFunction : public torch::autograd::Function<Mask
                                                               const at::Tensor&, at::TensorList, std::array<bool, 4>)>();
     const Saved s = saved(ctx, grads);
     if (!any(s.need)) return input_grads(ctx, s, {}, 1);
-    const std::vector<at::Tensor> g = call_backward([&] {
+    const std::vector<at::Tensor> g = call_backward_op([&] {
       return op.call(s.grad_y, s.grad_logdet, s.tensors[0], s.weights(), s.masks(), s.tensors[1], s.activations(),
                      s.need);
     });

@@ -42,6 +42,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "backward_call.h"
 #include "masked_linear.h"
 #include "tap_gemm.h"
 
@@ -446,7 +447,8 @@ class MaskedLinearFunction : public torch::autograd::Function<MaskedLinearFuncti
                                    has_bias && ctx->needs_input_grad(2)};
     const at::Tensor none;
     if (!need[0] && !need[1] && !need[2]) return {none, none, none, none};
-    auto [grad_x, grad_w, grad_b] = op.call(grads[0], saved[0], saved[1], saved[2], need);
+    auto [grad_x, grad_w, grad_b] =
+        call_backward_op([&] { return op.call(grads[0], saved[0], saved[1], saved[2], need); });
     return {need[0] ? grad_x : none, need[1] ? grad_w : none, need[2] ? grad_b : none, none};
   }
 };
