@@ -90,10 +90,11 @@ TORCH_LIBRARY(fastgen, m) {
   // A vector affine coupling with its MLP network (affine_coupling_mlp.py): x (B, D), the passed
   // half (parity 0: the first D // 2 entries, 1: the last D - D // 2) through the layers (ReLU
   // between), the last one's output (shift | raw log-scale r), log_scale = log_scale_bound * tanh(r).
-  // Returns (y, logdet, activations): every layer's output, saved for the backward.
+  // Returns (y, logdet, activations): every layer's output, saved for the backward; none with
+  // keep_activations=False (the autograd keeps what its backward needs either way).
   m.def(
       "affine_coupling_mlp(Tensor x, Tensor[] weights, Tensor[] biases, Tensor log_scale_bound, int parity, "
-      "bool inverse) -> (Tensor, Tensor, Tensor[])");
+      "bool inverse, bool keep_activations=True) -> (Tensor, Tensor, Tensor[])");
   // Returns [grad_x, grad_log_scale_bound, grad_weights..., grad_biases...]; an entry whose
   // output_mask (x, log_scale_bound, weights, biases) is False is an empty tensor.
   m.def(
@@ -101,10 +102,11 @@ TORCH_LIBRARY(fastgen, m) {
       "Tensor log_scale_bound, Tensor[] activations, int parity, bool inverse, bool[4] output_mask) -> Tensor[]");
   // A MAF layer with its MADE (masked_affine_autoregressive.py): x (B, D) through the masked
   // layers (ReLU between), the last one's output (shift_j, raw log-scale r_j) per entry j,
-  // u = (x - shift) exp(-log_scale_bound * tanh(r)). Returns (u, logdet, activations).
+  // u = (x - shift) exp(-log_scale_bound * tanh(r)). Returns (u, logdet, activations), as
+  // affine_coupling_mlp.
   m.def(
       "masked_affine_autoregressive(Tensor x, Tensor[] weights, Tensor[] masks, Tensor[] biases, "
-      "Tensor log_scale_bound) -> (Tensor, Tensor, Tensor[])");
+      "Tensor log_scale_bound, bool keep_activations=True) -> (Tensor, Tensor, Tensor[])");
   // Returns [grad_x, grad_log_scale_bound, grad_weights..., grad_biases...] (weight gradients
   // zero where masked); an entry whose output_mask (x, log_scale_bound, weights, biases) is False
   // is an empty tensor.

@@ -80,10 +80,13 @@ class PairAutograd:
         return forward_op
 
 
-def fake_mlp_layer_outputs(x: torch.Tensor, weights) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+def fake_mlp_layer_outputs(
+    x: torch.Tensor, weights, keep_activations: bool
+) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
     """The fake outputs of a flow layer op with an MLP (affine_coupling_mlp,
-    masked_affine_autoregressive): ``(y, logdet, activations)``, one activation per layer."""
-    activations = [x.new_empty((x.shape[0], w.shape[0])) for w in weights]
+    masked_affine_autoregressive): ``(y, logdet, activations)``, one activation per layer
+    (none without ``keep_activations``)."""
+    activations = [x.new_empty((x.shape[0], w.shape[0])) for w in weights] if keep_activations else []
     return x.new_empty(x.shape), x.new_empty(x.shape[0]), activations
 
 

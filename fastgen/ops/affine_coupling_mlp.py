@@ -108,8 +108,8 @@ def _composed(x, weights, biases, log_scale_bound, parity, inverse, backend):
 # registered here: the fakes and the backward op's autograd (no double backward).
 
 
-def _fake_forward(x, weights, biases, log_scale_bound, parity, inverse):
-    return fake_mlp_layer_outputs(x, weights)
+def _fake_forward(x, weights, biases, log_scale_bound, parity, inverse, keep_activations=True):
+    return fake_mlp_layer_outputs(x, weights, keep_activations)
 
 
 def _fake_backward(grad_y, grad_logdet, x, weights, log_scale_bound, activations, parity, inverse, output_mask):
@@ -191,5 +191,5 @@ def run(x, weights, biases, log_scale_bound, parity, inverse, backend=None):
     name = _BACKENDS.select(backend, x)
     if name != "cpp":
         return _composed(x, weights, biases, log_scale_bound, parity, inverse, None if name == "ref" else name)
-    y, logdet, _ = _FAST_OPS[name](x, weights, biases, log_scale_bound, parity, inverse)
+    y, logdet, _ = _FAST_OPS[name](x, weights, biases, log_scale_bound, parity, inverse, False)
     return y, logdet

@@ -92,8 +92,8 @@ def _composed(x, weights, masks, biases, log_scale_bound, backend):
 # the fakes and the backward op's autograd (no double backward).
 
 
-def _fake_forward(x, weights, masks, biases, log_scale_bound):
-    return fake_mlp_layer_outputs(x, weights)
+def _fake_forward(x, weights, masks, biases, log_scale_bound, keep_activations=True):
+    return fake_mlp_layer_outputs(x, weights, keep_activations)
 
 
 def _fake_backward(grad_u, grad_logdet, x, weights, masks, log_scale_bound, activations, output_mask):
@@ -167,5 +167,5 @@ def run(x, weights, masks, biases, log_scale_bound, backend=None):
     name = _BACKENDS.select(backend, x)
     if name != "cpp":
         return _composed(x, weights, masks, biases, log_scale_bound, None if name == "ref" else name)
-    u, logdet, _ = _FAST_OPS[name](x, weights, masks, biases, log_scale_bound)
+    u, logdet, _ = _FAST_OPS[name](x, weights, masks, biases, log_scale_bound, False)
     return u, logdet

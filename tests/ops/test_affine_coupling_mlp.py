@@ -12,6 +12,7 @@ the C++ ops.
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from fastgen.ops import affine_coupling_mlp, affine_coupling_mlp_ref
 
@@ -145,12 +146,42 @@ def test_cpp_is_deterministic_across_thread_counts():
 
 
 @pytest.mark.skipif("cpp" not in fast_backends(OP, "cpu"), reason="C++ extension not built")
+@pytest.mark.parametrize("B", [5, 5000])
+def test_keep_activations(B):
+    """keep_activations=False (what the module and the public function use): no activations
+    returned, the same y and logdet (up to rounding: a block's products then start at another
+    alignment) with or without autograd, and the same gradients (the autograd keeps its own);
+    True returns each layer's output."""
+    forward = torch.ops.fastgen.affine_coupling_mlp
+    x, weights, biases, bound = make_inputs(B, 7, [5, 4], 1, dtype=torch.float32)
+    leaves = flat(x, weights, biases, bound)
+    kept = forward(x, weights, biases, bound, 1, False, True)
+    h = x[:, 3:].detach()
+    for w, b, last in zip(weights, biases, (False, False, True)):
+        h = F.linear(h, w.detach(), b.detach())
+        h = h if last else h.relu()
+    assert [a.shape for a in kept[2]] == [(B, 5), (B, 4), (B, 6)]
+    torch.testing.assert_close(kept[2][-1], h, **tolerances(torch.float32))
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad):
+            y, logdet, activations = forward(x, weights, biases, bound, 1, False, False)
+        assert activations == [] and y.requires_grad == grad
+        torch.testing.assert_close(y, kept[0], **tolerances(torch.float32))
+        torch.testing.assert_close(logdet, kept[1], **tolerances(torch.float32))
+    loss = (y.square().sum() + logdet.sum())
+    want = torch.autograd.grad(kept[0].square().sum() + kept[1].sum(), leaves)
+    for a, b in zip(torch.autograd.grad(loss, leaves), want):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.skipif("cpp" not in fast_backends(OP, "cpu"), reason="C++ extension not built")
 def test_opcheck():
     """The C++ ops (the Triton path is a composition of other ops, checked with them)."""
     forward, backward = torch.ops.fastgen.affine_coupling_mlp.default, torch.ops.fastgen.affine_coupling_mlp_backward.default
     x, weights, biases, bound = make_inputs(3, 7, [5, 4], 1)
     for inverse in (False, True):
-        torch.library.opcheck(forward, (x, weights, biases, bound, 1, inverse))
+        for keep in (True, False):
+            torch.library.opcheck(forward, (x, weights, biases, bound, 1, inverse, keep))
     d = x.detach()
     ws, b = [w.detach() for w in weights], bound.detach()
     _, _, activations = forward(d, ws, [t.detach() for t in biases], b, 1, False)

@@ -115,11 +115,33 @@ def test_cpp_is_deterministic_across_thread_counts():
 
 
 @pytest.mark.skipif("cpp" not in fast_backends(OP, "cpu"), reason="C++ extension not built")
+def test_keep_activations():
+    """keep_activations=False (what the module and the public function use): no activations
+    returned, the same u and logdet, with or without autograd, and the same gradients (the
+    autograd keeps its own); True returns each layer's output."""
+    forward = torch.ops.fastgen.masked_affine_autoregressive
+    x, weights, masks, biases, bound = make_inputs(6, 5, [8, 7])
+    kept = forward(x, weights, masks, biases, bound, True)
+    assert [a.shape for a in kept[2]] == [(6, 8), (6, 7), (6, 10)]
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad):
+            u, logdet, activations = forward(x, weights, masks, biases, bound, False)
+        assert activations == [] and u.requires_grad == grad
+        assert torch.equal(u, kept[0]) and torch.equal(logdet, kept[1])
+    inputs = leaves(x, weights, masks, biases, bound)
+    got = torch.autograd.grad(u.square().sum() + logdet.sum(), inputs)
+    want = torch.autograd.grad(kept[0].square().sum() + kept[1].sum(), inputs)
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.skipif("cpp" not in fast_backends(OP, "cpu"), reason="C++ extension not built")
 def test_opcheck():
     """The C++ ops (the Triton path is a composition of other ops, checked with them)."""
     ops = torch.ops.fastgen
     x, weights, masks, biases, bound = make_inputs(3, 5, [8, 6])
-    torch.library.opcheck(ops.masked_affine_autoregressive.default, (x, weights, masks, biases, bound))
+    for keep in (True, False):
+        torch.library.opcheck(ops.masked_affine_autoregressive.default, (x, weights, masks, biases, bound, keep))
     d, ws, bs, a = x.detach(), [w.detach() for w in weights], [b.detach() for b in biases], bound.detach()
     _, _, activations = ops.masked_affine_autoregressive(d, ws, masks, bs, a)
     gu, gl = torch.randn(3, 5, dtype=torch.float64), torch.randn(3, dtype=torch.float64)
