@@ -42,7 +42,7 @@ constexpr int64_t ROWS = 32;
 // Elements per parallel_for grain: below this, threads cost more than they save.
 constexpr int64_t GRAIN = 1 << 15;
 // At most this many rows per block of the forward's dense GEMMs (see mlp_affine_forward).
-constexpr int64_t GEMM_ROWS = 2048;
+constexpr int64_t GEMM_ROWS = 1024;
 
 // The forward's results: (y, logdet, activations).
 using ForwardResult = std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>>;
@@ -235,11 +235,11 @@ void bias_relu_rows(T* hp, int64_t rows, int64_t width, const T* bp) {
 // Dense layers run in an even number of blocks of at most GEMM_ROWS rows, in parallel, each
 // block on one thread, forward and backward: MKL on both cores runs (256, 256) x (256, 256)
 // about 5% slower than two threads on (128, 256) halves, and (10000, 256) x (256, 256) slower
-// than blocks of 1000-4000 rows, whose activations stay in the cache for the next layer
-// (RealNVP's sampling of 10000 vectors: 111-113 ms in blocks of 1024-4096 rows run one after
-// the other, 121 in 512, 129 in one, on 2 Zen 3 cores); a block's backward runs down the
-// layers with no wait for the other threads. The partition depends on B only: the same
-// results on any thread count.
+// than blocks whose activations stay in the cache for the next layer (RealNVP's sampling of
+// 10000 vectors, interleaved runs on 2 Zen 3 cores: 114-122 ms in blocks of 500 or 1000
+// rows, 123-128 in 1667, 147-160 in 5000); a block's backward runs down the layers with no
+// wait for the other threads. The partition depends on B only: the same results on any
+// thread count.
 int64_t dense_blocks(int64_t B) { return 2 * ((B + 2 * GEMM_ROWS - 1) / (2 * GEMM_ROWS)); }
 
 // Calls body(block, row0, rows) for each non-empty block of dense_blocks(B), in parallel.
