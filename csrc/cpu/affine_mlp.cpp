@@ -288,7 +288,8 @@ ForwardResult mlp_affine_forward(
     for_dense_blocks(s.B, [&](int64_t, int64_t row0, int64_t rows) {
       at::Tensor h = x.narrow(0, row0, rows).narrow(1, s.in0, s.n_in);
       for (size_t l = 0; l < weights.size(); ++l) {
-        at::Tensor out = keep ? activations[l].narrow(0, row0, rows) : at::empty({rows, weights[l].size(0)}, x.options());
+        at::Tensor out =
+            keep ? activations[l].narrow(0, row0, rows) : at::empty({rows, weights[l].size(0)}, x.options());
         if (l + 1 < weights.size()) {
           at::mm_out(out, h, weights[l].t());
           const at::Tensor bias = biases[l].contiguous();
@@ -433,7 +434,8 @@ std::vector<at::Tensor> mlp_affine_backward(const at::Tensor& grad_y, const at::
             grad_input = at::mm(g, weights[l]);
           }
         } else if (need_w || l > 0 || need_x) {
-          auto [gi, gw, gb] = masked_linear_backward_cpu(g, input, weights[l], masks[l], {l > 0 || need_x, need_w, false});
+          auto [gi, gw, gb] =
+              masked_linear_backward_cpu(g, input, weights[l], masks[l], {l > 0 || need_x, need_w, false});
           if (need_w) grad_w[l] = gw;
           grad_input = gi;
           if (l > 0) G[l - 1] = gi;
@@ -453,12 +455,13 @@ std::vector<at::Tensor> mlp_affine_backward(const at::Tensor& grad_y, const at::
       for_dense_blocks(s.B, [&](int64_t b, int64_t row0, int64_t rows) { down(row0, rows, block_sums[b]); });
       if (need_w)
         at::parallel_for(0, 2, 1, [&](int64_t begin, int64_t end) {
-          at::AutoDispatchBelowADInplaceOrView below_autograd;
+          at::AutoDispatchBelowADInplaceOrView below_autograd;  // the caller's is thread-local
           for (int64_t half = begin; half < end; ++half)
             for (size_t l = 0; l < L; ++l) {
               const int64_t width = weights[l].size(0), lo = half * width / 2, count = (half + 1) * width / 2 - lo;
+              if (count == 0) continue;
               at::Tensor rows_of_w = grad_w[l].narrow(0, lo, count);
-              if (count > 0) at::mm_out(rows_of_w, G[l].narrow(1, lo, count).t(), input_of(l));
+              at::mm_out(rows_of_w, G[l].narrow(1, lo, count).t(), input_of(l));
             }
         });
     } else {
@@ -704,7 +707,9 @@ bool records(const at::Tensor& x, at::TensorList weights, at::TensorList biases,
 
 // A Function's outputs as the op's: (y, logdet, activations, when kept).
 ForwardResult split_outputs(const torch::autograd::variable_list& out, bool keep_activations) {
-  return {out[0], out[1], keep_activations ? std::vector<at::Tensor>(out.begin() + 2, out.end()) : std::vector<at::Tensor>{}};
+  std::vector<at::Tensor> activations;
+  if (keep_activations) activations.assign(out.begin() + 2, out.end());
+  return {out[0], out[1], activations};
 }
 
 ForwardResult affine_coupling_mlp_autograd(const at::Tensor& x, at::TensorList weights, at::TensorList biases,
