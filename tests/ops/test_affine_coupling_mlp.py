@@ -168,7 +168,7 @@ def test_keep_activations(B):
         assert activations == [] and y.requires_grad == grad
         torch.testing.assert_close(y, kept[0], **tolerances(torch.float32))
         torch.testing.assert_close(logdet, kept[1], **tolerances(torch.float32))
-    loss = (y.square().sum() + logdet.sum())
+    loss = y.square().sum() + logdet.sum()
     want = torch.autograd.grad(kept[0].square().sum() + kept[1].sum(), leaves)
     for a, b in zip(torch.autograd.grad(loss, leaves), want):
         assert torch.equal(a, b)
