@@ -144,6 +144,8 @@ Dims check_args(const at::Tensor& v, const at::Tensor& h, const at::Tensor& v_we
                 const at::Tensor& link_weight, const at::Tensor& res_weight,
                 const c10::optional<at::Tensor>& skip_weight, bool first, int64_t groups) {
   TORCH_CHECK_VALUE(v.dim() == 4, "gated_pixelcnn_layer: v must be (B, C_in, H, W), got shape ", v.sizes());
+  TORCH_CHECK_VALUE(v.size(2) >= 1 && v.size(3) >= 1, "gated_pixelcnn_layer: v must have H >= 1 and W >= 1, got shape ",
+                    v.sizes());
   TORCH_CHECK_TYPE(v.scalar_type() == at::kFloat || v.scalar_type() == at::kDouble,
                    "gated_pixelcnn_layer (cpu): tensors must be float32 or float64, got ", v.scalar_type());
   TORCH_CHECK_VALUE(v.device().is_cpu(), "gated_pixelcnn_layer (cpu): v must be on the CPU");

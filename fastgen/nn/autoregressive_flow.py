@@ -27,7 +27,7 @@ from torch import nn
 from ..ops import affine_coupling
 from ..ops.masked_affine_autoregressive import run as run_masked_affine_autoregressive
 from ..ops._checks import check_int
-from .masked_mlp import MaskedMLP
+from .masked_mlp import MaskedMLP, check_cond
 
 __all__ = ["MaskedAffineAutoregressive", "Reverse"]
 
@@ -117,13 +117,7 @@ class MaskedAffineAutoregressive(nn.Module):
 
     def _check(self, x: object, name: str, cond: object) -> None:
         _check_vectors(self, name, x, self.features)
-        want = (x.shape[0], self.cond_features)
-        if not self.cond_features:
-            if cond is not None:
-                raise ValueError(f"{type(self).__name__}: this layer takes no cond (cond_features=0), got one")
-        elif not isinstance(cond, torch.Tensor) or tuple(cond.shape) != want:
-            got = tuple(cond.shape) if isinstance(cond, torch.Tensor) else type(cond).__name__
-            raise ValueError(f"{type(self).__name__}: cond must be a Tensor of shape {want}, got {got}")
+        check_cond(type(self).__name__, cond, x.shape[0], self.cond_features)
 
     def _shift_and_log_scale(self, x: torch.Tensor, cond: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """``(mu, alpha)``, each ``(B, D)``, from one network pass over ``x``."""

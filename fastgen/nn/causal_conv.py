@@ -65,6 +65,8 @@ class CausalConv1d(nn.Conv1d):
         dtype: torch.dtype | None = None,
     ):
         name = type(self).__name__
+        check_int(name, "in_channels", in_channels, minimum=1)
+        check_int(name, "out_channels", out_channels, minimum=1)
         check_int(name, "kernel_size", kernel_size, minimum=1)
         check_int(name, "dilation", dilation, minimum=1)
         check_int(name, "groups", groups, minimum=1)

@@ -25,7 +25,7 @@ from torch import nn
 
 from ..ops import affine_coupling
 from ..ops.affine_coupling_mlp import run as run_affine_coupling_mlp
-from ..ops._checks import check_choice, check_int
+from ..ops._checks import check_choice, check_int, check_int_sequence, check_same_device
 from ..ops.affine_coupling import SCALES
 from ..ops.mixture_cdf import KINDS
 from .mixture_flow import mixture_logit_flow
@@ -61,8 +61,12 @@ def coupling_net(in_features: int, out_features: int, hidden: Sequence[int], *, 
     """The default coupling network: an MLP (vectors) or 3x3 / 1x1 / 3x3 convolutions
     (images, as in Glow) with ReLUs between, the last layer zero so that the layer starts as
     the identity."""
+    op = "coupling_net"
+    check_int(op, "in_features", in_features, minimum=1)
+    check_int(op, "out_features", out_features, minimum=1)
     if not hidden:
-        raise ValueError("coupling_net: hidden must name at least one layer width")
+        raise ValueError(f"{op}: hidden must name at least one layer width")
+    check_int_sequence(op, "hidden", hidden, minimum=1)
     layers: list[nn.Module] = []
     width = in_features
     for i, h in enumerate(hidden):
@@ -93,8 +97,11 @@ def resnet_coupling_net(in_features: int, out_features: int, hidden: int, blocks
     normalization): a 3x3 convolution to ``hidden`` channels, ``blocks`` residual blocks of two
     3x3 convolutions, a ReLU and a 3x3 convolution to ``out_features``, that last one zero so
     that the layer starts as the identity. ``(B, in_features, H, W) -> (B, out_features, H, W)``."""
-    check_int("resnet_coupling_net", "hidden", hidden, minimum=1)
-    check_int("resnet_coupling_net", "blocks", blocks, minimum=0)
+    op = "resnet_coupling_net"
+    check_int(op, "in_features", in_features, minimum=1)
+    check_int(op, "out_features", out_features, minimum=1)
+    check_int(op, "hidden", hidden, minimum=1)
+    check_int(op, "blocks", blocks, minimum=0)
     last = nn.Conv2d(hidden, out_features, 3, padding=1)
     nn.init.zeros_(last.weight)
     nn.init.zeros_(last.bias)
@@ -156,7 +163,14 @@ class _Coupling(nn.Module):
         want = "(B, C, H, W)" if self.image else "(B, D)"
         if x.dim() != (4 if self.image else 2) or x.shape[1] != self.channels:
             raise ValueError(f"{cls}: {name} must be {want} with {self.channels} channels, got {tuple(x.shape)}")
+        self._check_dtype(**{name: x})
         return x
+
+    def _check_dtype(self, **tensors: torch.Tensor) -> None:
+        """The inputs must have the layer's dtype and device (those of its first parameter)."""
+        param = next(self.parameters(), None)
+        if param is not None:
+            check_same_device(type(self).__name__, "the layer", param, **tensors)
 
     def _params(self, x_pass: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
         if self.cond_features:
@@ -166,6 +180,7 @@ class _Coupling(nn.Module):
                 got = None if cond is None else tuple(cond.shape)
                 want = " or ".join(str(s) for s in shapes)
                 raise ValueError(f"{type(self).__name__}: cond must have shape {want}, got {got}")
+            self._check_dtype(cond=cond)
             if cond.dim() == 2 and self.image:
                 cond = cond[:, :, None, None].expand(-1, -1, *spatial)
             x_pass = torch.cat([x_pass, cond], dim=1)

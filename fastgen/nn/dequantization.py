@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ops import logit_transform, uniform_dequantize
-from ..ops._checks import check_int
+from ..ops._checks import check_batched, check_finite, check_int
 from ..ops.dequantize import bin_margin, check_integer_data
 
 __all__ = ["Logit", "UniformDequantization", "VariationalDequantization"]
@@ -43,6 +43,8 @@ class Logit(nn.Module):
 
     Args:
         alpha: in ``[0, 0.5)``; keeps the logit finite at 0 and 1 (RealNVP: 0.05).
+
+    ``forward`` raises ValueError if ``x`` holds a value outside ``[0, 1]`` (or NaN).
     """
 
     def __init__(self, alpha: float = 0.05):
@@ -55,6 +57,9 @@ class Logit(nn.Module):
         return f"alpha={self.alpha}"
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        # Outside [0, 1] the logit is NaN: refused here (one min/max reduction), not in the op,
+        # which is benchmarked without it.
+        check_finite("Logit", "x", check_batched("Logit", "x", x), (0.0, 1.0))
         return logit_transform(x, alpha=self.alpha)
 
     def inverse(self, y: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

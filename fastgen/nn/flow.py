@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ops import actnorm
-from ..ops._checks import check_int
+from ..ops._checks import check_int, check_same_device
 
 __all__ = ["ActNorm", "FlowSequential", "InvConv1x1", "Squeeze"]
 
@@ -87,6 +87,17 @@ class FlowSequential(nn.Sequential):
         return self._run(y, cond, True)
 
 
+def _pixel_shuffle(x: torch.Tensor, f: int, *, inverse: bool) -> torch.Tensor:
+    """``F.pixel_shuffle`` (``inverse``: ``F.pixel_unshuffle``), also for tensors with no
+    elements, which torch returns unchanged, in their input's shape."""
+    if x.numel():
+        return F.pixel_unshuffle(x, f) if inverse else F.pixel_shuffle(x, f)
+    b, c, h, w = x.shape
+    if inverse:  # (B, C, H f, W f) -> (B, C f^2, H, W)
+        return x.reshape(b, c, h // f, f, w // f, f).permute(0, 1, 3, 5, 2, 4).reshape(b, c * f * f, h // f, w // f)
+    return x.reshape(b, c // (f * f), f, f, h, w).permute(0, 1, 4, 2, 5, 3).reshape(b, c // (f * f), h * f, w * f)
+
+
 class Squeeze(nn.Module):
     r"""Space-to-depth (RealNVP's squeeze): ``(B, C, H, W) -> (B, C f^2, H/f, W/f)``, each
     ``f x f`` block of a channel becoming ``f^2`` channels (channel ``c f^2 + i f + j`` holds
@@ -111,7 +122,7 @@ class Squeeze(nn.Module):
             raise ValueError(
                 f"Squeeze: x's height and width must be multiples of factor={self.factor}, got {tuple(x.shape[2:])}"
             )
-        return F.pixel_unshuffle(x, self.factor), _zero_logdet(x)
+        return _pixel_shuffle(x, self.factor, inverse=True), _zero_logdet(x)
 
     def inverse(self, y: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         _check_input(self, "y", y, (4,))
@@ -119,7 +130,7 @@ class Squeeze(nn.Module):
             raise ValueError(
                 f"Squeeze.inverse: y's channels must be a multiple of factor**2={self.factor**2}, got {y.shape[1]}"
             )
-        return F.pixel_shuffle(y, self.factor), _zero_logdet(y)
+        return _pixel_shuffle(y, self.factor, inverse=False), _zero_logdet(y)
 
 
 class InvConv1x1(nn.Module):
@@ -214,10 +225,7 @@ class InvConv1x1(nn.Module):
         _check_input(self, name, x, (2, 4))
         if x.shape[1] != self.channels:
             raise ValueError(f"InvConv1x1: {name} must have {self.channels} channels, got shape {tuple(x.shape)}")
-        if x.dtype != matrix.dtype or x.device != matrix.device:
-            raise TypeError(
-                f"InvConv1x1: {name} is {x.dtype} on {x.device} but the layer is {matrix.dtype} on {matrix.device}"
-            )
+        check_same_device("InvConv1x1", "the layer", matrix, **{name: x})
         if x.dim() == 2:
             return x @ matrix.t() if bias is None else torch.addmm(bias, x, matrix.t())
         # A batched matrix product over (B, C, H*W), not a 1x1 conv2d: for a flow's few
@@ -272,6 +280,7 @@ class ActNorm(nn.Module):
         _check_input(self, "x", x, (2, 4))
         if x.shape[1] != self.channels:
             raise ValueError(f"ActNorm: x must have {self.channels} channels, got shape {tuple(x.shape)}")
+        check_same_device("ActNorm", "the layer", self.loc, x=x)
         if x.shape[0] * x[0, 0].numel() < 2:
             raise ValueError(
                 f"ActNorm: the initialization batch needs at least 2 values per channel, got shape {tuple(x.shape)}"
@@ -279,7 +288,15 @@ class ActNorm(nn.Module):
         dims = [0, *range(2, x.dim())]
         # A constant channel would get an infinite scale: its std is floored.
         std = x.std(dims, unbiased=False).clamp_min(1e-6)
-        self.loc.copy_(-x.mean(dims))
+        mean = x.mean(dims)
+        # Checked on the 2C statistics, not the batch: a NaN or inf anywhere in x (or an
+        # overflow) makes them non-finite, and would leave loc and log_scale NaN for good.
+        if not bool(torch.isfinite(torch.cat([mean, std])).all()):
+            raise ValueError(
+                "ActNorm: x, the first training batch, sets loc and log_scale from its per-channel mean and std, "
+                "which must be finite; x holds NaN or inf values (or overflows)"
+            )
+        self.loc.copy_(-mean)
         self.log_scale.copy_(-std.log())
         self.initialized.fill_(True)
 

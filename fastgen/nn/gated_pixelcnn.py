@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ops import gated_pixelcnn_layer
-from ..ops._checks import check_int
-from ..ops.gated_pixelcnn import gated_pixelcnn_masks
+from ..ops._checks import check_int, check_labels, check_odd_int
+from ..ops.gated_pixelcnn import check_channels, gated_pixelcnn_masks
 
 __all__ = ["GatedPixelCNNLayer", "GatedPixelCNNState"]
 
@@ -53,6 +53,12 @@ class GatedPixelCNNState:
     out_bias: torch.Tensor
 
 
+def _check_state(op: str, state: object) -> GatedPixelCNNState:
+    if not isinstance(state, GatedPixelCNNState):
+        raise TypeError(f"{op}: state must be a GatedPixelCNNState from init_state, got {type(state).__name__}")
+    return state
+
+
 class GatedPixelCNNLayer(nn.Module):
     r"""One Gated PixelCNN layer: vertical and horizontal stacks, gates, link, residual, skip.
 
@@ -79,9 +85,10 @@ class GatedPixelCNNLayer(nn.Module):
         skip_channels: add a skip output of this many channels.
 
     Shape:
-        ``forward((v, h), labels)``: ``v, h`` ``(B, C_in, H, W)``, ``labels`` ``(B,)`` int64
-        -> ``(v_out, h_out)`` ``(B, p, H, W)`` each, plus ``skip`` ``(B, S, H, W)`` when
-        ``skip_channels`` is set.
+        ``forward((v, h), labels)``: ``v, h`` ``(B, C_in, H, W)`` (``H, W >= 1``), ``labels``
+        ``(B,)`` integers in ``[0, num_classes)`` -> ``(v_out, h_out)`` ``(B, p, H, W)`` each,
+        plus ``skip`` ``(B, S, H, W)`` when ``skip_channels`` is set. The steps take row and
+        column indices ``0 <= i < H``, ``0 <= j < W`` and labels of the state's batch.
 
     Example:
         >>> first = GatedPixelCNNLayer(32, 7, first_layer=True, in_channels=1)
@@ -108,18 +115,14 @@ class GatedPixelCNNLayer(nn.Module):
     ):
         super().__init__()
         name = "GatedPixelCNNLayer"
-        p = check_int(name, "channels", channels, minimum=1)
-        k = check_int(name, "kernel_size", kernel_size, minimum=1)
-        if k % 2 == 0:
-            raise ValueError(f"{name}: kernel_size must be odd, got {k}")
-        c_in = p if in_channels is None else check_int(name, "in_channels", in_channels, minimum=1)
+        p, n = channels, color_channels
+        k = check_odd_int(name, "kernel_size", kernel_size)
+        c_in = p if in_channels is None else in_channels
         if skip_channels is not None:
             check_int(name, "skip_channels", skip_channels, minimum=1)
+        check_channels(name, p, c_in, skip_channels or 0, n)
         if num_classes is not None:
             check_int(name, "num_classes", num_classes, minimum=1)
-        n = check_int(name, "color_channels", color_channels, minimum=1)
-        if p % n or c_in % n or (skip_channels or 0) % n:
-            raise ValueError(f"{name}: color_channels={n} must divide channels, in_channels and skip_channels")
         if not first_layer and c_in != p:
             raise ValueError(f"{name}: later layers need in_channels == channels, got {c_in} and {p}")
         self.channels, self.kernel_size, self.first_layer = p, k, bool(first_layer)
@@ -146,6 +149,7 @@ class GatedPixelCNNLayer(nn.Module):
         else:
             self.register_parameter("v_embedding", None)
             self.register_parameter("h_embedding", None)
+        self._checked_labels: tuple[torch.Tensor, int] | None = None  # see _conds
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -161,20 +165,31 @@ class GatedPixelCNNLayer(nn.Module):
             if bias is not None:
                 nn.init.uniform_(bias, -bound, bound)
 
-    def _conds(self, labels: torch.Tensor | None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    def _conds(
+        self, op: str, labels: torch.Tensor | None, batch: int
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         if self.num_classes is None:
             if labels is not None:
-                raise ValueError("GatedPixelCNNLayer: labels given but the layer has no num_classes")
+                raise ValueError(f"{op}: labels given but the layer has no num_classes")
             return None, None
         if labels is None:
-            raise ValueError("GatedPixelCNNLayer: this layer is class-conditional (num_classes set): pass labels (B,)")
-        if not isinstance(labels, torch.Tensor) or labels.dim() != 1 or labels.dtype != torch.int64:
-            raise ValueError("GatedPixelCNNLayer: labels must be an int64 tensor of shape (B,)")
+            raise ValueError(f"{op}: this layer is class-conditional (num_classes set): pass labels (B,)")
+        # Sampling passes the same labels at every row and pixel: their values (one
+        # reduction, a host sync) are checked once, until they change or others come.
+        checked = self._checked_labels
+        if checked is None or labels is not checked[0] or labels._version != checked[1] or labels.shape != (batch,):
+            labels = check_labels(op, "labels", labels, self.num_classes, batch)
+            self._checked_labels = (labels, labels._version)
         return self.v_embedding[labels], self.h_embedding[labels]
 
     def forward(self, vh: tuple[torch.Tensor, torch.Tensor], labels: torch.Tensor | None = None):
-        v, h = vh[0], vh[1]
-        v_cond, h_cond = self._conds(labels)
+        if not isinstance(vh, (tuple, list)) or len(vh) != 2:
+            got = f"a {type(vh).__name__} of {len(vh)}" if isinstance(vh, (tuple, list)) else type(vh).__name__
+            raise TypeError(f"GatedPixelCNNLayer: the input must be a pair (v, h) of tensors, got {got}")
+        v, h = vh
+        if not isinstance(v, torch.Tensor):
+            raise TypeError(f"GatedPixelCNNLayer: v must be a torch.Tensor, got {type(v).__name__}")
+        v_cond, h_cond = self._conds("GatedPixelCNNLayer", labels, v.shape[0])
         v_out, h_out, skip = gated_pixelcnn_layer(
             v, h, self.v_weight, self.v_bias, self.h_weight, self.h_bias, self.link_weight, self.res_weight,
             self.res_bias, self.skip_weight, self.skip_bias, first_layer=self.first_layer,
@@ -190,6 +205,10 @@ class GatedPixelCNNLayer(nn.Module):
     ) -> GatedPixelCNNState:
         """Zeroed buffers for sampling ``batch`` images of ``height x width``, and the
         layer's weights in the layout of :meth:`step_pixel`."""
+        name = "GatedPixelCNNLayer.init_state"
+        check_int(name, "batch", batch, minimum=0)
+        check_int(name, "height", height, minimum=1)
+        check_int(name, "width", width, minimum=1)
         f = dict(dtype=dtype or self.v_weight.dtype, device=device or self.v_weight.device)
         p, c, c_in = self.channels, self.kernel_size // 2, self.in_channels
         centre, res_mask, skip_mask = gated_pixelcnn_masks(
@@ -219,12 +238,15 @@ class GatedPixelCNNLayer(nn.Module):
         (and row ``i`` itself in later layers). Stores the row's pre-activations in
         ``state.v_pre`` and their link in ``state.h_base``, and returns ``v_out[:, :, i]``
         ``(B, p, W)``."""
+        op = "GatedPixelCNNLayer.step_row"
+        batch, _, height, _ = _check_state(op, state).v_in.shape
+        check_int(op, "i", i, minimum=0, below=height)
+        v_cond, _ = self._conds(op, labels, batch)
         c = self.kernel_size // 2
         top = i - c - 1 if self.first_layer else i - c  # input row of kernel row 0
         rows = state.v_in[:, :, max(top, 0) : top + c + 1]
         rows = F.pad(rows, (c, c, max(-top, 0), c + 1 - max(-top, 0) - rows.shape[2]))
         v_pre = F.conv2d(rows, self.v_weight, self.v_bias)[:, :, 0]  # (B, 2p, W)
-        v_cond, _ = self._conds(labels)
         if v_cond is not None:
             v_pre = v_pre + v_cond[:, :, None]
         state.v_pre.copy_(v_pre)
@@ -238,10 +260,14 @@ class GatedPixelCNNLayer(nn.Module):
         and ``state.h_base`` (row ``i``, set by :meth:`step_row`). Returns ``h_out`` ``(B, p)``,
         or ``(h_out, skip)`` with skip channels. Pure in the state: after writing another
         colour of pixel ``(i, j)`` into ``h_in``, call it again for the next colour group."""
+        op = "GatedPixelCNNLayer.step_pixel"
+        batch, _, height, width = _check_state(op, state).h_in.shape
+        check_int(op, "i", i, minimum=0, below=height)
+        check_int(op, "j", j, minimum=0, below=width)
+        _, h_cond = self._conds(op, labels, batch)
         p, c = self.channels, self.kernel_size // 2
         window = state.h_padded[:, :, i, j : j + c + 1].reshape(len(state.h_padded), -1)  # (B, C_in * (c+1))
         h_pre = torch.addmm(state.h_base[:, j], window, state.h_matrix)  # (B, 2p)
-        _, h_cond = self._conds(labels)
         if h_cond is not None:
             h_pre += h_cond
         g = torch.tanh(h_pre[:, :p]) * torch.sigmoid(h_pre[:, p:])

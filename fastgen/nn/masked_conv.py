@@ -14,7 +14,7 @@ from ..ops import (
     masked_conv2d_step_pack,
     masked_conv2d_stepper,
 )
-from ..ops._checks import check_int
+from ..ops._checks import check_int, check_odd_int
 from ..ops.masked_conv2d import check_mask_args, masked_conv2d_mask, masked_conv2d_step_write
 
 __all__ = ["MaskedConv2d"]
@@ -82,9 +82,9 @@ class MaskedConv2d(nn.Conv2d):
         dtype: torch.dtype | None = None,
     ):
         name = type(self).__name__
-        check_int(name, "kernel_size", kernel_size, minimum=1)
-        if kernel_size % 2 == 0:
-            raise ValueError(f"{name}: kernel_size must be odd, got {kernel_size}")
+        check_int(name, "in_channels", in_channels, minimum=1)
+        check_int(name, "out_channels", out_channels, minimum=1)
+        check_odd_int(name, "kernel_size", kernel_size)
         check_mask_args(name, mask_type, color_channels, in_channels, out_channels)
         check_int(name, "dilation", dilation, minimum=1)
         super().__init__(

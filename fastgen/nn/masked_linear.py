@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from ..ops import masked_linear
+from ..ops._checks import check_int
 
 __all__ = ["MaskedLinear"]
 
@@ -45,6 +46,8 @@ class MaskedLinear(nn.Linear):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ):
+        check_int(type(self).__name__, "in_features", in_features, minimum=1)
+        check_int(type(self).__name__, "out_features", out_features, minimum=1)
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self.backend = backend
         self.register_buffer("mask", torch.ones(out_features, in_features, dtype=torch.bool, device=device))

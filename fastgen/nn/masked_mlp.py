@@ -26,10 +26,20 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..ops._checks import check_int, check_widths
+from ..ops._checks import check_floating, check_int, check_labels, check_same_device, check_tensor, check_widths
 from .masked_linear import MaskedLinear
 
-__all__ = ["MaskedMLP", "MaskedMLPState"]
+__all__ = ["MaskedMLP", "MaskedMLPState", "check_cond"]
+
+
+def check_cond(op: str, cond: object, batch: int, cond_features: int) -> None:
+    """``cond`` must be None without ``cond_features``, else a tensor ``(batch, cond_features)``."""
+    if not cond_features:
+        if cond is not None:
+            raise ValueError(f"{op}: this layer takes no cond (cond_features=0), got one")
+    elif not isinstance(cond, torch.Tensor) or tuple(cond.shape) != (batch, cond_features):
+        got = tuple(cond.shape) if isinstance(cond, torch.Tensor) else type(cond).__name__
+        raise ValueError(f"{op}: cond must be a Tensor of shape {(batch, cond_features)}, got {got}")
 
 
 @dataclass
@@ -51,6 +61,12 @@ class MaskedMLPState:
     out: torch.Tensor
     bounds: list[list[int]]
     inputs: torch.Tensor | None
+
+
+def _check_state(op: str, state: object) -> MaskedMLPState:
+    if not isinstance(state, MaskedMLPState):
+        raise TypeError(f"{op}: state must be a MaskedMLPState from init_state, got {type(state).__name__}")
+    return state
 
 
 class MaskedMLP(nn.Module):
@@ -159,6 +175,7 @@ class MaskedMLP(nn.Module):
     def use_mask_set(self, mask_set: int) -> None:
         """Load mask set ``mask_set`` into the layers (a single set is loaded once, at
         construction, and saved with the layers)."""
+        check_int(f"{type(self).__name__}.use_mask_set", "mask_set", mask_set, minimum=0, below=self.num_masks)
         if self.num_masks > 1:
             self._load_masks(mask_set)
 
@@ -167,6 +184,11 @@ class MaskedMLP(nn.Module):
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         """``x (B, D * I)`` in ordering space, ``cond (B, cond_features)`` or None ->
         ``(B, D * O)``, with the mask set last loaded."""
+        op = type(self).__name__
+        width = self.dim * self.inputs_per_position
+        if check_tensor(op, "x", x, ("B", "D * I")).shape[1] != width:
+            raise ValueError(f"{op}: x must have shape (B, D * I) = (B, {width}), got shape {tuple(x.shape)}")
+        self._check_cond(op, cond, x.shape[0])
         h = x
         for layer, masked in enumerate(self.layers):
             a = masked(h)
@@ -175,12 +197,21 @@ class MaskedMLP(nn.Module):
             h = torch.relu(a) if layer < len(self.hidden) else a
         return h
 
+    def _check_cond(self, op: str, cond: object, batch: int) -> None:
+        check_cond(op, cond, batch, self.cond_features)
+        if cond is not None:
+            check_same_device(op, "the network", self.cond_layers[0].weight, cond=cond)
+
     # ---------------------------------------------------------------- incremental form
 
     @torch.no_grad()
     def init_state(self, batch: int, cond: torch.Tensor | None = None, mask_set: int = 0) -> MaskedMLPState:
         """A fresh :class:`MaskedMLPState` for ``batch`` examples: each layer's
         pre-activations start at its bias plus its ``cond`` term."""
+        op = f"{type(self).__name__}.init_state"
+        check_int(op, "batch", batch, minimum=0)
+        self._check_cond(op, cond, batch)
+        check_int(op, "mask_set", mask_set, minimum=0, below=self.num_masks)
         pre = []
         for layer, masked in enumerate(self.layers):
             a = masked.bias[:, None].expand(-1, batch)
@@ -195,14 +226,16 @@ class MaskedMLP(nn.Module):
     def outputs(self, state: MaskedMLPState, position: int) -> torch.Tensor:
         """The ``O`` outputs of ``position``, ``(O, B)`` (a view into ``state``): final once
         every earlier position is absorbed."""
+        _check_state(f"{type(self).__name__}.outputs", state)
+        check_int(f"{type(self).__name__}.outputs", "position", position, minimum=0, below=self.dim)
         O = self.outputs_per_position
         return state.out[position * O : (position + 1) * O]
 
     @torch.no_grad()
     def absorb(self, state: MaskedMLPState, position: int, value: torch.Tensor) -> None:
         r"""Add ``position``'s inputs to ``state``: ``value`` ``(B,)`` floating is the input of
-        a position with one input (``I == 1``); ``(B,)`` integer is the index of the active
-        one of ``I`` one-hot inputs.
+        a position with one input (``I == 1``); with ``I > 1``, ``(B,)`` integer is the index
+        of the active one of the ``I`` one-hot inputs, in ``[0, I)``. ``0 <= position < D``.
 
         Invariant, on entry with ``j = position``: every hidden unit of degree ``< j`` is
         final and its activation is already added into every later unit (and output) it
@@ -218,10 +251,18 @@ class MaskedMLP(nn.Module):
         Those blocks lie wholly inside the masks, so the weights are used unmasked; over the
         ``D`` positions every block is used once.
         """
-        j, I = position, self.inputs_per_position
+        op = f"{type(self).__name__}.absorb"
+        j, I = check_int(op, "position", position, minimum=0, below=self.dim), self.inputs_per_position
+        batch = _check_state(op, state).out.shape[1]
+        if I > 1:  # one reduction: an index outside [0, I) would read another position's weights
+            value = check_labels(op, "value", value, I, batch)
+        else:
+            check_floating(op, "value", value)
+            if value.shape != (batch,):
+                raise ValueError(f"{op}: value must have shape ({batch},), got shape {tuple(value.shape)}")
         first = state.bounds[0][j]
         weight = self.layers[0].weight
-        if value.is_floating_point():
+        if I == 1:
             state.inputs[j] = value
             end = state.bounds[0][j + 1]
             state.hidden[0][first:end].addmm_(weight[first:end, : j + 1], state.inputs[: j + 1])

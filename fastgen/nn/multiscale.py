@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..ops import affine_coupling
-from ..ops._checks import check_int
+from ..ops._checks import check_int, check_labels
 from .flow import _check_input
 
 __all__ = ["GaussianPrior", "MultiscaleFlow", "Split"]
@@ -98,9 +98,9 @@ class GaussianPrior(nn.Module):
                 raise ValueError(f"{op}: context must have shape {(batch, self.context_channels, *self.shape[1:])}, got {got}")
             params = params + self.conv(context)
         if self.class_offset is not None:
-            if cond is None or tuple(cond.shape) != (batch,):
-                got = None if cond is None else tuple(cond.shape)
-                raise ValueError(f"{op}: cond must be class labels of shape ({batch},), got {got}")
+            if cond is None:
+                raise ValueError(f"{op}: cond must be class labels of shape ({batch},), got None")
+            cond = check_labels(op, "cond", cond, self.num_classes, batch)
             params = params + self.class_offset(cond)[:, :, None, None]
         return params.chunk(2, dim=1)
 

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..ops import gated_residual_block, gated_residual_block_step
-from ..ops._checks import check_int
+from ..ops._checks import check_int, check_same_device
 
 __all__ = ["GatedResidualBlock"]
 
@@ -119,6 +119,7 @@ class GatedResidualBlock(nn.Module):
             shape = "(B, C_cond, 1 or T)" if dims == 3 else "(B, C_cond)"
             got = tuple(cond.shape) if isinstance(cond, torch.Tensor) else type(cond).__name__
             raise ValueError(f"{name}: cond must have shape {shape} with C_cond = {self.cond_channels}, got {got}")
+        check_same_device(name, "the block's cond_weight", self.cond_weight, cond=cond)
         return torch.einsum("oc,bc...->bo...", self.cond_weight, cond)
 
     def forward(self, h: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -139,6 +140,7 @@ class GatedResidualBlock(nn.Module):
         self, batch: int, *, dtype: torch.dtype | None = None, device: torch.device | str | None = None
     ) -> torch.Tensor:
         """Zero state ``(batch, R, (K-1)*dilation)`` for :meth:`step` (parameters' dtype/device by default)."""
+        check_int(type(self).__name__, "batch", batch, minimum=0)
         return torch.zeros(
             batch,
             self.residual_channels,

@@ -13,15 +13,20 @@ __all__ = [
     "check_batched",
     "check_bool",
     "check_choice",
+    "check_extents",
+    "check_finite",
     "check_floating",
     "check_int",
     "check_int_sequence",
     "check_integer_values",
+    "check_labels",
     "check_real",
     "check_layer_masks",
     "check_like",
     "check_mask",
     "check_mlp_layers",
+    "check_no_overlap",
+    "check_odd_int",
     "check_same_device",
     "check_tensor",
     "check_widths",
@@ -50,6 +55,31 @@ def check_tensor(op: str, name: str, value: object, dims: Sequence[str], *, floa
     if floating:
         _check_floating_dtype(op, name, value)
     return value
+
+
+def check_extents(op: str, name: str, value: torch.Tensor, dims: Sequence[str]) -> None:
+    """The last ``len(dims)`` dimensions of ``value`` (named ``dims``: the ``H, W`` of an image,
+    the ``T`` of a sequence) must not be empty: a convolution over zero pixels or steps has
+    nothing to compute (an empty batch is fine)."""
+    if any(n < 1 for n in value.shape[value.dim() - len(dims) :]):
+        raise ValueError(f"{op}: {name} must have {' and '.join(dims)} >= 1, got shape {_shape(value)}")
+
+
+def check_no_overlap(op: str, name: str, value: torch.Tensor) -> None:
+    """``value``, which an op writes in place, must not have two elements at one memory
+    location (as an ``expand``-ed or stride-0 tensor does), else the writes would scribble
+    over each other. A sufficient test on the strides alone (no data read): sorted by stride,
+    each dimension must step past everything the smaller strides span."""
+    if value.is_contiguous():  # the usual state, answered in C: no Python loop per step
+        return
+    span = 1
+    for stride, size in sorted((s, n) for s, n in zip(value.stride(), value.shape) if n > 1):
+        if stride < span:
+            raise ValueError(
+                f"{op}: {name} is updated in place, so its elements must not share memory (as an expanded "
+                f"tensor's do), got shape {_shape(value)} with strides {value.stride()}; allocate it, or .clone() it"
+            )
+        span += (size - 1) * stride
 
 
 def check_floating(op: str, name: str, value: object) -> torch.Tensor:
@@ -94,11 +124,22 @@ def check_same_device(op: str, ref_name: str, ref: torch.Tensor, **others: torch
             raise ValueError(f"{op}: {name} is on {t.device} but {ref_name} is on {ref.device}; they must match")
 
 
-def check_int(op: str, name: str, value: object, *, minimum: int) -> int:
+def check_int(op: str, name: str, value: object, *, minimum: int, below: int | None = None) -> int:
+    """``value`` must be a Python int ``>= minimum`` (and ``< below`` where given: an index,
+    never wrapped around like a negative Python index)."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{op}: {name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{op}: {name} must be >= {minimum}, got {value}")
+    if value < minimum or (below is not None and value >= below):
+        bounds = f">= {minimum}" if below is None else f"in [{minimum}, {below})"
+        raise ValueError(f"{op}: {name} must be {bounds}, got {value}")
+    return value
+
+
+def check_odd_int(op: str, name: str, value: object) -> int:
+    """``value`` must be an odd int >= 1: the kernel size of a centred (masked) convolution."""
+    check_int(op, name, value, minimum=1)
+    if value % 2 == 0:
+        raise ValueError(f"{op}: {name} must be odd, got {value}")
     return value
 
 
@@ -135,6 +176,31 @@ def check_integer_values(op: str, name: str, value: object, high: int) -> torch.
         if lo < 0 or hi >= high:
             raise ValueError(f"{op}: {name} must have values in [0, {high}), got values in [{lo}, {hi}]")
     return value
+
+
+def check_labels(op: str, name: str, value: object, num_classes: int, batch: int) -> torch.Tensor:
+    """Class labels (or one-hot indices): an integer tensor of shape ``(batch,)`` with values
+    in ``[0, num_classes)`` (:func:`check_integer_values`, one reduction); returned as int64,
+    what indexing needs (a uint8 index would be read as a mask)."""
+    _check_is_tensor(op, name, value)
+    if value.shape != (batch,):
+        raise ValueError(
+            f"{op}: {name} must have shape ({batch},), one label per example, got shape {tuple(value.shape)}"
+        )
+    check_integer_values(op, name, value, num_classes)
+    return value if value.dtype == torch.int64 else value.long()
+
+
+def check_finite(op: str, name: str, value: torch.Tensor, interval: tuple[float, float] | None = None) -> None:
+    """``value``'s values must be finite, and within ``interval = (low, high)`` where given
+    (ValueError naming ``name`` and the range of the values): one min/max reduction."""
+    if not value.numel():
+        return
+    lo, hi = (float(v) for v in torch.aminmax(value.detach()))
+    low, high = interval or (-math.inf, math.inf)
+    if not (low <= lo and hi <= high and math.isfinite(lo) and math.isfinite(hi)):  # NaN fails every comparison
+        where = f"in [{low:g}, {high:g}]" if interval else "finite"
+        raise ValueError(f"{op}: {name} must be {where}, got values in [{lo:g}, {hi:g}]")
 
 
 def check_real(

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 
 from .. import backends
 from . import _conv_autograd
-from ._checks import check_int, check_same_device, check_tensor
+from ._checks import check_extents, check_int, check_no_overlap, check_same_device, check_tensor
 
 __all__ = ["causal_conv1d", "causal_conv1d_ref", "causal_conv1d_step", "causal_conv1d_step_ref"]
 
@@ -256,7 +256,7 @@ def causal_conv1d(
     """Causal dilated convolution, equal to :func:`causal_conv1d_ref` (output length ``T``).
 
     Args:
-        x: ``(B, C_in, T)``, any strides.
+        x: ``(B, C_in, T)``, ``T >= 1`` (an empty batch is fine), any strides.
         weight: ``(C_out, C_in / groups, K)``, any ``K >= 1``; tap ``K-1`` multiplies the
             current input, tap ``k`` the input ``(K-1-k) * dilation`` steps back.
         bias: ``(C_out,)`` or None.
@@ -276,6 +276,7 @@ def causal_conv1d(
         torch.Size([4, 128, 1000])
     """
     _check_conv_args(OP, "x", x, weight, bias, dilation, groups, ("B", "C_in", "T"))
+    check_extents(OP, "x", x, ("T",))
     name = _BACKENDS.select(backend, x)
     if name == "ref":
         return causal_conv1d_ref(x, weight, bias, dilation=dilation, groups=groups)
@@ -297,6 +298,7 @@ def _check_step_args(x_t, state, weight, bias, dilation, groups, position) -> No
         raise ValueError(
             f"{STEP_OP}: state must be contiguous in its last dimension (stride(-1) == 1), got strides {state.stride()}"
         )
+    check_no_overlap(STEP_OP, "state", state)
     if position is not None:
         check_tensor(STEP_OP, "position", position, ("B",), floating=False)
         if position.dtype != torch.int64:
@@ -328,7 +330,8 @@ def causal_conv1d_step(
     Args:
         x_t: ``(B, C_in)``, the input at the current step, any strides.
         state: ``(B, C_in, (K-1) * dilation)`` of ``x_t``'s dtype and device, contiguous in
-            its last dimension; zeros before the first step. Read and updated in place:
+            its last dimension, its own memory (not an ``expand``-ed view shared by the
+            batch); zeros before the first step. Read and updated in place:
             a shift register (``position=None``, newest input last) or a ring buffer.
         weight: ``(C_out, C_in / groups, K)``.
         bias: ``(C_out,)`` or None.

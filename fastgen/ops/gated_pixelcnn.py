@@ -50,12 +50,28 @@ import torch
 import torch.nn.functional as F
 
 from .. import backends
-from ._checks import check_bool, check_int, check_same_device, check_tensor
+from ._checks import check_bool, check_extents, check_int, check_same_device, check_tensor
 from ._registration import PairAutograd
 
-__all__ = ["gated_pixelcnn_layer", "gated_pixelcnn_layer_ref", "gated_pixelcnn_masks"]
+__all__ = ["check_channels", "gated_pixelcnn_layer", "gated_pixelcnn_layer_ref", "gated_pixelcnn_masks"]
 
 OP = "gated_pixelcnn_layer"
+
+
+def check_channels(
+    op: str, channels: object, in_channels: object, skip_channels: object, color_channels: object
+) -> None:
+    """A layer's channel counts: ``p`` (``channels``) and ``C_in`` ints >= 1, ``S``
+    (``skip_channels``) >= 0 (0: no skip output), and ``color_channels`` >= 1 dividing the
+    three (ValueError/TypeError naming the argument, as ``op``)."""
+    for name, value, low in (("channels", channels, 1), ("in_channels", in_channels, 1),
+                             ("skip_channels", skip_channels, 0), ("color_channels", color_channels, 1)):
+        check_int(op, name, value, minimum=low)
+    if channels % color_channels or in_channels % color_channels or skip_channels % color_channels:
+        raise ValueError(
+            f"{op}: color_channels={color_channels} must divide channels p={channels}, in_channels C_in={in_channels} "
+            f"and skip_channels S={skip_channels}"
+        )
 
 
 # ----------------------------------------------------------------------------- reference
@@ -72,7 +88,9 @@ def gated_pixelcnn_masks(
     device: torch.device | str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The colour masks: of the horizontal current-pixel tap ``(2p, C_in)``, of the residual
-    ``(p, p)`` and of the skip ``(S, p)`` 1x1 weights (1 = kept)."""
+    ``(p, p)`` and of the skip ``(S, p)`` 1x1 weights (1 = kept); channel counts as
+    :func:`check_channels` takes."""
+    check_channels("gated_pixelcnn_masks", channels, in_channels, skip_channels, color_channels)
     p, n = channels, color_channels
     pre_group = (torch.arange(2 * p, device=device) % p) // (p // n)
     in_group = torch.arange(in_channels, device=device) // (in_channels // n)
@@ -276,6 +294,7 @@ def _check_args(v, h, v_weight, v_bias, h_weight, h_bias, link_weight, res_weigh
     check_same_device(OP, "v", v, h=h)
     if h.shape != v.shape:
         raise ValueError(f"{OP}: h must have v's shape {tuple(v.shape)}, got {tuple(h.shape)}")
+    check_extents(OP, "v", v, ("H", "W"))
     B, c_in = v.shape[:2]
     check_tensor(OP, "v_weight", v_weight, ("2p", "C_in", "k//2+1", "k"))
     check_same_device(OP, "v", v, v_weight=v_weight)
@@ -308,12 +327,7 @@ def _check_args(v, h, v_weight, v_bias, h_weight, h_bias, link_weight, res_weigh
         if cond is not None:
             _check_matrix(name, cond, B, two_p, v)
     check_bool(OP, "first_layer", first_layer)
-    n = check_int(OP, "color_channels", color_channels, minimum=1)
-    s = 0 if skip_weight is None else skip_weight.shape[0]
-    if p % n or c_in % n or s % n:
-        raise ValueError(
-            f"{OP}: color_channels={n} must divide p={p}, C_in={c_in} and the skip channels {s}"
-        )
+    check_channels(OP, p, c_in, 0 if skip_weight is None else skip_weight.shape[0], color_channels)
     if not first_layer and c_in != p:
         raise ValueError(f"{OP}: later layers (first_layer=False) need C_in = p = {p}, got C_in = {c_in}")
 
@@ -340,10 +354,11 @@ def gated_pixelcnn_layer(
     """One Gated PixelCNN layer, equal to :func:`gated_pixelcnn_layer_ref` (see the module
     docstring for the math and :func:`gated_pixelcnn_layer_ref` for the shapes).
 
-    Any strides. Later layers need ``C_in = p``. ``color_channels`` must divide ``p``,
-    ``C_in`` and ``S``. Masked weights (the current-pixel tap of ``h_weight`` and the
-    colour-masked entries of ``res_weight``/``skip_weight``) are ignored and get zero
-    gradient. ``backend``: ``"ref"``, ``"cpp"``, ``"triton"``, ``"auto"`` or None.
+    Any strides; ``H, W >= 1`` (an empty batch is fine). Later layers need ``C_in = p``.
+    ``color_channels`` must divide ``p``, ``C_in`` and ``S``. Masked weights (the
+    current-pixel tap of ``h_weight`` and the colour-masked entries of
+    ``res_weight``/``skip_weight``) are ignored and get zero gradient. ``backend``:
+    ``"ref"``, ``"cpp"``, ``"triton"``, ``"auto"`` or None.
 
     Example:
         >>> x = torch.randn(2, 1, 28, 28)

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import backends
-from ._checks import check_int, check_same_device, check_tensor
+from ._checks import check_extents, check_int, check_no_overlap, check_same_device, check_tensor
 from ._registration import PairAutograd
 from .causal_conv1d import causal_conv1d_ref, causal_conv1d_step_ref
 
@@ -340,7 +340,7 @@ def gated_residual_block(
     """WaveNet gated residual block, equal to :func:`gated_residual_block_ref`.
 
     Args:
-        h: ``(B, R, T)``, any strides.
+        h: ``(B, R, T)``, ``T >= 1`` (an empty batch is fine), any strides.
         conv_weight: ``(2G, R, K)``, the dilated causal conv; conv_bias ``(2G,)`` or None.
         res_weight: ``(R, G)``, res_bias ``(R,)`` or None: the residual 1x1 conv.
         skip_weight: ``(S, G)``, skip_bias ``(S,)`` or None: the skip 1x1 conv.
@@ -359,6 +359,7 @@ def gated_residual_block(
         (torch.Size([2, 16, 100]), torch.Size([2, 48, 100]))
     """
     check_tensor(OP, "h", h, ("B", "R", "T"))
+    check_extents(OP, "h", h, ("T",))
     _, g, _, _ = _check_weights(OP, h, conv_weight, conv_bias, res_weight, res_bias, skip_weight, skip_bias, dilation)
     if cond is not None:
         check_tensor(OP, "cond", cond, ("B", "2G", "T or 1"))
@@ -401,9 +402,10 @@ def gated_residual_block_step(
 
     Args:
         h_t: ``(B, R)``.
-        state: ``(B, R, (K-1)*dilation)``, ``h_t``'s dtype and device, ``stride(-1) == 1``;
-            updated in place. Without ``position`` a shift register (``state[..., -1]`` is
-            the newest input); with it a ring buffer (input of time p at slot p mod L).
+        state: ``(B, R, (K-1)*dilation)``, ``h_t``'s dtype and device, ``stride(-1) == 1``,
+            its own memory (not an ``expand``-ed view); updated in place. Without ``position``
+            a shift register (``state[..., -1]`` is the newest input); with it a ring buffer
+            (input of time p at slot p mod L).
         conv_weight, conv_bias, res_weight, res_bias, skip_weight, skip_bias, dilation:
             as in :func:`gated_residual_block`.
         cond_t: ``(B, 2G)`` or None.
@@ -431,6 +433,7 @@ def gated_residual_block_step(
         )
     if L > 0 and state.stride(-1) != 1:
         raise ValueError(f"{STEP_OP}: state must be contiguous in its last dimension (stride(-1) == 1), got strides {state.stride()}")
+    check_no_overlap(STEP_OP, "state", state)
     if cond_t is not None:
         check_tensor(STEP_OP, "cond_t", cond_t, ("B", "2G"))
         check_same_device(STEP_OP, "h_t", h_t, cond_t=cond_t)

@@ -48,7 +48,15 @@ import torch.nn.functional as F
 
 from .. import backends
 from . import _conv_autograd
-from ._checks import check_choice, check_int, check_same_device, check_tensor
+from ._checks import (
+    check_choice,
+    check_extents,
+    check_int,
+    check_no_overlap,
+    check_odd_int,
+    check_same_device,
+    check_tensor,
+)
 
 __all__ = [
     "check_mask_args",
@@ -94,8 +102,13 @@ def masked_conv2d_mask(
     dtype: torch.dtype | None = None,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """The 0/1 mask of a masked convolution, shape ``(out_channels, in_channels, k, k)``."""
-    check_mask_args("masked_conv2d_mask", mask_type, color_channels, in_channels, out_channels)
+    """The 0/1 mask of a masked convolution, shape ``(out_channels, in_channels, k, k)``:
+    channel counts >= 1, an odd ``kernel_size``, as :func:`masked_conv2d` takes."""
+    name = "masked_conv2d_mask"
+    check_int(name, "out_channels", out_channels, minimum=1)
+    check_int(name, "in_channels", in_channels, minimum=1)
+    check_odd_int(name, "kernel_size", kernel_size)
+    check_mask_args(name, mask_type, color_channels, in_channels, out_channels)
     k, c = kernel_size, kernel_size // 2
     mask = torch.zeros(out_channels, in_channels, k, k, dtype=dtype, device=device)
     mask[:, :, :c, :] = 1
@@ -218,10 +231,9 @@ def masked_conv2d_step_buffer(
     """
     name = "masked_conv2d_step_buffer"
     for arg, value, low in (("batch", batch, 0), ("height", height, 1), ("width", width, 1), ("channels", channels, 1),
-                            ("kernel_size", kernel_size, 1), ("dilation", dilation, 1)):
+                            ("dilation", dilation, 1)):
         check_int(name, arg, value, minimum=low)
-    if kernel_size % 2 == 0:
-        raise ValueError(f"{name}: kernel_size must be odd, got {kernel_size}")
+    check_odd_int(name, "kernel_size", kernel_size)
     pad = dilation * (kernel_size // 2)
     return torch.zeros(batch, height + pad, width + 2 * pad, channels, dtype=dtype, device=device)
 
@@ -232,7 +244,8 @@ def masked_conv2d_step_write(
 ) -> None:
     """Writes pixel ``(i, j)`` of the layer's input into ``buffer`` (in place): ``value``
     ``(B, n)`` goes to channels ``channel .. channel + n - 1`` (all of them by default; one
-    colour at a time for a first layer sampled channel by channel).
+    colour at a time for a first layer sampled channel by channel). ``buffer`` must own its
+    memory (not an ``expand``-ed view, whose examples would share it).
 
     Example:
         >>> buffer = masked_conv2d_step_buffer(2, 5, 5, 3, 3)
@@ -242,6 +255,7 @@ def masked_conv2d_step_write(
     """
     name = "masked_conv2d_step_write"
     check_tensor(name, "buffer", buffer, ("B", "H + P", "W + 2P", "C_in"))
+    check_no_overlap(name, "buffer", buffer)
     check_tensor(name, "value", value, ("B", "n"))
     check_int(name, "kernel_size", kernel_size, minimum=1)
     check_int(name, "dilation", dilation, minimum=1)
@@ -401,6 +415,7 @@ def _check_weights(op, name, inp, channels_at, weight, bias, mask_type, color_ch
 
 def _check_args(x, weight, bias, mask_type, color_channels, dilation) -> None:
     check_tensor(OP, "x", x, ("B", "C_in", "H", "W"))
+    check_extents(OP, "x", x, ("H", "W"))
     _check_weights(OP, "x", x, 1, weight, bias, mask_type, color_channels, dilation)
 
 
@@ -417,7 +432,7 @@ def masked_conv2d(
     """PixelCNN masked convolution, equal to :func:`masked_conv2d_ref` (stride 1, same size out).
 
     Args:
-        x: ``(B, C_in, H, W)``, any strides.
+        x: ``(B, C_in, H, W)``, ``H, W >= 1`` (an empty batch is fine), any strides.
         weight: ``(C_out, C_in, k, k)`` with odd ``k``; the taps below or right of the
             centre (and the centre for mask A) are ignored and get zero gradient.
         bias: ``(C_out,)`` or None.

@@ -69,6 +69,8 @@ _SQRT_HALF = math.sqrt(0.5)
 def default_icdf_iters(dtype: torch.dtype) -> int:
     """Bisection steps of :func:`mixture_icdf` by default: the dtype's precision in bits plus 16
     (float32 40, float64 69)."""
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"default_icdf_iters: dtype must be a floating-point torch.dtype, got {dtype!r}")
     precision_bits = 1 - round(math.log2(torch.finfo(dtype).eps))
     return precision_bits + 16
 

@@ -47,6 +47,56 @@ def test_masked_mlp_outputs_depend_exactly_on_the_earlier_inputs():
         assert torch.equal(depends, torch.arange(4) < t), t
 
 
+def test_masked_mlp_bad_input_raises():
+    """Positions, mask sets and one-hot values are checked, not wrapped or read out of bounds."""
+    torch.manual_seed(0)
+    onehot = MaskedMLP(3, [4], 2, inputs_per_position=2, num_masks=2)
+    real = MaskedMLP(3, [4], 2, cond_features=2)
+    x, cond = torch.zeros(2, 3), torch.zeros(2, 2)
+    with pytest.raises(ValueError, match=r"MaskedMLP: cond must be a Tensor of shape \(2, 2\), got NoneType"):
+        real(x)
+    with pytest.raises(ValueError, match="MaskedMLP: this layer takes no cond"):
+        onehot(torch.zeros(2, 6), cond)
+    with pytest.raises(TypeError, match="MaskedMLP: cond has dtype torch.float64 but the network has torch.float32"):
+        real(x, cond.double())
+    with pytest.raises(ValueError, match=r"MaskedMLP: x must have shape \(B, D \* I\) = \(B, 6\), got shape \(2, 5\)"):
+        onehot(torch.zeros(2, 5))
+    for mask_set in (-1, 2):
+        with pytest.raises(ValueError, match=rf"MaskedMLP.use_mask_set: mask_set must be in \[0, 2\), got {mask_set}"):
+            onehot.use_mask_set(mask_set)
+        with pytest.raises(ValueError, match=r"MaskedMLP.init_state: mask_set must be in \[0, 2\)"):
+            onehot.init_state(2, None, mask_set)
+    with pytest.raises(ValueError, match="MaskedMLP.init_state: batch must be >= 0, got -1"):
+        onehot.init_state(-1)
+    with pytest.raises(ValueError, match=r"MaskedMLP.init_state: cond must be a Tensor of shape \(2, 2\)"):
+        real.init_state(2)
+    state = onehot.init_state(2)
+    for position in (-1, 3, 7):
+        with pytest.raises(ValueError, match=rf"MaskedMLP.absorb: position must be in \[0, 3\), got {position}"):
+            onehot.absorb(state, position, torch.tensor([0, 1]))
+        with pytest.raises(ValueError, match=rf"MaskedMLP.outputs: position must be in \[0, 3\), got {position}"):
+            onehot.outputs(state, position)
+    before = [t.clone() for t in state.hidden + [state.out]]
+    for value, error, match in (
+        (torch.tensor([0, 2]), ValueError, r"value must have values in \[0, 2\), got values in \[0, 2\]"),
+        (torch.tensor([-1, 0]), ValueError, r"value must have values in \[0, 2\), got values in \[-1, 0\]"),
+        (torch.tensor([0, 1, 1]), ValueError, r"value must have shape \(2,\)"),
+        (torch.tensor([0.0, 1.0]), TypeError, "value must have an integer dtype"),
+    ):
+        with pytest.raises(error, match="MaskedMLP.absorb: " + match):
+            onehot.absorb(state, 0, value)
+    assert all(torch.equal(a, b) for a, b in zip(before, state.hidden + [state.out])), "a refused value changed the state"
+    real_state = real.init_state(2, cond)
+    with pytest.raises(TypeError, match="MaskedMLP.absorb: value must have a floating-point dtype"):
+        real.absorb(real_state, 0, torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match=r"MaskedMLP.absorb: value must have shape \(2,\), got shape \(3,\)"):
+        real.absorb(real_state, 0, torch.zeros(3))
+    with pytest.raises(TypeError, match="MaskedMLP.outputs: state must be a MaskedMLPState"):
+        real.outputs(real_state.out, 0)
+    real.absorb(real_state, 2, torch.zeros(2))  # the last position feeds nothing: accepted
+    assert real.outputs(real_state, 2).shape == (2, 2)
+
+
 # -------------------------------------------------------------------------- flow layers
 
 

@@ -103,6 +103,8 @@ def test_init_state_dtype_and_device():
         (dict(dilation=0), ValueError, "dilation must be >= 1"),
         (dict(groups=2), ValueError, "groups=2 must divide in_channels and out_channels, got 3 and 6"),
         (dict(groups=0), ValueError, "groups must be >= 1"),
+        (dict(in_channels=0, groups=1), ValueError, "CausalConv1d: in_channels must be >= 1, got 0"),
+        (dict(out_channels=-2), ValueError, "CausalConv1d: out_channels must be >= 1, got -2"),
     ],
 )
 def test_bad_arguments(kwargs, error, match):

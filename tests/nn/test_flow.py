@@ -163,3 +163,36 @@ def test_bad_inputs():
         FlowSequential(ActNorm(4), InvConv1x1(3))(torch.randn(2, 3))
     with pytest.raises(ValueError, match="ActNorm: x must have 3 channels"):
         FlowSequential(ActNorm(3), InvConv1x1(3))(torch.randn(2, 4))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("fused", [False, True], ids=["alone", "fused-with-InvConv1x1"])
+def test_actnorm_refuses_a_non_finite_first_batch(bad, fused):
+    """The data-dependent init runs once: a NaN or inf in that batch used to leave loc and
+    log_scale NaN for good. Refused, and the layer still initializes from the next batch."""
+    flow = FlowSequential(ActNorm(2), InvConv1x1(2)) if fused else ActNorm(2)
+    actnorm = flow[0] if fused else flow
+    x = torch.tensor([[bad, 0.0], [1.0, 2.0]])
+    with pytest.raises(ValueError, match="ActNorm: x, the first training batch, .* must be finite"):
+        flow(x)
+    assert not actnorm.initialized and torch.equal(actnorm.loc, torch.zeros(2))
+    flow(torch.tensor([[0.0, 1.0], [2.0, 3.0]]))
+    assert actnorm.initialized
+    torch.testing.assert_close(actnorm.loc, torch.tensor([-1.0, -2.0]))
+    torch.testing.assert_close(actnorm.log_scale, torch.zeros(2))
+    with pytest.raises(TypeError, match="ActNorm: x has dtype torch.float64 but the layer has torch.float32"):
+        ActNorm(2)(torch.randn(3, 2, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("factor", [1, 2, 3])
+def test_squeeze_empty_tensors_keep_their_shapes(factor):
+    """torch's pixel_(un)shuffle returns a tensor without elements unchanged: a batch of 0
+    came out as (0, 1, 4, 4) instead of (0, 4, 2, 2)."""
+    f = factor
+    for shape in ((0, 1, 2 * f, 3 * f), (2, 1, 0, 3 * f), (0, 2, 0, 0)):
+        x = torch.zeros(shape)
+        y, logdet = Squeeze(f)(x)
+        b, c, h, w = shape
+        assert y.shape == (b, c * f * f, h // f, w // f) and logdet.shape == (b,)
+        back, inv_logdet = Squeeze(f).inverse(y)
+        assert back.shape == shape and inv_logdet.shape == (b,)

@@ -234,3 +234,49 @@ def test_bad_arguments():
         UniformDequantization(1)
     with pytest.raises(TypeError, match="flow"):
         VariationalDequantization(nn.Linear(2, 2))
+    for hidden in ([0], [8, -3]):
+        with pytest.raises(ValueError, match=rf"coupling_net: hidden\[{len(hidden) - 1}\] must be >= 1, got {hidden[-1]}"):
+            AffineCoupling(4, hidden)
+    with pytest.raises(TypeError, match=r"coupling_net: hidden\[0\] must be an int"):
+        AdditiveCoupling(4, [8.0])
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: AffineCoupling(4, [8]),
+        lambda: AffineCoupling(4, [8], mask="channel"),  # one fused op (affine_coupling_mlp)
+        lambda: AffineCoupling(4, [8], image=True),
+        lambda: AdditiveCoupling(4, [8]),
+        lambda: MixtureCDFCoupling(4, [8], components=2),
+    ],
+    ids=["affine", "affine-mlp", "affine-image", "additive", "mixture"],
+)
+def test_couplings_refuse_another_dtype(make):
+    """x (and cond) of another dtype than the layer's used to fail inside its network with
+    "mat1 and mat2 must have the same dtype" (int cond was silently promoted)."""
+    layer = make()
+    shape = (2, 4, 2, 2) if layer.image else (2, 4)
+    for dtype in (torch.float64, torch.int64):
+        for name in ("x", "y"):
+            with pytest.raises(TypeError, match=rf"{type(layer).__name__}: {name} has dtype {dtype} but the layer has torch.float32"):
+                (layer.inverse if name == "y" else layer)(torch.zeros(shape, dtype=dtype))
+    y, logdet = layer(torch.zeros(shape))
+    assert y.shape == shape and logdet.shape == (2,)
+    conditional = AffineCoupling(4, [8], cond_features=1)
+    for dtype in (torch.float64, torch.int64):
+        with pytest.raises(TypeError, match=f"AffineCoupling: cond has dtype {dtype} but the layer has torch.float32"):
+            conditional(torch.zeros(2, 4), torch.zeros(2, 1, dtype=dtype))
+
+
+def test_logit_refuses_data_outside_the_unit_interval():
+    """Outside [0, 1] the logit is NaN: it used to return a NaN y and logdet silently."""
+    layer = Logit(0.05)
+    for bad, shown in ((2.0, r"\[0.5, 2\]"), (-0.1, r"\[-0.1, 0.5\]"), (float("nan"), "nan")):
+        with pytest.raises(ValueError, match=rf"Logit: x must be in \[0, 1\], got values in .*{shown}"):
+            layer(torch.tensor([[bad, 0.5]]))
+    with pytest.raises(TypeError, match="Logit: x must have a floating-point dtype"):
+        layer(torch.tensor([[1, 0]]))
+    y, logdet = layer(torch.tensor([[0.0, 1.0]]))
+    assert torch.isfinite(y).all() and torch.isfinite(logdet).all()
+    assert layer.inverse(torch.tensor([[-40.0, 40.0]]))[0].shape == (1, 2)  # logits: any real

@@ -59,6 +59,96 @@ def test_constructor_errors():
         GatedPixelCNNLayer(4, 3, color_channels=3)
     with pytest.raises(ValueError, match="in_channels == channels"):
         GatedPixelCNNLayer(4, 3, in_channels=2)
+    with pytest.raises(ValueError, match="GatedPixelCNNLayer: channels must be >= 1, got -2"):
+        GatedPixelCNNLayer(-2, 3)
+    with pytest.raises(ValueError, match="GatedPixelCNNLayer: in_channels must be >= 1, got 0"):
+        GatedPixelCNNLayer(3, 3, first_layer=True, in_channels=0)
+    with pytest.raises(TypeError, match="GatedPixelCNNLayer: channels must be an int"):
+        GatedPixelCNNLayer(3.0, 3)
+
+
+def _labelled_layer():
+    torch.manual_seed(0)
+    layer = GatedPixelCNNLayer(2, 3, num_classes=3).double()
+    torch.nn.init.normal_(layer.v_embedding)
+    torch.nn.init.normal_(layer.h_embedding)
+    return layer
+
+
+@pytest.mark.parametrize(
+    "labels,error,match",
+    [
+        (torch.tensor([3, 0]), ValueError, r"labels must have values in \[0, 3\), got values in \[0, 3\]"),
+        (torch.tensor([-1, 0]), ValueError, r"labels must have values in \[0, 3\), got values in \[-1, 0\]"),
+        (torch.tensor([1.0, 0.0]), TypeError, "labels must have an integer dtype, got torch.float32"),
+        (torch.tensor([True, False]), TypeError, "labels must have an integer dtype"),
+        (torch.tensor([1]), ValueError, r"labels must have shape \(2,\), one label per example, got shape \(1,\)"),
+        (torch.tensor([[1, 0]]), ValueError, r"labels must have shape \(2,\)"),
+        ([1, 0], TypeError, "labels must be a torch.Tensor"),
+    ],
+)
+def test_bad_labels_raise(labels, error, match):
+    """Out of range labels used to index out of bounds, and -1 to wrap to the last class."""
+    layer = _labelled_layer()
+    x = torch.randn(2, 2, 3, 3, dtype=torch.float64)
+    with pytest.raises(error, match="GatedPixelCNNLayer: " + match):
+        layer((x, x), labels)
+    state = layer.init_state(2, 3, 3)
+    with pytest.raises(error, match="GatedPixelCNNLayer.step_row: " + match):
+        layer.step_row(state, 0, labels)
+    with pytest.raises(error, match="GatedPixelCNNLayer.step_pixel: " + match):
+        layer.step_pixel(state, 0, 0, labels)
+    # Any integer dtype of valid labels gives the int64 labels' result.
+    good = torch.tensor([2, 0])
+    torch.testing.assert_close(layer((x, x), good.to(torch.int32))[1], layer((x, x), good)[1])
+
+
+def test_labels_checked_again_after_an_in_place_change():
+    """The steps check the same labels once (sampling passes them at every pixel); a change
+    in place is seen."""
+    layer = _labelled_layer()
+    state = layer.init_state(2, 3, 3)
+    labels = torch.tensor([2, 0])
+    layer.step_row(state, 0, labels)
+    first = layer.step_pixel(state, 0, 0, labels)
+    torch.testing.assert_close(layer.step_pixel(state, 0, 0, labels), first, rtol=0, atol=0)
+    labels[0] = -1
+    with pytest.raises(ValueError, match=r"step_pixel: labels must have values in \[0, 3\), got values in \[-1, 0\]"):
+        layer.step_pixel(state, 0, 0, labels)
+    with pytest.raises(ValueError, match=r"labels must have shape \(3,\)"):
+        layer.step_pixel(layer.init_state(3, 3, 3), 0, 0, torch.tensor([2, 0]))
+
+
+def test_bad_input_and_indices_raise():
+    layer = GatedPixelCNNLayer(2, 3).double()
+    x = torch.randn(1, 2, 3, 4, dtype=torch.float64)
+    with pytest.raises(TypeError, match=r"GatedPixelCNNLayer: the input must be a pair \(v, h\) of tensors, got Tensor"):
+        layer(x)
+    with pytest.raises(TypeError, match=r"the input must be a pair \(v, h\) of tensors, got a tuple of 3"):
+        layer((x, x, x))
+    with pytest.raises(TypeError, match="GatedPixelCNNLayer: v must be a torch.Tensor, got list"):
+        layer(([1.0], x))
+    for batch, error, match in ((-1, ValueError, "batch must be >= 0, got -1"), (2.5, TypeError, "batch must be an int")):
+        with pytest.raises(error, match="GatedPixelCNNLayer.init_state: " + match):
+            layer.init_state(batch, 3, 4)
+    with pytest.raises(ValueError, match="GatedPixelCNNLayer.init_state: width must be >= 1, got 0"):
+        layer.init_state(1, 3, 0)
+    state = layer.init_state(1, 3, 4)
+    with pytest.raises(ValueError, match=r"GatedPixelCNNLayer.step_row: i must be in \[0, 3\), got 7"):
+        layer.step_row(state, 7)  # used to return a row of padding
+    with pytest.raises(ValueError, match=r"step_row: i must be in \[0, 3\), got -1"):
+        layer.step_row(state, -1)
+    with pytest.raises(TypeError, match="step_row: i must be an int, got float"):
+        layer.step_row(state, 1.0)
+    layer.step_row(state, 0)
+    with pytest.raises(ValueError, match=r"GatedPixelCNNLayer.step_pixel: i must be in \[0, 3\), got -1"):
+        layer.step_pixel(state, -1, 0)  # used to wrap to the last row
+    with pytest.raises(ValueError, match=r"step_pixel: j must be in \[0, 4\), got 4"):
+        layer.step_pixel(state, 0, 4)
+    with pytest.raises(TypeError, match="step_pixel: state must be a GatedPixelCNNState"):
+        layer.step_pixel(state.h_in, 0, 0)
+    assert layer.step_pixel(state, 2, 3).shape == (1, 2)
+    assert layer.init_state(0, 3, 4).v_in.shape == (0, 2, 3, 4)
 
 
 def _run_steps(layers, x, labels):

@@ -94,3 +94,21 @@ def test_bad_arguments():
         GatedResidualBlock(4, 4, 4)(torch.randn(1, 4, 5), torch.randn(1, 3, 5))
     with pytest.raises(ValueError, match="state"):
         GatedResidualBlock(4, 4, 4, dilation=2).step(torch.randn(1, 4), torch.zeros(1, 4, 1))
+
+
+def test_bad_cond_dtype_and_batch_raise():
+    """A cond of another dtype than the block's used to fail inside F.linear."""
+    layer = GatedResidualBlock(4, 4, 4, cond_channels=3)
+    h = torch.randn(1, 4, 5)
+    for dtype in (torch.float64, torch.int64):
+        cond = torch.zeros(1, 3, 1, dtype=dtype)
+        with pytest.raises(TypeError, match=f"GatedResidualBlock: cond has dtype {dtype} but the block's cond_weight has torch.float32"):
+            layer(h, cond)
+        with pytest.raises(TypeError, match="cond has dtype"):
+            layer.step(h[:, :, 0], layer.init_state(1), cond[:, :, 0])
+    assert layer(h, torch.zeros(1, 3, 1))[0].shape == (1, 4, 5)
+    with pytest.raises(ValueError, match="GatedResidualBlock: batch must be >= 0, got -1"):
+        layer.init_state(-1)
+    with pytest.raises(TypeError, match="GatedResidualBlock: batch must be an int, got float"):
+        layer.init_state(2.5)
+    assert layer.init_state(0).shape == (0, 4, 1)

@@ -56,6 +56,9 @@ def test_state_dict_round_trip_and_conv2d_compatibility():
         (dict(mask_type="a"), ValueError, "mask_type must be one of"),
         (dict(color_channels=2), ValueError, "color_channels=2 must divide the input and output channel counts, got 3 and 6"),
         (dict(dilation=0), ValueError, "dilation must be >= 1"),
+        (dict(in_channels=0), ValueError, "MaskedConv2d: in_channels must be >= 1, got 0"),
+        (dict(out_channels=-1), ValueError, "MaskedConv2d: out_channels must be >= 1, got -1"),
+        (dict(out_channels=6.0), TypeError, "MaskedConv2d: out_channels must be an int"),
     ],
 )
 def test_bad_arguments(kwargs, error, match):

@@ -74,6 +74,20 @@ def test_set_mask_bad_arguments(mask, error, match):
     assert bool(layer.mask.all()), "a refused mask must leave the old one"
 
 
+@pytest.mark.parametrize(
+    "args,error,match",
+    [
+        ((-1, 3), ValueError, "MaskedLinear: in_features must be >= 1, got -1"),
+        ((0, 3), ValueError, "MaskedLinear: in_features must be >= 1, got 0"),
+        ((3, 0), ValueError, "MaskedLinear: out_features must be >= 1, got 0"),
+        ((3, 2.0), TypeError, "MaskedLinear: out_features must be an int"),
+    ],
+)
+def test_bad_sizes_raise(args, error, match):
+    with pytest.raises(error, match=match):
+        MaskedLinear(*args)
+
+
 def test_compiles_without_graph_breaks():
     torch._dynamo.reset()
     torch.manual_seed(0)

@@ -87,5 +87,32 @@ def test_bad_arguments():
         prior(torch.zeros(3, 2, 4, 4), LABELS, torch.zeros(3, 1, 2, 2))
     with pytest.raises(ValueError, match="hidden"):
         resnet_coupling_net(2, 4, hidden=0, blocks=1)
+    with pytest.raises(ValueError, match="resnet_coupling_net: in_features must be >= 1, got -1"):
+        resnet_coupling_net(-1, 4, 2, 1)
+    with pytest.raises(ValueError, match="resnet_coupling_net: out_features must be >= 1, got 0"):
+        resnet_coupling_net(2, 0, 2, 1)
+
+
+@pytest.mark.parametrize(
+    "cond,error,match",
+    [
+        (torch.tensor([0, 3, 1]), ValueError, r"cond must have values in \[0, 3\), got values in \[0, 3\]"),
+        (torch.tensor([0, -1, 1]), ValueError, r"cond must have values in \[0, 3\), got values in \[-1, 1\]"),
+        (torch.tensor([0.0, 1.0, 2.0]), TypeError, "cond must have an integer dtype, got torch.float32"),
+        (torch.tensor([0, 1]), ValueError, r"cond must have shape \(3,\)"),
+    ],
+)
+def test_bad_class_labels_raise(cond, error, match):
+    """Labels out of range used to raise IndexError (or wrap around), float ones RuntimeError."""
+    prior = GaussianPrior((2, 2, 2), num_classes=3)
+    split = Split((4, 2, 2), learned_prior=True, num_classes=3)
+    with pytest.raises(error, match="GaussianPrior: " + match):
+        prior(torch.zeros(3, 2, 2, 2), cond)
+    with pytest.raises(error, match=match):
+        prior.inverse(torch.zeros(3, 2, 2, 2), cond)
+    with pytest.raises(error, match=match):
+        split(torch.zeros(3, 4, 2, 2), cond)
+    eps, logdet = prior(torch.zeros(3, 2, 2, 2), LABELS.to(torch.int32))
+    torch.testing.assert_close(eps, prior(torch.zeros(3, 2, 2, 2), LABELS)[0])
     with pytest.raises(ValueError, match="channels"):
         AffineCoupling(1, [4], mask="channel", image=True)

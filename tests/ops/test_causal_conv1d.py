@@ -373,6 +373,7 @@ BAD = [
     ("groups-zero", dict(groups=0), ValueError, "groups must be >= 1"),
     ("dilation-zero", dict(dilation=0), ValueError, "dilation must be >= 1"),
     ("dilation-float", dict(dilation=2.0), TypeError, "dilation must be an int"),
+    ("x-no-time", dict(x=torch.randn(2, 4, 0)), ValueError, r"x must have T >= 1, got shape \(2, 4, 0\)"),
     ("backend", dict(backend="fast"), ValueError, "backend must be one of"),
 ]
 
@@ -403,6 +404,7 @@ BAD_STEP = [
     ("state-device", dict(state=torch.zeros(2, 4, 4, device="meta")), ValueError, "state is on meta"),
     ("state-stride", dict(state=torch.zeros(2, 4, 8)[:, :, ::2]), ValueError, r"state must be contiguous in its last dimension"),
     ("state-int", dict(state=torch.zeros(2, 4, 4, dtype=torch.int64)), TypeError, "state must have a floating-point dtype"),
+    ("state-expanded", dict(state=torch.zeros(1, 4, 4).expand(2, 4, 4)), ValueError, "state is updated in place"),
     ("weight-no-taps", dict(weight=torch.randn(6, 2, 0), state=torch.zeros(2, 4, 0)), ValueError, "K >= 1 taps"),
     ("weight-channels", dict(weight=torch.randn(6, 4, 3)), ValueError, "C_in / groups"),
     ("groups", dict(groups=3), ValueError, "groups=3 must divide"),
@@ -425,6 +427,38 @@ def test_step_bad_input_raises_before_any_kernel(change, error, match):
         causal_conv1d_step(x_t, state, weight, **args)
     if state_before is not None:
         assert torch.equal(state, state_before), "the state changed although the call was refused"
+
+
+@pytest.mark.parametrize("backend", ["ref"] + fast_backends(OP, "cpu"))
+def test_empty_sequence_raises_and_empty_batch_works(backend):
+    """T = 0 is refused on every backend (the same rule as the image ops' H, W = 0), before
+    any kernel, forward or backward; B = 0 returns an empty output with empty gradients."""
+    x, weight, bias = make_inputs(2, 3, 4, 0, 2)
+    with pytest.raises(ValueError, match=r"causal_conv1d: x must have T >= 1"):
+        causal_conv1d(x, weight, bias, backend=backend)
+    x, weight, bias = make_inputs(0, 3, 4, 5, 2)
+    y = causal_conv1d(x, weight, bias, backend=backend)
+    assert y.shape == (0, 4, 5)
+    grad_x, grad_w = torch.autograd.grad(y.sum(), (x, weight))
+    assert grad_x.shape == (0, 3, 5) and torch.count_nonzero(grad_w) == 0
+
+
+@pytest.mark.parametrize("ring", [False, True], ids=["shift", "ring"])
+@pytest.mark.parametrize("backend", ["ref"] + fast_backends(STEP_OP, "cpu"))
+def test_step_refuses_a_state_whose_examples_share_memory(backend, ring):
+    """An expanded state (stride 0 over the batch) would have every example write into one
+    buffer: refused on every backend, the shared buffer left as it was."""
+    base = torch.zeros(1, 2, 3)
+    position = torch.tensor([0, 1, 2]) if ring else None
+    x_t, weight = torch.arange(6.0).view(3, 2), torch.ones(1, 2, 2)
+    with pytest.raises(ValueError, match="state is updated in place"):
+        causal_conv1d_step(x_t, base.expand(3, 2, 3), weight, dilation=3, position=position, backend=backend)
+    assert torch.equal(base, torch.zeros(1, 2, 3))
+    # The same memory layout given to each example separately (a slice along the batch of
+    # a larger buffer, strides (12, 3, 1)) is fine.
+    state = torch.zeros(6, 2, 3)[::2]
+    y = causal_conv1d_step(x_t, state, weight, dilation=3, position=position, backend=backend)
+    torch.testing.assert_close(y, x_t.sum(1, keepdim=True))
 
 
 @pytest.mark.skipif("cpp" not in fast_backends(OP, "cpu"), reason="needs the extension")

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from fastgen.nn import GatedPixelCNNLayer, MaskedConv2d
-from fastgen.ops import gated_pixelcnn_layer, gated_pixelcnn_layer_ref
+from fastgen.ops import gated_pixelcnn_layer, gated_pixelcnn_layer_ref, gated_pixelcnn_masks
 
 from ..helpers import DEVICES, fast_backends, tolerances
 
@@ -366,6 +366,45 @@ def test_bad_input_raises(name, value, error, match):
         gated_pixelcnn_layer(v, h, *args, **kw, backend="ref")
 
 
+@pytest.mark.parametrize("backend", ["ref"] + fast_backends(OP, "cpu", torch.float64))
+def test_empty_image_raises_and_empty_batch_works(backend):
+    """H = 0 or W = 0 (the cpp kernels divided by zero on it) is refused on every backend
+    before any kernel, forward or backward, the rule of masked_conv2d too; B = 0 gives
+    empty outputs and gradients."""
+    for H, W in ((0, 5), (4, 0), (0, 0)):
+        for first in (True, False):
+            t = make_inputs(1, 3, 3, H, W, 3, skip=3, cond=True)
+            with pytest.raises(ValueError, match=r"gated_pixelcnn_layer: v must have H and W >= 1"):
+                call(gated_pixelcnn_layer, t, first, 1, backend=backend)
+    layer = GatedPixelCNNLayer(4, 3, backend=backend)
+    x = torch.zeros(1, 4, 0, 5, requires_grad=True)
+    with pytest.raises(ValueError, match=r"v must have H and W >= 1, got shape \(1, 4, 0, 5\)"):
+        layer((x, x))
+    t = make_inputs(0, 3, 3, 4, 5, 3, skip=3, cond=True)
+    out = call(gated_pixelcnn_layer, t, False, 3, backend=backend)
+    assert [o.shape for o in out] == [(0, 3, 4, 5)] * 3
+    grads = torch.autograd.grad(sum(o.sum() for o in out), t[:2] + t[-2:])
+    assert [g.shape for g in grads] == [(0, 3, 4, 5)] * 2 + [(0, 6)] * 2
+
+
+@pytest.mark.parametrize(
+    "args,error,match",
+    [
+        ((-1, 3, 0), ValueError, "channels must be >= 1, got -1"),
+        ((3, 0, 0), ValueError, "in_channels must be >= 1, got 0"),
+        ((3, 3, -3), ValueError, "skip_channels must be >= 0, got -3"),
+        ((4, 3, 0), ValueError, "color_channels=3 must divide channels p=4"),
+        ((3.0, 3, 0), TypeError, "channels must be an int"),
+    ],
+)
+def test_masks_bad_channels_raise(args, error, match):
+    with pytest.raises(error, match=match):
+        gated_pixelcnn_masks(*args, first_layer=True, color_channels=3)
+    centre, res, skip = gated_pixelcnn_masks(3, 3, 3, first_layer=True, color_channels=3)
+    assert torch.equal(centre, torch.tensor([[0.0, 0, 0], [1, 0, 0], [1, 1, 0]]).repeat(2, 1))
+    assert torch.equal(res, torch.ones(3, 3).tril()) and torch.equal(skip, torch.ones(3, 3).tril())
+
+
 def test_later_layer_needs_p_input_channels():
     t = [x.detach() if x is not None else None for x in make_inputs(1, 3, 6, 4, 5, 3)]
     with pytest.raises(ValueError, match="C_in = p"):
@@ -386,3 +425,7 @@ def test_cpp_op_called_directly_checks_its_arguments():
         op(*t6, False, 1)
     with pytest.raises(TypeError, match="dtype"):
         op(*t[:3], t[3].double(), *t[4:], True, 1)
+    for H, W in ((0, 5), (4, 0)):  # the Winograd conv divided by zero on it
+        empty = [x.detach() if x is not None else None for x in make_inputs(1, 3, 3, H, W, 3, dtype=torch.float32)]
+        with pytest.raises(ValueError, match=r"v must have H >= 1 and W >= 1"):
+            op(*empty, True, 1)

@@ -327,6 +327,7 @@ BAD_BLOCK = [
     ("cond", torch.randn(2, 3, 1, dtype=torch.float64), ValueError, "cond"),
     ("cond", torch.randn(1, 4, 1, dtype=torch.float64), ValueError, "cond"),
     ("cond", torch.randn(2, 4, dtype=torch.float64), ValueError, "cond"),
+    ("h", torch.randn(2, 3, 0, dtype=torch.float64), ValueError, r"h must have T >= 1"),
 ]
 
 
@@ -344,6 +345,7 @@ BAD_STEP = [
     ("state", torch.zeros(2, 4, 2, dtype=torch.float64), ValueError, "state"),
     ("state", torch.zeros(2, 3, 4, dtype=torch.float64)[:, :, ::2], ValueError, "state"),
     ("state", torch.zeros(2, 3, 2, dtype=torch.float32), TypeError, "state"),
+    ("state", torch.zeros(1, 3, 2, dtype=torch.float64).expand(2, 3, 2), ValueError, "state is updated in place"),
     ("h_t", torch.randn(2, 3, 1, dtype=torch.float64), ValueError, "h_t"),
     ("cond_t", torch.randn(2, 4, 1, dtype=torch.float64), ValueError, "cond_t"),
     ("cond_t", torch.randn(2, 5, dtype=torch.float64), ValueError, "cond_t"),
@@ -362,6 +364,32 @@ def test_bad_step_input_raises(backend, name, value, error, match):
     kw[name] = value
     with pytest.raises(error, match=match):
         gated_residual_block_step(**kw, backend=backend)
+
+
+@pytest.mark.parametrize("backend", ["ref"] + fast_backends(OP, "cpu", torch.float64))
+def test_empty_sequence_raises_and_empty_batch_works(backend):
+    """T = 0 is refused on every backend (as causal_conv1d's), B = 0 gives empty outputs."""
+    args, _ = make_inputs(2, 3, 2, 4, 0, 2)
+    with pytest.raises(ValueError, match=r"gated_residual_block: h must have T >= 1, got shape \(2, 3, 0\)"):
+        gated_residual_block(*args, dilation=1, backend=backend)
+    args, _ = make_inputs(0, 3, 2, 4, 5, 2)
+    h_out, skip = gated_residual_block(*args, dilation=1, backend=backend)
+    assert h_out.shape == (0, 3, 5) and skip.shape == (0, 4, 5)
+
+
+@pytest.mark.parametrize("position", [None, torch.tensor([0, 1, 2])], ids=["shift", "ring"])
+@pytest.mark.parametrize("backend", ["ref"] + fast_backends(STEP_OP, "cpu"))
+def test_step_refuses_a_state_whose_examples_share_memory(backend, position):
+    """An expanded state would have every example write into one buffer: refused on every
+    backend, before any kernel, the shared buffer unchanged."""
+    R, G, S = 2, 1, 1
+    base = torch.zeros(1, R, 2)
+    with pytest.raises(ValueError, match="gated_residual_block_step: state is updated in place"):
+        gated_residual_block_step(
+            torch.ones(3, R), base.expand(3, R, 2), torch.ones(2 * G, R, 2), None, torch.ones(R, G), None,
+            torch.ones(S, G), None, dilation=2, position=position, backend=backend,
+        )
+    assert torch.equal(base, torch.zeros(1, R, 2))
 
 
 @pytest.mark.skipif("cpp" not in fast_backends(OP, "cpu"), reason="C++ extension not built")

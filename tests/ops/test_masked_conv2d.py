@@ -264,6 +264,8 @@ BAD = [
     ("colour-zero", dict(color_channels=0), ValueError, "color_channels must be >= 1"),
     ("colour-float", dict(color_channels=3.0), TypeError, "color_channels must be an int"),
     ("dilation", dict(dilation=0), ValueError, "dilation must be >= 1"),
+    ("x-no-rows", dict(x=torch.randn(2, 3, 0, 5)), ValueError, r"x must have H and W >= 1, got shape \(2, 3, 0, 5\)"),
+    ("x-no-columns", dict(x=torch.randn(2, 3, 5, 0)), ValueError, r"x must have H and W >= 1"),
     ("backend", dict(backend="fast"), ValueError, "backend must be one of"),
 ]
 
@@ -274,6 +276,37 @@ def test_bad_input_raises_before_any_kernel(change, error, match):
     x, weight = args.pop("x"), args.pop("weight")
     with pytest.raises(error, match=match):
         masked_conv2d(x, weight, **args)
+
+
+@pytest.mark.parametrize("backend", ["ref"] + fast_backends(OP, "cpu"))
+def test_empty_image_raises_on_every_backend(backend):
+    """H = 0 or W = 0 is refused before any kernel (cpp returned an empty output, ref raised
+    torch's own error), the rule of the other image and sequence ops; B = 0 still works."""
+    weight = torch.randn(2, 1, 3, 3, requires_grad=True)
+    for shape in ((1, 1, 0, 3), (1, 1, 3, 0), (1, 1, 0, 0)):
+        with pytest.raises(ValueError, match=r"masked_conv2d: x must have H and W >= 1"):
+            masked_conv2d(torch.zeros(shape, requires_grad=True), weight, mask_type="B", backend=backend)
+    y = masked_conv2d(torch.zeros(0, 1, 3, 3), weight, mask_type="B", backend=backend)
+    assert y.shape == (0, 2, 3, 3)
+
+
+@pytest.mark.parametrize(
+    "args,error,match",
+    [
+        ((2, 1, 2, "A"), ValueError, "kernel_size must be odd, got 2"),
+        ((2, 1, 0, "A"), ValueError, "kernel_size must be >= 1, got 0"),
+        ((2, 1, 3.0, "A"), TypeError, "kernel_size must be an int"),
+        ((-1, 1, 3, "A"), ValueError, "out_channels must be >= 1, got -1"),
+        ((2, 0, 3, "B"), ValueError, "in_channels must be >= 1, got 0"),
+        ((2, 1, 3, "C"), ValueError, "mask_type must be one of"),
+    ],
+)
+def test_mask_bad_arguments_raise(args, error, match):
+    """masked_conv2d_mask takes what the ops take: an odd kernel, channel counts >= 1."""
+    with pytest.raises(error, match="masked_conv2d_mask: " + match):
+        masked_conv2d_mask(*args)
+    mask = masked_conv2d_mask(2, 1, 3, "A")
+    assert torch.equal(mask[0, 0], torch.tensor([[1.0, 1, 1], [1, 0, 0], [0, 0, 0]]))
 
 
 @pytest.mark.skipif("cpp" not in fast_backends(OP, "cpu"), reason="needs the extension")
@@ -420,6 +453,11 @@ def test_step_write_helper():
         masked_conv2d_step_write(buffer, torch.ones(2, 3), 4, 0, kernel_size=5, dilation=2)
     with pytest.raises(ValueError, match="buffer must have shape"):
         masked_conv2d_step_write(buffer, torch.ones(2, 3), 0, 0, kernel_size=9, dilation=2)
+    # An expanded buffer: both examples would write into one memory, refused, left unchanged.
+    base = masked_conv2d_step_buffer(1, 4, 3, 3, 5, dilation=2, dtype=torch.float64)
+    with pytest.raises(ValueError, match="masked_conv2d_step_write: buffer is updated in place"):
+        masked_conv2d_step_write(base.expand(2, -1, -1, -1), torch.ones(2, 3), 0, 0, kernel_size=5, dilation=2)
+    assert not base.any()
 
 
 def test_step_has_no_autograd():

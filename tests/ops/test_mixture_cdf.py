@@ -435,6 +435,13 @@ def test_bad_options_raise(backend):
             mixture_icdf(*args, iters=iters, backend=backend)
 
 
+@pytest.mark.parametrize("dtype", [torch.int64, torch.bool, "float32", None])
+def test_default_icdf_iters_needs_a_floating_dtype(dtype):
+    with pytest.raises(TypeError, match="default_icdf_iters: dtype must be a floating-point torch.dtype"):
+        default_icdf_iters(dtype)
+    assert default_icdf_iters(torch.float16) == 27
+
+
 def test_half_precision_is_refused_with_reasons():
     args = [t.half() for t in good_args()]
     for op in (mixture_cdf, mixture_icdf):
