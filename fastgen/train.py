@@ -75,6 +75,11 @@ def fit(
     \mathrm{warmup\_steps})` (constant ``lr`` if ``warmup_steps`` is 0). After each epoch the
     test loss is evaluated in eval mode without gradients, in batches of ``batch_size``.
 
+    Every training loss is read (one synchronization with the device per step) and must be
+    finite: a NaN or infinite loss raises :class:`FloatingPointError` naming the epoch and
+    the step, before its backward pass and optimizer step, so the parameters stay those of
+    the last good step and the checkpoint those of the last completed epoch.
+
     Args:
         model: the model to train, in place; its trainable parameters are optimized.
         train: the training examples ``(N, *event_shape)``, or a pair ``(examples, cond)``
@@ -155,23 +160,32 @@ def fit(
             start = time.perf_counter()
             postfix["epoch"] = f"{epoch + 1}/{epochs}"
             model.train()
-            total, seen = torch.zeros((), dtype=torch.float64, device=device), 0
+            total, seen = 0.0, 0
             for idx in torch.randperm(n, generator=shuffle).to(device).split(batch_size):
                 step += 1
                 for group in optimizer.param_groups:
                     group["lr"] = lr * min(1.0, step / warmup_steps) if warmup_steps else lr
                 loss = model.loss(x[idx], None if cond is None else cond[idx])
+                # One read of the loss per step (a synchronization with the device): a step on
+                # a NaN or infinite loss would write non-finite values into every parameter.
+                value = loss.item()
+                if not math.isfinite(value):
+                    raise FloatingPointError(
+                        f"fit: the training loss is not finite ({value}) at epoch {epoch + 1}, step {step}; "
+                        f"the parameters were not updated with it and the checkpoint (if any) keeps epoch "
+                        f"{history.epochs}. Check the data, or lower lr or set grad_clip"
+                    )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if grad_clip is not None:
                     torch.nn.utils.clip_grad_norm_(params, grad_clip)
                 optimizer.step()
-                total += loss.detach().double() * idx.numel()
+                total += value * idx.numel()
                 seen += idx.numel()
-                if bar.update():  # read the loss only when the bar redraws: reading synchronizes with the device
-                    postfix["loss"] = f"{total.item() / seen:.4f}"
+                if bar.update():
+                    postfix["loss"] = f"{total / seen:.4f}"
                     bar.set_postfix(postfix)
-            history.train_loss.append(total.item() / n)
+            history.train_loss.append(total / n)
             history.steps.append(step)
             postfix["loss"] = f"{history.train_loss[-1]:.4f}"
             if test_data is not None:

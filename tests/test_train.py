@@ -317,6 +317,34 @@ def test_resume_errors(tmp_path):
         fit(Categorical(), x, epochs=3, resume=True, **args)
 
 
+class Diverges(Categorical):
+    """A Categorical whose ``nan_at``-th training loss is ``value`` (NaN or inf), as a
+    diverging run's or one with a bad example would be."""
+
+    def __init__(self, nan_at: int, value: float = math.nan):
+        super().__init__()
+        self.nan_at, self.value = nan_at, value
+
+    def loss(self, x, cond=None):
+        loss = super().loss(x, cond)
+        return loss * self.value if len(self.calls) == self.nan_at else loss
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf])
+def test_a_non_finite_loss_stops_before_the_step_and_keeps_the_checkpoint(tmp_path, optimizer_steps, value):
+    x, _ = data(10)
+    path = tmp_path / "c.pt"
+    model = Diverges(nan_at=5, value=value)  # epoch 2 (3 batches of 4, 4, 2 per epoch), step 5
+    with pytest.raises(FloatingPointError, match=r"^fit: the training loss is not finite \((nan|inf)\) at epoch 2, step 5"):
+        fit(model, x, epochs=3, batch_size=4, lr=0.1, checkpoint=path, progress=False)
+    assert len(optimizer_steps) == 4  # the step of the non-finite loss was not taken
+    assert model.theta.isfinite().all()
+    saved = load(path)
+    assert saved["epoch"] == 1 and saved["step"] == 3
+    assert all(t.isfinite().all() for t in saved["model"].values())
+    assert not torch.equal(saved["model"]["theta"], model.theta.detach())  # step 4 happened after it
+
+
 class NoParameters(DensityModel):
     event_shape = (2,)
 

@@ -3,7 +3,7 @@
 ``fastgen.models.available()`` lists the names.
 """
 
-from .base import AutoregressiveModel, DensityModel, FlowModel, available, build, register
+from .base import AutoregressiveModel, DensityModel, FlowModel, StepCache, available, build, register
 from .bayes_net import BayesNet
 from .cdf_flow_1d import CDFFlow1D
 from .discretized_logistic_mixture import DiscretizedMixtureOfLogistics
@@ -46,6 +46,7 @@ __all__ = [
     "PixelTransformerCache",
     "RealNVP",
     "RecurrentAR",
+    "StepCache",
     "WaveNet",
     "WaveNetCache",
     "available",

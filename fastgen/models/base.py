@@ -7,7 +7,7 @@ r"""The contract every zoo model follows, and the registry that builds them by n
   x_{\pi_{t-1}})` in a generation order :math:`\pi`. Subclasses give the conditionals of
   every dimension at once (``logits``, for training) and one at a time from a cache
   (``init_cache`` / ``step``, for sampling); the base derives ``log_prob`` and both kinds of
-  sampling from them.
+  sampling from them, and checks the step protocol (:class:`StepCache`).
 - :class:`ImageAutoregressiveModel`: the pixel-by-pixel order, labels and scaling shared by
   the image models.
 - :class:`FlowModel`: a normalizing flow, ``log_prob`` by the change of variables through
@@ -22,19 +22,21 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import torch
 from torch import nn
 
 from .. import sampling
-from ..ops._checks import check_int, check_integer_values
+from ..ops._checks import check_finite, check_int, check_integer_values, check_real
 
 __all__ = [
     "AutoregressiveModel",
     "DensityModel",
     "FlowModel",
     "ImageAutoregressiveModel",
+    "StepCache",
     "available",
     "build",
     "register",
@@ -64,8 +66,12 @@ class DensityModel(nn.Module):
         raise NotImplementedError
 
     def loss(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        """Mean negative log-likelihood in nats per dimension (a scalar), the training loss."""
-        return -self.log_prob(x, cond).mean() / self.num_dims
+        """Mean negative log-likelihood in nats per dimension (a scalar), the training loss;
+        ``x`` must hold at least one example (an empty batch has no mean)."""
+        log_prob = self.log_prob(x, cond)
+        if not log_prob.numel():
+            raise ValueError(f"{type(self).__name__}.loss: x must hold at least one example (the loss is their mean), got none")
+        return -log_prob.mean() / self.num_dims
 
     def bits_per_dim(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         """Mean negative log-likelihood in bits per dimension (a scalar)."""
@@ -103,6 +109,40 @@ class DensityModel(nn.Module):
         if tuple(cond.shape) != (batch, *cond_shape):
             raise ValueError(f"{name}: cond must have shape {(batch, *cond_shape)}, got {tuple(cond.shape)}")
 
+    def check_features(self, cond: torch.Tensor | None, batch: int) -> torch.Tensor | None:
+        """A feature ``cond`` (any real dtype) checked like :meth:`_check_cond`, with finite
+        values, and cast to the model's dtype; None where the model takes none."""
+        self._check_cond(cond, batch, self.cond_shape)
+        if cond is None:
+            return None
+        check_finite(type(self).__name__, "cond", cond)
+        return cond.to(self._device_dtype()[1])
+
+
+@dataclass(kw_only=True, eq=False)
+class StepCache:
+    """What every sampling cache of an :class:`AutoregressiveModel` carries (model caches
+    subclass it; models with nothing else to cache use it as is), made by
+    :meth:`AutoregressiveModel.new_cache` in ``init_cache`` and checked by
+    :meth:`AutoregressiveModel.begin_step` at every ``step``.
+
+    Attributes:
+        model: the model whose ``init_cache`` made it (a cache holds that model's weights,
+            shapes and batch: another model's cache is refused).
+        batch: ``B``, the number of sequences generated.
+        device: where the cache's tensors are (``x_prev`` must be there too).
+        position: the number of dimensions generated so far, the position in the
+            generation order of the next one.
+        conversions: the model's count of dtype/device conversions (``.to``, ``.double``,
+            ...) when the cache was made: a cache made before a conversion is refused.
+    """
+
+    model: nn.Module = field(repr=False)
+    batch: int
+    device: torch.device
+    position: int = 0
+    conversions: int = 0
+
 
 class AutoregressiveModel(DensityModel):
     """A discrete autoregressive model: ``x`` is a long tensor ``(B, *event_shape)`` with
@@ -117,9 +157,16 @@ class AutoregressiveModel(DensityModel):
     - :meth:`init_cache` and :meth:`step`: the incremental form, one dimension per call, each
       step computing only what the new dimension needs;
     - :meth:`generation_order` if it is not the data order.
+
+    ``init_cache`` starts with :meth:`check_init_cache` and makes its cache (a
+    :class:`StepCache`, of ``cache_type``) with :meth:`new_cache`; ``step`` starts with
+    :meth:`begin_step`, which checks the cache and ``x_prev`` and counts the step: every model
+    refuses the same bad calls.
     """
 
     categories: int
+    cache_type: type[StepCache] = StepCache  # what init_cache returns
+    _conversions: int = 0  # dtype/device conversions so far (see _apply)
 
     def logits(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         """Logits of every dimension's conditional: ``(B, *event_shape) -> (B, D, categories)``."""
@@ -135,21 +182,71 @@ class AutoregressiveModel(DensityModel):
         updates ``cache`` in place."""
         raise NotImplementedError
 
-    def check_step(self, position: int, batch: int, x_prev: object) -> torch.Tensor | None:
-        """The checks every :meth:`step` makes before touching its cache: a dimension is left
-        to generate (``position``, the number generated so far, is below ``D``), ``x_prev``
-        is None exactly at the first step and otherwise a ``(batch,)`` tensor of values in
-        ``[0, categories)``; returns ``x_prev`` as long (or None)."""
+    def _apply(self, fn: Callable, *args: Any, **kwargs: Any) -> AutoregressiveModel:
+        # .to(), .double(), .cuda() ... all come here: count them, so that a sampling cache
+        # made before one (tensors of the old dtype or device) is refused by begin_step.
+        self._conversions += 1
+        return super()._apply(fn, *args, **kwargs)
+
+    def check_init_cache(self, batch: object, cond: torch.Tensor | None) -> int:
+        """The checks every :meth:`init_cache` makes first: ``batch`` an int >= 1 and ``cond``
+        of the model's ``cond_shape`` for ``batch`` examples, or None for a model that takes
+        none (the values of labels are the model's to check); returns ``batch``."""
+        check_int(f"{type(self).__name__}.init_cache", "batch", batch, minimum=1)
+        self._check_cond(cond, batch, self.cond_shape)
+        return batch
+
+    def new_cache(self, batch: int, **fields: Any) -> StepCache:
+        """The cache that :meth:`init_cache` returns, ``cache_type(**fields)``, stamped with
+        this model, ``batch`` and the model's device for :meth:`begin_step`."""
+        device, _ = self._device_dtype()
+        return self.cache_type(model=self, batch=batch, device=device, conversions=self._conversions, **fields)
+
+    def begin_step(self, cache: object, x_prev: object) -> tuple[int, torch.Tensor | None]:
+        """The checks every :meth:`step` makes before touching its cache, then the step is
+        counted (``cache.position`` advances); returns the position (in the generation order)
+        of the dimension to generate and ``x_prev`` as long (or None). A refused call leaves
+        the cache as it was.
+
+        ``cache`` must come from this model's :meth:`init_cache` (not another model's, not
+        from before a dtype/device conversion of the model), with a dimension left to
+        generate; ``x_prev`` must be None exactly at the first step and otherwise a ``(B,)``
+        integer tensor on the cache's device with values in ``[0, categories)``.
+
+        Cost: attribute checks and one read of ``x_prev`` (a list for the small CPU batches
+        of decoding, else one reduction): about 2 us a step on CPU."""
         op = f"{type(self).__name__}.step"
-        if position >= self.num_dims:
+        if not isinstance(cache, self.cache_type):
+            raise TypeError(f"{op}: cache must be a {self.cache_type.__name__} from init_cache, got {type(cache).__name__}")
+        if cache.model is not self:
+            raise ValueError(f"{op}: cache was made by another model's init_cache; make one with this model's")
+        if cache.conversions != self._conversions:
+            raise ValueError(f"{op}: cache was made before the model was moved or converted (.to, .double, ...); make a new one")
+        t = cache.position
+        if t >= self.num_dims:
             raise ValueError(f"{op}: all {self.num_dims} dimensions were already generated")
-        if (x_prev is None) != (position == 0):
+        if (x_prev is None) != (t == 0):
             raise ValueError(f"{op}: x_prev must be None at the first step and a tensor (B,) after it")
-        if x_prev is None:
-            return None
-        if isinstance(x_prev, torch.Tensor) and tuple(x_prev.shape) != (batch,):
-            raise ValueError(f"{op}: x_prev must have shape ({batch},), got {tuple(x_prev.shape)}")
-        return check_integer_values(op, "x_prev", x_prev, self.categories).long()
+        if x_prev is not None:
+            high = self.step_categories(t - 1)
+            if not isinstance(x_prev, torch.Tensor):
+                check_integer_values(op, "x_prev", x_prev, high)  # raises the TypeError
+            if x_prev.shape != (cache.batch,):
+                raise ValueError(f"{op}: x_prev must have shape ({cache.batch},), got {tuple(x_prev.shape)}")
+            if x_prev.device != cache.device:
+                raise ValueError(f"{op}: x_prev is on {x_prev.device} but the cache is on {cache.device}; they must match")
+            # the few values of decoding are quicker to read as a list than by a reduction
+            values = x_prev.tolist() if x_prev.dtype == torch.long and x_prev.is_cpu and cache.batch <= 64 else None
+            if values is None or min(values) < 0 or max(values) >= high:
+                x_prev = check_integer_values(op, "x_prev", x_prev, high).long()
+        cache.position = t + 1
+        return t, x_prev
+
+    def step_categories(self, position: int) -> int:
+        """The number of values of the dimension at ``position`` in the generation order
+        (``x_prev``'s bound in :meth:`begin_step`): ``categories`` unless a subclass's
+        dimensions have fewer."""
+        return self.categories
 
     def generation_order(self) -> list[int]:
         """The flattened dimensions in the order they are generated (default: data order)."""
@@ -162,11 +259,17 @@ class AutoregressiveModel(DensityModel):
             raise ValueError(f"{model}: {name} must have shape (B, {', '.join(map(str, self.event_shape))}), got {tuple(x.shape)}")
         return check_integer_values(model, name, x, self.categories)
 
-    def log_prob(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+    def check_inputs(self, x: object, cond: torch.Tensor | None) -> torch.Tensor:
+        """:meth:`check_data` of ``x``, and ``cond`` of the model's ``cond_shape`` for its
+        batch (or None for a model that takes none); returns ``x``."""
         x = self.check_data(x)
         self._check_cond(cond, x.shape[0], self.cond_shape)
+        return x
+
+    def log_prob(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.check_inputs(x, cond)
         logp = torch.log_softmax(self.logits(x, cond), dim=-1)  # (B, D, K)
-        return logp.gather(-1, x.reshape(x.shape[0], -1, 1).long()).squeeze(-1).sum(-1)
+        return logp.gather(-1, x.reshape(x.shape[0], self.num_dims, 1).long()).squeeze(-1).sum(-1)
 
     def sample(
         self,
@@ -282,7 +385,7 @@ class FlowModel(DensityModel):
 
     def check_data(self, x: object, name: str = "x", shape: tuple[int, ...] | None = None) -> torch.Tensor:
         """``x`` must be a tensor ``(B, *shape)`` (default ``event_shape``) with the model's
-        floating dtype (else TypeError) and device (else ValueError)."""
+        floating dtype (else TypeError) and device (else ValueError), and finite values."""
         model = type(self).__name__
         shape = self.event_shape if shape is None else shape
         want = f"({', '.join(['B', *map(str, shape)])})"
@@ -295,7 +398,17 @@ class FlowModel(DensityModel):
             raise TypeError(f"{model}: {name} must have the model's dtype {dtype}, got {x.dtype}")
         if x.device != device:
             raise ValueError(f"{model}: {name} must be on the model's device {device}, got {x.device}")
+        check_finite(model, name, x)
         return x
+
+    def check_latent(self, z: object) -> torch.Tensor:
+        """The checks of :meth:`inverse`'s ``z``: :meth:`FlowModel.check_data` with the shape
+        ``(B, *latent_shape)`` (finite values of the model's dtype and device)."""
+        return FlowModel.check_data(self, z, "z", self.latent_shape)
+
+    def check_temperature(self, temperature: object, op: str) -> float:
+        """``temperature`` must be a finite real number >= 0 (``op`` names the caller)."""
+        return check_real(op, "temperature", temperature, at_least=0)
 
     def transform(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``x (B, *event_shape) -> (z (B, *latent_shape), log_terms (B,))``."""
@@ -336,11 +449,10 @@ class FlowModel(DensityModel):
         """``n`` samples ``(n, *event_shape)``: base latents scaled by ``temperature`` (1 is
         the model's distribution, 0 its mode path), inverted."""
         n = self._check_n(n)
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0:
-            raise ValueError(f"{type(self).__name__}.sample: temperature must be a number >= 0, got {temperature!r}")
+        temperature = self.check_temperature(temperature, f"{type(self).__name__}.sample")
         self._check_cond(cond, n, self.cond_shape)
-        z = self.sample_base(n, generator, float(temperature))
-        return self.inverse(z, cond, temperature=float(temperature), generator=generator)
+        z = self.sample_base(n, generator, temperature)
+        return self.inverse(z, cond, temperature=temperature, generator=generator)
 
 
 # ------------------------------------------------------------------------------ registry

@@ -4,15 +4,16 @@ Russell & Norvig, "Artificial Intelligence: A Modern Approach", ch. 14)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ..ops._checks import check_int
-from .base import AutoregressiveModel, register
+from .base import AutoregressiveModel, StepCache, register
 from .histogram import log_frequencies
 
-__all__ = ["BayesNet"]
+__all__ = ["BayesNet", "BayesNetCache"]
 
 # Russell & Norvig's burglary network, as in CS294-158 lecture 1: (name, parents, P(true | parents)
 # indexed by the parents' values, 0 = false and 1 = true).
@@ -23,6 +24,15 @@ _ALARM = (
     ("JohnCalls", [2], [0.05, 0.90]),
     ("MaryCalls", [2], [0.01, 0.70]),
 )
+
+
+@dataclass
+class BayesNetCache(StepCache):
+    """The sampling cache of :class:`BayesNet` (with the :class:`~fastgen.models.StepCache`
+    fields): ``x`` ``(B, V)`` long, the values generated so far (a parent is always generated
+    before its children), zeros for the others."""
+
+    x: torch.Tensor
 
 
 @register("bayes_net")
@@ -64,6 +74,8 @@ class BayesNet(AutoregressiveModel):
         tensor([[0, 0, 0, 0, 0],
                 [0, 0, 0, 0, 0]])
     """
+
+    cache_type = BayesNetCache
 
     def __init__(
         self,
@@ -129,21 +141,22 @@ class BayesNet(AutoregressiveModel):
         return self
 
     def logits(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        x = x.long()
+        x = self.check_inputs(x, cond).long()
         return torch.stack([self._conditional(i, x) for i in range(len(self.cardinalities))], dim=1)
 
-    def init_cache(self, batch: int, cond: torch.Tensor | None = None) -> dict:
-        # the values generated so far (a parent is always generated before its children) and
-        # how many have been generated
+    def init_cache(self, batch: int, cond: torch.Tensor | None = None) -> BayesNetCache:
+        batch = self.check_init_cache(batch, cond)
         device = self.cpt_logits[0].device
-        return {"x": torch.zeros(batch, len(self.cardinalities), dtype=torch.long, device=device), "t": 0}
+        return self.new_cache(batch, x=torch.zeros(batch, len(self.cardinalities), dtype=torch.long, device=device))
 
-    def step(self, cache: dict, x_prev: torch.Tensor | None) -> torch.Tensor:
-        t = cache["t"]
+    def step(self, cache: BayesNetCache, x_prev: torch.Tensor | None) -> torch.Tensor:
+        t, x_prev = self.begin_step(cache, x_prev)
         if x_prev is not None:
-            cache["x"][:, self._order[t - 1]] = x_prev
-        cache["t"] = t + 1
-        return self._conditional(self._order[t], cache["x"])
+            cache.x[:, self._order[t - 1]] = x_prev
+        return self._conditional(self._order[t], cache.x)
+
+    def step_categories(self, position: int) -> int:
+        return self.cardinalities[self._order[position]]
 
     def _cpt_shape(self, i: int) -> tuple[int, ...]:
         return (*(self.cardinalities[j] for j in self.parents[i]), self.cardinalities[i])

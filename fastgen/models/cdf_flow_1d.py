@@ -8,7 +8,7 @@ import math
 import torch
 
 from ..nn import ElementwiseMixtureCDFFlow
-from ..ops._checks import check_choice, check_int
+from ..ops._checks import check_choice, check_finite, check_int
 from ..ops.mixture_cdf import KINDS
 from .base import FlowModel, register
 
@@ -33,7 +33,10 @@ class CDFFlow1D(FlowModel):
     Sampling inverts the CDF (:func:`fastgen.ops.mixture_icdf`, bisection) at
     :math:`u = z` or :math:`u = \Phi(z)`. The temperature scales the latent about the base's
     median: :math:`z = 0.5 + T(v - 0.5)`, :math:`v` uniform, or :math:`z = T\varepsilon`; at
-    :math:`T = 0` both bases give the mixture's median.
+    :math:`T = 0` both bases give the mixture's median. With the uniform base ``T`` must be
+    at most 1 (the central fraction ``T`` of the mixture's quantiles; above 1 the latent
+    would leave ``[0, 1]``, where the CDF has no inverse): higher temperatures need
+    ``base="normal"``. :meth:`inverse` refuses a uniform ``z`` outside ``[0, 1]``.
 
     ``z`` is computed from :math:`u = F(x)` in the data's dtype: where :math:`F(x)` rounds
     to 0 or 1 (float32: beyond about 5 standard deviations on the upper side of the mixture)
@@ -89,7 +92,9 @@ class CDFFlow1D(FlowModel):
         temperature: float = 1.0,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        z = self.check_data(z, "z")
+        z = self.check_latent(z)
+        if self.base == "uniform":
+            check_finite("CDFFlow1D.inverse", "z (a uniform latent)", z, (0.0, 1.0))
         self._check_cond(cond, z.shape[0], None)
         # log_ndtr keeps Phi's lower tail, which ndtr (1 + erf) rounds to 0 beyond about -6
         # in float32.
@@ -104,5 +109,11 @@ class CDFFlow1D(FlowModel):
     def sample_base(self, n: int, generator: torch.Generator | None, temperature: float) -> torch.Tensor:
         if self.base == "normal":
             return super().sample_base(n, generator, temperature)
+        if temperature > 1:
+            raise ValueError(
+                f"CDFFlow1D.sample: temperature must be <= 1 with base='uniform' (it keeps the central "
+                f"fraction temperature of the quantiles; above 1 the latent leaves [0, 1]: use base='normal'), "
+                f"got {temperature!r}"
+            )
         device, dtype = self._device_dtype()
         return 0.5 + temperature * (torch.rand(n, generator=generator, device=device, dtype=dtype) - 0.5)

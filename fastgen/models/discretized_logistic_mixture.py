@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ops._checks import check_int
-from .base import AutoregressiveModel, register
+from .base import AutoregressiveModel, StepCache, register
 
 __all__ = ["DiscretizedMixtureOfLogistics", "discretized_logistic_log_probs"]
 
@@ -106,10 +106,13 @@ class DiscretizedMixtureOfLogistics(AutoregressiveModel):
         return discretized_logistic_log_probs(self.mixture_logits, self.loc, self.log_scale, self.num_bins)
 
     def logits(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.check_inputs(x, cond)
         return self.bin_log_probs().expand(x.shape[0], 1, self.num_bins)
 
-    def init_cache(self, batch: int, cond: torch.Tensor | None = None) -> int:
-        return batch
+    def init_cache(self, batch: int, cond: torch.Tensor | None = None) -> StepCache:
+        """A cache for ``batch`` examples: the one dimension has nothing to carry."""
+        return self.new_cache(self.check_init_cache(batch, cond))
 
-    def step(self, cache: int, x_prev: torch.Tensor | None) -> torch.Tensor:
-        return self.bin_log_probs().expand(cache, self.num_bins)
+    def step(self, cache: StepCache, x_prev: torch.Tensor | None) -> torch.Tensor:
+        self.begin_step(cache, x_prev)
+        return self.bin_log_probs().expand(cache.batch, self.num_bins)

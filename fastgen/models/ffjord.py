@@ -20,7 +20,7 @@ import torch
 
 from ..nn import ContinuousNormalizingFlow, TimeMLP
 from ..nn.cnf import load_odeint
-from ..ops._checks import check_int
+from ..ops._checks import check_finite, check_int
 from .base import FlowModel, register
 
 __all__ = ["FFJORD"]
@@ -111,6 +111,7 @@ class FFJORD(FlowModel):
         _, dtype = self._device_dtype()
         if x.dtype != dtype:
             raise TypeError(f"{type(self).__name__}: {name} must have the model's dtype {dtype}, got {x.dtype}")
+        check_finite(type(self).__name__, name, x)  # a NaN or inf would stall the adaptive solver
         return x
 
     def transform(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -184,6 +184,8 @@ class FlowPlusPlus(FlowModel):
         ``log|det df/dy| - log q(u|x) - D log bins`` per example."""
         x = self.check_data(x)
         self._check_cond(cond, x.shape[0], self.cond_shape)
+        if not x.shape[0]:  # no examples: nothing for the flow (nor a data-dependent init) to see
+            return x.new_zeros(0, *self.latent_shape), x.new_zeros(0)
         y, log_dequant = self.dequantize(x)  # (B, C, H, W) in (0, 1)
         z, logdet = self.flow(y)  # (B, *latent_shape)
         return z, log_dequant + logdet
@@ -199,13 +201,10 @@ class FlowPlusPlus(FlowModel):
         """``z (B, *latent_shape)`` to integer images ``(B, C, H, W)`` long: the flow inverted,
         then the bin of each value. Deterministic (nothing is factored out, so ``temperature``
         and ``generator`` have nothing left to draw)."""
-        name = f"{type(self).__name__}.inverse"
-        if not isinstance(z, torch.Tensor) or not z.is_floating_point():
-            raise TypeError(f"{name}: z must be a floating-point tensor, got {getattr(z, 'dtype', type(z).__name__)}")
-        if z.dim() != 1 + len(self.latent_shape) or tuple(z.shape[1:]) != self.latent_shape:
-            want = ", ".join(map(str, self.latent_shape))
-            raise ValueError(f"{name}: z must have shape (B, {want}), got {tuple(z.shape)}")
+        z = self.check_latent(z)
         self._check_cond(cond, z.shape[0], self.cond_shape)
+        if not z.shape[0]:
+            return z.new_zeros(0, *self.event_shape, dtype=torch.long)
         y, _ = self.flow.inverse(z)
         x, _ = self.dequantize.inverse(y)
         return x.long()

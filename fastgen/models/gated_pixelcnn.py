@@ -23,19 +23,19 @@ from torch import nn
 
 from ..nn import GatedPixelCNNLayer, GatedPixelCNNState, MaskedConv2d
 from ..ops._checks import check_int
-from .base import ImageAutoregressiveModel, register
+from .base import ImageAutoregressiveModel, StepCache, register
 
 __all__ = ["GatedPixelCNN", "GatedPixelCNNCache"]
 
 
 @dataclass
-class GatedPixelCNNCache:
+class GatedPixelCNNCache(StepCache):
     """What :meth:`GatedPixelCNN.step` carries from one dimension to the next, preallocated
-    for the batch by :meth:`GatedPixelCNN.init_cache` and updated in place.
+    for the batch by :meth:`GatedPixelCNN.init_cache` and updated in place (with the
+    :class:`~fastgen.models.StepCache` fields: ``position``, the index in the generation order
+    of the next dimension to generate, and ``batch``).
 
     Attributes:
-        position: the index in the generation order of the next dimension to generate.
-        batch: ``B``.
         labels: ``(B,)`` long class labels, or None.
         states: each layer's :class:`~fastgen.nn.GatedPixelCNNState`. The first layer's
             vertical and horizontal inputs are one buffer, the image scaled to ``[-1, 1]``;
@@ -45,8 +45,6 @@ class GatedPixelCNNCache:
             ``(S, C * levels)`` and their biases, taken when the cache was made.
     """
 
-    position: int
-    batch: int
     labels: torch.Tensor | None
     states: list[GatedPixelCNNState]
     hidden: torch.Tensor
@@ -109,6 +107,8 @@ class GatedPixelCNN(ImageAutoregressiveModel):
         torch.Size([2, 3, 4, 4])
     """
 
+    cache_type = GatedPixelCNNCache
+
     def __init__(
         self,
         shape: Sequence[int],
@@ -159,7 +159,7 @@ class GatedPixelCNN(ImageAutoregressiveModel):
     @torch.no_grad()
     def init_cache(self, batch: int, cond: torch.Tensor | None = None) -> GatedPixelCNNCache:
         """A fresh :class:`GatedPixelCNNCache` for ``batch`` images (with labels ``cond``)."""
-        batch = check_int("GatedPixelCNN.init_cache", "batch", batch, minimum=1)
+        batch = self.check_init_cache(batch, cond)
         labels = self.labels(cond, batch, "init_cache")
         _, H, W = self.event_shape
         states = [layer.init_state(batch, H, W) for layer in self.layers]
@@ -168,22 +168,19 @@ class GatedPixelCNN(ImageAutoregressiveModel):
         head = (self.head_hidden.centre_matrix(), self.head_hidden.bias,
                 self.head_out.centre_matrix(), self.head_out.bias)
         hidden = torch.empty(batch, self.skip_channels, device=device, dtype=dtype)
-        return GatedPixelCNNCache(0, batch, labels, states, hidden, head)
+        return self.new_cache(batch, labels=labels, states=states, hidden=hidden, head=head)
 
     @torch.no_grad()
     def step(self, cache: GatedPixelCNNCache, x_prev: torch.Tensor | None) -> torch.Tensor:
         """Logits ``(B, levels)`` of the next value in :meth:`generation_order`, given
         ``x_prev (B,)``, the value generated last (None at the first step); updates ``cache``."""
-        if not isinstance(cache, GatedPixelCNNCache):
-            raise TypeError(f"GatedPixelCNN.step: cache must be a GatedPixelCNNCache from init_cache, got {type(cache).__name__}")
+        t, x_prev = self.begin_step(cache, x_prev)
         C, H, W = self.event_shape
-        t, states, labels = cache.position, cache.states, cache.labels
-        x_prev = self.check_step(t, cache.batch, x_prev)
+        states, labels = cache.states, cache.labels
         if x_prev is not None:
             pixel, c = divmod(t - 1, C)
             image = states[0].h_in
             image[:, c, pixel // W, pixel % W] = x_prev.to(image.dtype) * (2 / (self.levels - 1)) - 1
-        cache.position = t + 1
         pixel, c = divmod(t, C)
         i, j = divmod(pixel, W)
         last = len(self.layers) - 1

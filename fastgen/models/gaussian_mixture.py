@@ -8,7 +8,7 @@ import math
 import torch
 from torch import nn
 
-from ..ops._checks import check_int, check_tensor
+from ..ops._checks import check_finite, check_int, check_tensor
 from ..sampling import sample_categorical
 from .base import DensityModel, register
 
@@ -93,3 +93,4 @@ class MixtureOfGaussians(DensityModel):
             raise ValueError(f"MixtureOfGaussians: x must have shape (B, {self.dim}), got {tuple(x.shape)}")
         if x.dtype != self.loc.dtype:
             raise TypeError(f"MixtureOfGaussians: x has dtype {x.dtype} but the model's parameters have {self.loc.dtype}")
+        check_finite("MixtureOfGaussians", "x", x)

@@ -18,18 +18,18 @@ import torch.nn.functional as F
 
 from ..nn import MaskedMLP, MaskedMLPState
 from ..ops._checks import check_choice, check_int, check_widths
-from .base import AutoregressiveModel, register
+from .base import AutoregressiveModel, StepCache, register
 
 __all__ = ["MADE", "MADECache"]
 
 
 @dataclass
-class MADECache:
-    """What :meth:`MADE.step` carries from one dimension to the next.
+class MADECache(StepCache):
+    """What :meth:`MADE.step` carries from one dimension to the next (with the
+    :class:`~fastgen.models.StepCache` fields: ``position``, the position in the generation
+    order of the next dimension to generate, and ``batch``).
 
     Attributes:
-        position: the position in the generation order of the next dimension to generate.
-        batch: ``B``.
         sets: the network state of each mask set in use (one, or all of them for the ensemble).
         log_prefix: ``(num_masks, B)``: each mask set's log-probability of the values
             generated so far (ensemble only, else None).
@@ -37,8 +37,6 @@ class MADECache:
             step (ensemble only, else None).
     """
 
-    position: int
-    batch: int
     sets: list[MaskedMLPState]
     log_prefix: torch.Tensor | None = None
     last_log_probs: torch.Tensor | None = None
@@ -101,6 +99,7 @@ class MADE(AutoregressiveModel):
         (torch.Size([3, 4]), torch.Size([3]))
     """
 
+    cache_type = MADECache
     order: torch.Tensor
     next_mask_set: torch.Tensor
 
@@ -140,10 +139,6 @@ class MADE(AutoregressiveModel):
 
     # -------------------------------------------------------------------- full forward
 
-    def _cond(self, cond: torch.Tensor | None, batch: int) -> torch.Tensor | None:
-        self._check_cond(cond, batch, self.cond_shape)
-        return None if cond is None else cond.to(self._device_dtype()[1])
-
     def _logits_onehot(self, onehot: torch.Tensor, cond: torch.Tensor | None, mask_set: int) -> torch.Tensor:
         """The network of one mask set on one-hot inputs: ``(B, D, K) -> (B, D, K)`` logits,
         both in data order (the gradient of output ``d`` vanishes for the inputs not before
@@ -158,7 +153,7 @@ class MADE(AutoregressiveModel):
         ``num_masks == 1``), else the mask sets' mixture's conditional log-probabilities."""
         x = self.check_data(x)
         B, M = x.shape[0], self.num_masks
-        cond = self._cond(cond, B)
+        cond = self.check_features(cond, B)
         onehot = F.one_hot(x.long(), self.categories).to(self._device_dtype()[1])  # (B, D, K)
         if M == 1:
             return self._logits_onehot(onehot, cond, 0)
@@ -178,14 +173,14 @@ class MADE(AutoregressiveModel):
     def init_cache(self, batch: int, cond: torch.Tensor | None = None) -> MADECache:
         """A fresh :class:`MADECache` for ``batch`` examples: each layer's pre-activations
         start at its bias plus its ``cond`` term."""
-        batch = check_int("MADE.init_cache", "batch", batch, minimum=1)
-        cond = self._cond(cond, batch)
+        batch = self.check_init_cache(batch, cond)
+        cond = self.check_features(cond, batch)
         M = self.num_masks
         sets = [self.net.init_state(batch, cond, m) for m in range(M)]
         if M == 1:
-            return MADECache(0, batch, sets)
+            return self.new_cache(batch, sets=sets)
         log_prefix = torch.zeros(M, batch, device=self.order.device, dtype=self._device_dtype()[1])
-        return MADECache(0, batch, sets, log_prefix)
+        return self.new_cache(batch, sets=sets, log_prefix=log_prefix)
 
     def _advance(self, state: MaskedMLPState, t: int, x_prev: torch.Tensor | None) -> torch.Tensor:
         """Logits ``(B, K)`` of position ``t`` for one mask set, after absorbing ``x_prev``,
@@ -200,11 +195,8 @@ class MADE(AutoregressiveModel):
         conditional log-probabilities if ``num_masks > 1``), given ``x_prev (B,)``, the value
         of the dimension generated last (None at the first step); updates ``cache``. Runs
         without autograd (it is for sampling; train through :meth:`logits`)."""
-        if not isinstance(cache, MADECache):
-            raise TypeError(f"MADE.step: cache must be a MADECache from init_cache, got {type(cache).__name__}")
-        t, B = cache.position, cache.batch
-        x_prev = self.check_step(t, B, x_prev)
-        cache.position = t + 1
+        t, x_prev = self.begin_step(cache, x_prev)
+        B = cache.batch
         logits = torch.stack([self._advance(s, t, x_prev) for s in cache.sets])  # (M, B, K)
         if self.num_masks == 1:
             return logits[0]

@@ -51,13 +51,9 @@ class AffineAutoregressiveFlow(FlowModel):
     # True: data to latent through the stack's forward (MAF); False: through its inverse (IAF)
     density_in_one_pass: bool
 
-    def _cond(self, cond: torch.Tensor | None, batch: int) -> torch.Tensor | None:
-        self._check_cond(cond, batch, self.cond_shape)
-        return None if cond is None else cond.to(self._device_dtype()[1])
-
     def _run(self, x: object, cond: torch.Tensor | None, name: str, forward: bool) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.check_data(x, name)
-        cond = self._cond(cond, x.shape[0])
+        cond = self.check_features(cond, x.shape[0])
         return self.flow(x, cond) if forward else self.flow.inverse(x, cond)
 
     def transform(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import torch
 
 from ..nn import MultiscaleFlow, UniformDequantization
-from ..ops._checks import check_int, check_integer_values, check_real
+from ..ops._checks import check_finite, check_int, check_integer_values
 from ..ops.dequantize import check_integer_data
 from .base import FlowModel
 
@@ -103,12 +103,7 @@ class MultiscaleFlowModel(FlowModel):
             return x.to(dtype)
         if x.dtype != dtype:
             raise TypeError(f"{op}: x must have the model's dtype {dtype} (continuous data; bins=None), got {x.dtype}")
-        if x.numel():
-            lo, hi = (float(v) for v in torch.aminmax(x.detach()))
-            low, high = self.data_interval or (-float("inf"), float("inf"))
-            if not (low <= lo and hi <= high and abs(lo) < float("inf") and abs(hi) < float("inf")):
-                where = f"in [{low:g}, {high:g}]" if self.data_interval else "finite"
-                raise ValueError(f"{op}: x must be {where}, got values in [{lo:g}, {hi:g}]")
+        check_finite(op, "x", x, self.data_interval)
         return x
 
     def check_labels(self, cond: object, batch: int) -> None:
@@ -120,6 +115,8 @@ class MultiscaleFlowModel(FlowModel):
     def transform(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.check_data(x)
         self.check_labels(cond, x.shape[0])
+        if not x.shape[0]:  # no examples: nothing for the flow (nor a data-dependent init) to see
+            return x.new_zeros(0, *self.latent_shape), x.new_zeros(0)
         if self.dequantization is None:
             log_terms = x.new_zeros(x.shape[0])
         else:
@@ -140,16 +137,12 @@ class MultiscaleFlowModel(FlowModel):
         """``z (B, *latent_shape) -> x (B, *event_shape)``: the factored-out latents are
         drawn from ``generator`` (in order, after ``z``) scaled by ``temperature``; with
         ``bins`` the result is the integers (long), with ``data_interval`` it is clamped to it."""
-        op = f"{type(self).__name__}.inverse"
         device, dtype = self._device_dtype()
-        if not isinstance(z, torch.Tensor):
-            raise TypeError(f"{op}: z must be a torch.Tensor, got {type(z).__name__}")
-        if z.dim() != 1 + len(self.latent_shape) or tuple(z.shape[1:]) != self.latent_shape:
-            raise ValueError(f"{op}: z must have shape (B, {', '.join(map(str, self.latent_shape))}), got {tuple(z.shape)}")
-        if z.dtype != dtype:
-            raise TypeError(f"{op}: z must have the model's dtype {dtype}, got {z.dtype}")
-        temperature = check_real(op, "temperature", temperature, at_least=0)
+        z = self.check_latent(z)
+        temperature = self.check_temperature(temperature, f"{type(self).__name__}.inverse")
         self.check_labels(cond, z.shape[0])
+        if not z.shape[0]:
+            return z.new_zeros(0, *self.event_shape, dtype=dtype if self.dequantization is None else torch.long)
         factored = [
             temperature * torch.randn(z.shape[0], *shape, generator=generator, device=device, dtype=dtype)
             for shape in self.latent_shapes[:-1]

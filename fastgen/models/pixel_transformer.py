@@ -21,19 +21,20 @@ from torch import nn
 
 from ..ops._checks import check_int
 from ..sampling import KVCache
-from .base import ImageAutoregressiveModel, register
+from .base import ImageAutoregressiveModel, StepCache, register
 
 __all__ = ["PixelTransformer", "PixelTransformerCache"]
 
 
 @dataclass
-class PixelTransformerCache:
-    """The sampling cache of :class:`PixelTransformer`.
+class PixelTransformerCache(StepCache):
+    """The sampling cache of :class:`PixelTransformer` (with the
+    :class:`~fastgen.models.StepCache` fields).
 
     Attributes:
         kv: every layer's keys and values of the positions generated so far,
-            ``(layers, B, heads, C * H * W, d_model // heads)`` each; ``kv.length`` is the
-            position (in the generation order) of the next value.
+            ``(layers, B, heads, C * H * W, d_model // heads)`` each; ``kv.length`` is
+            ``position`` once a step is done.
         label: the class embeddings ``(B, d_model)`` of a conditional model, else None.
     """
 
@@ -132,6 +133,8 @@ class PixelTransformer(ImageAutoregressiveModel):
         [0, 16, 32, 1, 17, 33]
     """
 
+    cache_type = PixelTransformerCache
+
     def __init__(
         self,
         shape: Sequence[int],
@@ -196,12 +199,12 @@ class PixelTransformer(ImageAutoregressiveModel):
             h = block(h)
         logits = self.head(self.norm(h))  # (B, H * W * C, levels), generation order
         C, H, W = self.event_shape
-        return logits.view(B, H * W, C, -1).transpose(1, 2).reshape(B, D, -1)
+        return logits.view(B, H * W, C, self.levels).transpose(1, 2).reshape(B, D, self.levels)
 
     def logits(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         x = self.check_data(x)
         labels = self.labels(cond, x.shape[0], "logits")
-        sequence = x.long().permute(0, 2, 3, 1).reshape(x.shape[0], -1)  # (B, D), generation order
+        sequence = x.long().permute(0, 2, 3, 1).reshape(x.shape[0], self.num_dims)  # (B, D), generation order
         return self._logits_from_embeddings(self.value_embedding(sequence), self._label(labels))
 
     # ---------------------------------------------------------------- incremental step
@@ -210,13 +213,13 @@ class PixelTransformer(ImageAutoregressiveModel):
     def init_cache(self, batch: int, cond: torch.Tensor | None = None) -> PixelTransformerCache:
         """A fresh :class:`PixelTransformerCache` for ``batch`` examples: an empty
         :class:`~fastgen.sampling.KVCache` for the whole sequence, allocated once."""
-        batch = check_int("PixelTransformer.init_cache", "batch", batch, minimum=1)
+        batch = self.check_init_cache(batch, cond)
         labels = self.labels(cond, batch, "init_cache")
         kv = KVCache.allocate(
             self.num_layers, batch, self.heads, self.num_dims, self.d_model // self.heads,
             dtype=self.start.dtype, device=self.start.device,
         )
-        return PixelTransformerCache(kv, self._label(labels))
+        return self.new_cache(batch, kv=kv, label=self._label(labels))
 
     @torch.no_grad()
     def step(self, cache: PixelTransformerCache, x_prev: torch.Tensor | None) -> torch.Tensor:
@@ -224,13 +227,8 @@ class PixelTransformer(ImageAutoregressiveModel):
         ``x_prev (B,)``, the value generated last (None at the first step); writes the new
         position's keys and values into ``cache``. Runs without autograd (it is for
         sampling; train through :meth:`logits`)."""
-        if not isinstance(cache, PixelTransformerCache):
-            raise TypeError(
-                f"PixelTransformer.step: cache must be a PixelTransformerCache from init_cache, got {type(cache).__name__}"
-            )
-        kv = cache.kv
-        t, B = kv.length, kv.keys.shape[1]
-        x_prev = self.check_step(t, B, x_prev)
+        t, x_prev = self.begin_step(cache, x_prev)
+        kv, B = cache.kv, cache.batch
         h = self.start.expand(B, -1) if x_prev is None else self.value_embedding(x_prev)
         h = h + self.position_embedding[t]  # (B, d_model)
         if cache.label is not None:

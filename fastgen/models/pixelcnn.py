@@ -20,7 +20,7 @@ from torch import nn
 
 from ..nn import MaskedConv2d
 from ..ops._checks import check_bool, check_choice, check_int
-from .base import ImageAutoregressiveModel, register
+from .base import ImageAutoregressiveModel, StepCache, register
 from .discretized_logistic_mixture import discretized_logistic_log_probs
 
 __all__ = ["PixelCNN", "PixelCNNCache"]
@@ -30,13 +30,13 @@ OUTPUTS = ("categorical", "dmol")
 
 
 @dataclass
-class PixelCNNCache:
+class PixelCNNCache(StepCache):
     """What :meth:`PixelCNN.step` carries from one value to the next, preallocated for the
-    batch by :meth:`PixelCNN.init_cache` and updated in place.
+    batch by :meth:`PixelCNN.init_cache` and updated in place (with the
+    :class:`~fastgen.models.StepCache` fields: ``position``, the index in the generation order
+    of the next value to generate, and ``batch``).
 
     Attributes:
-        position: the index in the generation order of the next value to generate.
-        batch: ``B``.
         steps: each masked convolution's ``step(i, j)`` over its step state
             (:meth:`~fastgen.nn.MaskedConv2d.init_state`, :meth:`~fastgen.nn.MaskedConv2d.stepper`,
             weights packed when the cache was made): the first layer's state holds the image
@@ -54,8 +54,6 @@ class PixelCNNCache:
             evaluation (``color_mode="independent"``, or grey), else None.
     """
 
-    position: int
-    batch: int
     steps: list[Callable[[int, int], torch.Tensor]]
     inputs: list[torch.Tensor]
     class_biases: list[torch.Tensor] | None
@@ -146,6 +144,8 @@ class PixelCNN(ImageAutoregressiveModel):
         torch.Size([2, 3, 4, 4])
     """
 
+    cache_type = PixelCNNCache
+
     def __init__(
         self,
         shape: Sequence[int],
@@ -220,7 +220,7 @@ class PixelCNN(ImageAutoregressiveModel):
     @torch.no_grad()
     def init_cache(self, batch: int, cond: torch.Tensor | None = None) -> PixelCNNCache:
         """A fresh :class:`PixelCNNCache` for ``batch`` images (with labels ``cond``)."""
-        batch = check_int("PixelCNN.init_cache", "batch", batch, minimum=1)
+        batch = self.check_init_cache(batch, cond)
         labels = self.labels(cond, batch, "init_cache")
         _, H, W = self.event_shape
         steps, inputs = [], []
@@ -233,22 +233,20 @@ class PixelCNN(ImageAutoregressiveModel):
         centres = [None if self.color_groups == 1 else self.layers[0].centre_matrix()]
         centres += [conv.centre_matrix() for conv in self.layers[1:]]
         head = (self.head_hidden.centre_matrix(), self.head_hidden.bias, self.head_out.centre_matrix(), self.head_out.bias)
-        return PixelCNNCache(0, batch, steps, inputs, class_biases, [], centres, head)
+        return self.new_cache(
+            batch, steps=steps, inputs=inputs, class_biases=class_biases, partial=[], centres=centres, head=head
+        )
 
     @torch.no_grad()
     def step(self, cache: PixelCNNCache, x_prev: torch.Tensor | None) -> torch.Tensor:
         """Logits ``(B, levels)`` of the next value in :meth:`generation_order`, given
         ``x_prev (B,)``, the value generated last (None at the first step); updates ``cache``."""
-        if not isinstance(cache, PixelCNNCache):
-            raise TypeError(f"PixelCNN.step: cache must be a PixelCNNCache from init_cache, got {type(cache).__name__}")
+        t, x_prev = self.begin_step(cache, x_prev)
         C, H, W = self.event_shape
-        t = cache.position
-        x_prev = self.check_step(t, cache.batch, x_prev)
         if x_prev is not None:
             pixel, c = divmod(t - 1, C)
             image = cache.inputs[0]
             image[:, pixel // W, pixel % W, c] = x_prev.to(image.dtype) * (2 / (self.levels - 1)) - 1
-        cache.position = t + 1
         pixel, c = divmod(t, C)
         i, j = divmod(pixel, W)
         if c == 0:

@@ -9,15 +9,16 @@ import torch
 from torch import nn
 
 from ..ops._checks import check_int, check_integer_values
-from .base import AutoregressiveModel, register
+from .base import AutoregressiveModel, StepCache, register
 
 __all__ = ["RecurrentAR", "RecurrentCache"]
 
 
 @dataclass
-class RecurrentCache:
-    """The sampling cache of :class:`RecurrentAR`: the LSTM state after the dimensions
-    generated so far, and the embedding of the class labels (if any)."""
+class RecurrentCache(StepCache):
+    """The sampling cache of :class:`RecurrentAR` (with the :class:`~fastgen.models.StepCache`
+    fields): the LSTM state after the dimensions generated so far, and the embedding of the
+    class labels (if any)."""
 
     h: torch.Tensor  # (num_layers, B, hidden)
     c: torch.Tensor  # (num_layers, B, hidden)
@@ -59,6 +60,8 @@ class RecurrentAR(AutoregressiveModel):
         torch.Size([2, 6])
     """
 
+    cache_type = RecurrentCache
+
     def __init__(self, dim: int, categories: int, hidden: int, *, num_layers: int = 1, num_classes: int | None = None):
         super().__init__()
         self.dim = check_int("RecurrentAR", "dim", dim, minimum=1)
@@ -76,8 +79,9 @@ class RecurrentAR(AutoregressiveModel):
         self.head = nn.Linear(hidden, categories)
 
     def logits(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        start = torch.full_like(x[:, :1], self.categories, dtype=torch.long)
-        inputs = self.embedding(torch.cat([start, x[:, :-1].long()], dim=1))  # (B, D, hidden)
+        x = self.check_inputs(x, cond).long()  # values in [0, categories): the start token is never data
+        start = torch.full_like(x[:, :1], self.categories)
+        inputs = self.embedding(torch.cat([start, x[:, :-1]], dim=1))  # (B, D, hidden)
         label = self._label(cond)
         if label is not None:
             inputs = inputs + label[:, None]
@@ -85,13 +89,17 @@ class RecurrentAR(AutoregressiveModel):
         return self.head(out)  # (B, D, categories)
 
     def init_cache(self, batch: int, cond: torch.Tensor | None = None) -> RecurrentCache:
+        batch = self.check_init_cache(batch, cond)
         h = self.head.weight.new_zeros(self.lstm.num_layers, batch, self.lstm.hidden_size)
-        return RecurrentCache(h=h, c=torch.zeros_like(h), label=self._label(cond))
+        return self.new_cache(batch, h=h, c=torch.zeros_like(h), label=self._label(cond))
 
     def step(self, cache: RecurrentCache, x_prev: torch.Tensor | None) -> torch.Tensor:
+        """Logits ``(B, categories)`` of the next dimension, given ``x_prev (B,)``, the value
+        generated last (None at the first step: the start input); updates ``cache``."""
+        _, x_prev = self.begin_step(cache, x_prev)
         if x_prev is None:
-            x_prev = torch.full((cache.h.shape[1],), self.categories, dtype=torch.long, device=cache.h.device)
-        inputs = self.embedding(x_prev.long())  # (B, hidden)
+            x_prev = torch.full((cache.batch,), self.categories, dtype=torch.long, device=cache.device)
+        inputs = self.embedding(x_prev)  # (B, hidden)
         if cache.label is not None:
             inputs = inputs + cache.label
         out, (cache.h, cache.c) = self.lstm(inputs[:, None], (cache.h, cache.c))

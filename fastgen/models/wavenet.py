@@ -22,21 +22,22 @@ from ..ops.gated_residual_block import (
     _STEP_BACKENDS,
     gated_residual_block_step_ref,
 )
-from ..ops._checks import check_int, check_integer_values
-from .base import AutoregressiveModel, register
+from ..ops._checks import check_int, check_integer_values, check_tensor
+from .base import AutoregressiveModel, StepCache, register
 
 __all__ = ["WaveNet", "WaveNetCache"]
 
 
 @dataclass
-class WaveNetCache:
-    """What :meth:`WaveNet.step` carries from one sample to the next (Paine et al.'s queues).
+class WaveNetCache(StepCache):
+    """What :meth:`WaveNet.step` carries from one sample to the next (Paine et al.'s queues),
+    with the :class:`~fastgen.models.StepCache` fields (``position``: the steps taken so far).
 
     Attributes:
         states: per block, its ring buffer of past inputs ``(B, R, (K-1) * dilation)``
             (zeros before the start, which is the full forward's causal zero padding).
-        position: ``(B,)`` int64, the steps taken so far (the ring buffers' write slot is
-            ``position mod (K-1) * dilation``).
+        time: ``(B,)`` int64, ``position`` as the kernels read it (the ring buffers' write
+            slot is ``time mod (K-1) * dilation``).
         gate_bias: per block, ``(B, 2G)``: the dilated conv's bias plus the projection of the
             class embedding, computed once for the whole sampling call.
         start: ``(B, R)``, the input of the first step (the learned start vector).
@@ -44,11 +45,11 @@ class WaveNetCache:
             :func:`_stack_step_kernel`).
         blocks: the arguments of ``stack_step`` after ``h_t``: the per-block lists (states,
             conv weights, gate biases, residual weights and biases, skip weights and
-            biases, dilations) and ``position``.
+            biases, dilations) and ``time``.
     """
 
     states: list[torch.Tensor]
-    position: torch.Tensor
+    time: torch.Tensor
     gate_bias: list[torch.Tensor]
     start: torch.Tensor
     stack_step: Callable[..., tuple[torch.Tensor, torch.Tensor]]
@@ -159,6 +160,8 @@ class WaveNet(AutoregressiveModel):
         (torch.Size([2, 40]), torch.Size([2]))
     """
 
+    cache_type = WaveNetCache
+
     def __init__(
         self,
         levels: int = 256,
@@ -211,7 +214,6 @@ class WaveNet(AutoregressiveModel):
 
     def logits(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         x = self.check_data(x)
-        self._check_cond(cond, x.shape[0], self.cond_shape)
         return self.logits_from_embedding(self.embedding(x.long()).transpose(1, 2), cond)
 
     def logits_from_embedding(self, embedded: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
@@ -219,7 +221,20 @@ class WaveNet(AutoregressiveModel):
         ``embedded`` ``(B, R, T)`` (``embedded[:, :, t] = E[x_t]``, not yet shifted) ->
         ``(B, T, levels)``. Differentiable in ``embedded`` (the causality tests take its
         Jacobian)."""
-        B, _, T = embedded.shape
+        op = f"{type(self).__name__}.logits_from_embedding"
+        check_tensor(op, "embedded", embedded, ("B", "R", "T"))
+        B, R, T = embedded.shape
+        if R != self.residual_channels or T < 1:
+            raise ValueError(
+                f"{op}: embedded must have shape (B, {self.residual_channels}, T) with T >= 1 "
+                f"(R = residual_channels), got {tuple(embedded.shape)}"
+            )
+        if embedded.dtype != self.start.dtype or embedded.device != self.start.device:
+            raise TypeError(
+                f"{op}: embedded must have the model's dtype {self.start.dtype} and device {self.start.device}, "
+                f"got {embedded.dtype} on {embedded.device}"
+            )
+        self._check_cond(cond, B, self.cond_shape)
         # Shift right by one: time t sees x_{t-1}, and the start vector at t = 0.
         h = torch.cat([self.start.expand(B, 1, -1).transpose(1, 2), embedded[:, :, : T - 1]], dim=2)
         label = self._label(cond)
@@ -242,12 +257,11 @@ class WaveNet(AutoregressiveModel):
     # --------------------------------------------------------------------- cached sampling
 
     def init_cache(self, batch: int, cond: torch.Tensor | None = None) -> WaveNetCache:
-        check_int(type(self).__name__, "batch", batch, minimum=1)
-        self._check_cond(cond, batch, self.cond_shape)
+        batch = self.check_init_cache(batch, cond)
         with torch.no_grad():
             label = self._label(cond)
             states = [block.init_state(batch) for block in self.blocks]
-            position = torch.zeros(batch, dtype=torch.long, device=self.start.device)
+            time = torch.zeros(batch, dtype=torch.long, device=self.start.device)
             gate_bias = []
             for block in self.blocks:
                 bias = block.conv_bias.expand(batch, -1)
@@ -260,13 +274,19 @@ class WaveNet(AutoregressiveModel):
             for name in ("conv_weight", "res_weight", "res_bias", "skip_weight", "skip_bias", "dilation")
         ]
         conv_weights, res_weights, res_biases, skip_weights, skip_biases, dilations = per_block
-        blocks = (states, conv_weights, gate_bias, res_weights, res_biases, skip_weights, skip_biases, dilations, position)
-        return WaveNetCache(states, position, gate_bias, start, _stack_step_kernel(start), blocks)
+        blocks = (states, conv_weights, gate_bias, res_weights, res_biases, skip_weights, skip_biases, dilations, time)
+        return self.new_cache(
+            batch, states=states, time=time, gate_bias=gate_bias, start=start,
+            stack_step=_stack_step_kernel(start), blocks=blocks,
+        )
 
     def step(self, cache: WaveNetCache, x_prev: torch.Tensor | None) -> torch.Tensor:
+        """Logits ``(B, levels)`` of the next sample, given ``x_prev (B,)``, the sample
+        generated last (None at the first step); updates ``cache`` in place."""
+        _, x_prev = self.begin_step(cache, x_prev)
         h = cache.start if x_prev is None else F.embedding(x_prev, self.embedding.weight)
         _, skip = cache.stack_step(h, *cache.blocks)
-        cache.position += 1
+        cache.time += 1
         out = F.relu(F.linear(skip.relu_(), self.head1.weight, self.head1.bias))
         return F.linear(out, self.head2.weight, self.head2.bias)
 

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import torch
 from tqdm.auto import tqdm
 
+from ..ops._checks import check_bool, check_int
 from .kv_cache import KVCache
 
 __all__ = ["IncrementalModel", "KVCache", "sample", "sample_categorical"]
@@ -47,7 +48,20 @@ def sample_categorical(logits: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     The value is the first ``k`` whose cumulative probability exceeds ``u`` times the total
     (so rounding in the total never picks a category of probability zero, and ``u`` in
     ``[0, 1)`` always lands on one).
+
+    The values of ``logits`` are not checked (it runs once per generated dimension, and a
+    check would cost a reduction and a device synchronization each time): a row with a NaN
+    or a ``+inf`` has no distribution and gives the last category.
     """
+    if not isinstance(logits, torch.Tensor) or not isinstance(u, torch.Tensor) or logits.dim() < 1:
+        raise TypeError(
+            f"sample_categorical: logits (..., K) and u (...) must be tensors, got {type(logits).__name__} and {type(u).__name__}"
+        )
+    if logits.shape[:-1] != u.shape:
+        raise ValueError(
+            f"sample_categorical: u must have logits' shape without its last dimension, {tuple(logits.shape[:-1])}, "
+            f"got {tuple(u.shape)}"
+        )
     cdf = torch.softmax(logits, dim=-1).cumsum(-1)
     target = (u.to(cdf.dtype) * cdf[..., -1]).unsqueeze(-1)
     return torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp_max_(logits.shape[-1] - 1)
@@ -71,10 +85,13 @@ def sample(
     ``cache=True`` steps the model incrementally (``init_cache`` / ``step``); ``cache=False``
     recomputes the full ``logits`` for every dimension (the naive loop, ``D`` full forwards).
     Both turn the same uniforms (drawn with ``generator``, ``(n, D)`` of ``dtype`` on
-    ``device``, in data order) into values. Arguments are checked by the caller
-    (:meth:`fastgen.models.AutoregressiveModel.sample`); ``progress`` shows a bar over the
-    dimensions.
+    ``device``, in data order) into values. ``cond`` is checked by the model
+    (:meth:`fastgen.models.AutoregressiveModel.sample` checks it all first); ``progress``
+    shows a bar over the dimensions.
     """
+    check_int("sample", "n", n, minimum=1)
+    check_bool("sample", "cache", cache)
+    check_bool("sample", "progress", progress)
     u = torch.rand(n, model.num_dims, generator=generator, device=device, dtype=dtype)
     x = torch.zeros(n, model.num_dims, dtype=torch.long, device=device)
     order = tqdm(model.generation_order(), desc="sampling", unit="dim", disable=not progress, leave=False)

@@ -95,6 +95,9 @@ class KVCache:
         """Write ``key`` and ``value`` ``(B, heads, head_dim)`` of position ``length`` into
         ``layer``; return that layer's keys and values of positions ``[0, length]``, views
         ``(B, heads, length + 1, head_dim)`` of the buffers."""
+        check_int("KVCache.update", "layer", layer, minimum=0)
+        if layer >= self.keys.shape[0]:
+            raise ValueError(f"KVCache.update: layer must be < {self.keys.shape[0]} (the number of layers), got {layer}")
         t = self.length
         if t >= self.max_len:
             raise ValueError(f"KVCache.update: the cache is full ({self.max_len} positions)")

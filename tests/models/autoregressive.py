@@ -4,6 +4,7 @@ against naive sampling."""
 
 from __future__ import annotations
 
+import copy
 import itertools
 from collections.abc import Callable
 
@@ -108,33 +109,69 @@ def bits_after_training(
 
 def assert_step_rejects_bad_input(model: AutoregressiveModel, cache_type: str) -> None:
     """``init_cache`` and ``step`` refuse bad arguments with errors naming them, and the
-    failed calls leave the cache usable: a batch below 1, a cache of the wrong type (the
-    message names ``cache_type``), ``x_prev`` missing
-    or given at the first step, of a float dtype, the wrong shape or out of range, and a
-    step past the last dimension. ``model`` has ``categories >= 2``; batch 2 is used."""
-    K = model.categories
-    with pytest.raises(ValueError, match="batch must be >= 1"):
+    failed calls leave the cache usable: a batch below 1 or not an int, a cond given to an
+    unconditional model, a cache of the wrong type (the message names ``cache_type``), made
+    by another model or before the model was converted, ``x_prev`` missing or given at the
+    first step, of a float dtype, the wrong shape, on another device or out of range (the
+    values of the dimension generated last, small batches and large), and a step past the
+    last dimension (a model of one dimension has no x_prev to check). ``model`` is
+    unconditional, with ``categories >= 2``; batch 2 is used."""
+    K = model.step_categories(0)  # the values of the first dimension: x_prev's bound at the second step
+    with pytest.raises(ValueError, match="init_cache: batch must be >= 1"):
         model.init_cache(0)
+    with pytest.raises(ValueError, match="init_cache: batch must be >= 1"):
+        model.init_cache(-2)
+    with pytest.raises(TypeError, match="init_cache: batch must be an int"):
+        model.init_cache(2.0)
+    with pytest.raises(ValueError, match="takes no cond"):
+        model.init_cache(2, torch.zeros(2, dtype=torch.long))
     with pytest.raises(TypeError, match=cache_type):
         model.step({}, None)
+    with pytest.raises(TypeError, match=cache_type):
+        model.step(None, None)
+    twin = copy.deepcopy(model)  # same class, shapes and weights: still not this model's cache
+    with pytest.raises(ValueError, match="cache was made by another model's init_cache"):
+        model.step(twin.init_cache(2), None)
+    stale = twin.init_cache(2)
+    twin.double()
+    with pytest.raises(ValueError, match="cache was made before the model was moved or converted"):
+        twin.step(stale, None)
     cache = model.init_cache(2)
     with pytest.raises(ValueError, match="None at the first step"):
         model.step(cache, torch.zeros(2, dtype=torch.long))
     model.step(cache, None)
+    if model.num_dims == 1:  # nothing is left to step with an x_prev
+        with pytest.raises(ValueError, match="all 1 dimensions were already generated"):
+            model.step(cache, torch.tensor([0, 0]))
+        return
     with pytest.raises(ValueError, match="None at the first step"):
         model.step(cache, None)
-    with pytest.raises(TypeError, match="integer dtype"):
+    with pytest.raises(TypeError, match="x_prev must have an integer dtype"):
         model.step(cache, torch.zeros(2))
+    with pytest.raises(TypeError, match="x_prev must be a torch.Tensor"):
+        model.step(cache, [0, 1])
     with pytest.raises(ValueError, match=r"x_prev must have shape \(2,\)"):
         model.step(cache, torch.zeros(3, dtype=torch.long))
-    with pytest.raises(ValueError, match=rf"values in \[0, {K}\)"):
+    with pytest.raises(ValueError, match="x_prev is on meta but the cache is on cpu"):
+        model.step(cache, torch.zeros(2, dtype=torch.long, device="meta"))
+    with pytest.raises(ValueError, match=rf"x_prev must have values in \[0, {K}\)"):
         model.step(cache, torch.tensor([0, K]))
-    with pytest.raises(ValueError, match=rf"values in \[0, {K}\)"):
+    with pytest.raises(ValueError, match=rf"x_prev must have values in \[0, {K}\)"):
         model.step(cache, torch.tensor([-1, 0]))
-    for _ in range(model.num_dims - 1):
-        model.step(cache, torch.tensor([1, K - 1]))
+    with pytest.raises(ValueError, match=rf"x_prev must have values in \[0, {K}\)"):
+        model.step(cache, torch.tensor([0, K], dtype=torch.int32))
+    for position in range(model.num_dims - 1):  # int32 is accepted as well as long
+        last = model.step_categories(position) - 1
+        logits = model.step(cache, torch.tensor([1, last], dtype=torch.int32 if position % 2 else torch.long))
+        assert logits.shape == (2, model.categories) and not logits.isnan().any()
+    assert cache.position == model.num_dims
     with pytest.raises(ValueError, match=f"all {model.num_dims} dimensions were already generated"):
         model.step(cache, torch.tensor([1, 1]))
+    big = model.init_cache(65)  # past the batch that begin_step reads as a list: one reduction instead
+    model.step(big, None)
+    with pytest.raises(ValueError, match=rf"x_prev must have values in \[0, {K}\)"):
+        model.step(big, torch.full((65,), K))
+    model.step(big, torch.zeros(65, dtype=torch.long))
 
 
 def assert_image_model_rejects_bad_data_and_cond(conditional: AutoregressiveModel, unconditional: AutoregressiveModel) -> None:

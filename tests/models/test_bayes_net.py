@@ -13,6 +13,7 @@ from scipy.stats import chisquare
 
 from fastgen.data import alarm
 from fastgen.models import BayesNet, build
+from tests.models.autoregressive import assert_step_rejects_bad_input
 
 # A net whose numbering is not topological (0 <- 2, 1 <- 0, 2) and whose variables have
 # different cardinalities: 3 * 2 * 4 = 24 states.
@@ -225,3 +226,25 @@ def test_bad_data():
         net.log_prob(torch.zeros(2, 3))
     with pytest.raises(ValueError, match="at least one example"):
         net.fit_counts(torch.zeros(0, 3, dtype=torch.long))
+
+
+def test_bad_step():
+    assert_step_rejects_bad_input(_random_net(), "cache must be a BayesNetCache")
+
+
+def test_step_and_logits_check_each_variable_s_cardinality():
+    net = _random_net()  # generation order 2 (4 values), 0 (3 values), 1 (2 values)
+    assert net.generation_order() == [2, 0, 1]
+    with pytest.raises(ValueError, match=r"BayesNet: x\[:, 0\] \(x0\) must have values in \[0, 3\), got 3"):
+        net.logits(torch.tensor([[3, 0, 0]]))
+    cache = net.init_cache(1)
+    net.step(cache, None)
+    with pytest.raises(ValueError, match=r"BayesNet.step: x_prev must have values in \[0, 4\), got values in \[-1, -1\]"):
+        net.step(cache, torch.tensor([-1]))  # would wrap to the last CPT row
+    net.step(cache, torch.tensor([3]))
+    with pytest.raises(ValueError, match=r"BayesNet.step: x_prev must have values in \[0, 3\), got values in \[3, 3\]"):
+        net.step(cache, torch.tensor([3]))  # x0 has 3 values, fewer than the net's 4 categories
+    logits = net.step(cache, torch.tensor([2]))
+    torch.testing.assert_close(logits, net.logits(torch.tensor([[2, 0, 3]]))[:, 1])
+    with pytest.raises(ValueError, match="BayesNet.step: all 3 dimensions were already generated"):
+        net.step(cache, torch.tensor([1]))

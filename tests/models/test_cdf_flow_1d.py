@@ -118,3 +118,29 @@ def test_bad_input_raises():
         model.inverse(x[:, None])
     with pytest.raises(ValueError, match="takes no cond"):
         model.log_prob(x, x)
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="CDFFlow1D: x must be finite"):
+            model.log_prob(torch.cat([x, x.new_tensor([bad])]))
+        with pytest.raises(ValueError, match="CDFFlow1D: z must be finite"):
+            CDFFlow1D(2, base="normal").double().inverse(x.new_tensor([0.0, bad]))
+        with pytest.raises(ValueError, match="CDFFlow1D.sample: temperature must be a finite real number >= 0"):
+            model.sample(2, temperature=bad)
+
+
+def test_the_uniform_base_refuses_latents_and_temperatures_outside_the_unit_interval():
+    """A uniform z outside [0, 1], or a temperature above 1 that would draw one, has no
+    inverse: refused (it was clamped to the ends of the support); T <= 1 keeps the central
+    quantiles, so its samples stay within those of T = 1 and concentrate around the median."""
+    model = CDFFlow1D(2).double()
+    with pytest.raises(ValueError, match=r"CDFFlow1D.inverse: z \(a uniform latent\) must be in \[0, 1\], got values in \[-0.5, 1.5\]"):
+        model.inverse(torch.tensor([1.5, -0.5], dtype=torch.float64))
+    with pytest.raises(ValueError, match="CDFFlow1D.sample: temperature must be <= 1 with base='uniform'"):
+        model.sample(4, temperature=3.0)
+    edges = model.inverse(torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64))
+    assert edges.isfinite().all() and edges[0] < edges[1] < edges[2]
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    warm, cold = model.sample(500, generator=g()), model.sample(500, generator=g(), temperature=0.5)
+    median = model.sample(1, temperature=0.0)
+    assert (cold - median).abs().max() < (warm - median).abs().max()
+    cdf_of_cold = model.transform(cold)[0]
+    assert cdf_of_cold.min() >= 0.25 - 1e-9 and cdf_of_cold.max() <= 0.75 + 1e-9

@@ -196,6 +196,14 @@ def test_bad_data_raises():
         model.log_prob(torch.zeros(2, 2, dtype=torch.float64), torch.zeros(2))
     with pytest.raises(ValueError, match=r"z must have shape \(B, 2\)"):
         model.inverse(torch.zeros(2, dtype=torch.float64))
+    for bad in (float("nan"), float("inf")):  # the adaptive solver stalled on them ("underflow in dt")
+        x = torch.tensor([[bad, 0.0], [0.0, 1.0]], dtype=torch.float64)
+        with pytest.raises(ValueError, match="FFJORD: x must be finite"):
+            model.log_prob(x)
+        with pytest.raises(ValueError, match="FFJORD: z must be finite"):
+            model.inverse(x)
+        with pytest.raises(ValueError, match="FFJORD.sample: temperature must be a finite real number >= 0"):
+            model.sample(2, temperature=bad)
 
 
 def test_models_import_without_torchdiffeq_and_ffjord_names_the_extra():

@@ -175,5 +175,15 @@ def test_bad_data_raises():
         model.log_prob(torch.zeros(2, 1, 4, 4, dtype=torch.long), torch.zeros(2))
     with pytest.raises(ValueError, match=r"z must have shape \(B, 4, 2, 2\)"):
         model.inverse(torch.zeros(2, 1, 4, 4, dtype=torch.float64))
-    with pytest.raises(TypeError, match="z must be a floating-point tensor"):
+    with pytest.raises(TypeError, match="FlowPlusPlus: z must have the model's dtype torch.float64, got torch.int64"):
         model.inverse(torch.zeros(2, 4, 2, 2, dtype=torch.long))
+    with pytest.raises(TypeError, match="FlowPlusPlus: z must have the model's dtype torch.float64, got torch.float32"):
+        model.inverse(torch.zeros(2, 4, 2, 2))
+    z = torch.zeros(2, 4, 2, 2, dtype=torch.float64)
+    z[1, 2, 0, 1] = float("nan")  # was turned into pixels of -2**63
+    with pytest.raises(ValueError, match="FlowPlusPlus: z must be finite"):
+        model.inverse(z)
+    with pytest.raises(ValueError, match="FlowPlusPlus.sample: temperature must be a finite real number >= 0"):
+        model.sample(1, temperature=float("inf"))
+    assert model.log_prob(torch.zeros(0, 1, 4, 4, dtype=torch.long)).shape == (0,)
+    assert model.inverse(z[:0]).shape == (0, 1, 4, 4)

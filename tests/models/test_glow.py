@@ -176,3 +176,9 @@ def test_bad_input():
         model.inverse(torch.zeros(4, 24, 1, 1))
     with pytest.raises(TypeError, match="temperature"):
         model.inverse(torch.zeros(4, 24, 1, 1, dtype=torch.float64), temperature="hot")
+    with pytest.raises(ValueError, match="Glow.sample: temperature must be a finite real number >= 0, got inf"):
+        model.sample(1, temperature=float("inf"))
+    with pytest.raises(ValueError, match="Glow: z must be finite"):
+        model.inverse(torch.full((4, 24, 1, 1), float("inf"), dtype=torch.float64))
+    assert model.log_prob(x[:0]).shape == (0,)  # before any data-dependent initialization
+    assert model.inverse(torch.zeros(0, 24, 1, 1, dtype=torch.float64)).shape == (0, *SHAPE)

@@ -10,6 +10,7 @@ import torch
 from scipy.stats import chisquare
 
 from fastgen.models import Histogram, build
+from tests.models.autoregressive import assert_step_rejects_bad_input
 
 
 def _model(num_bins: int = 6, seed: int = 0) -> Histogram:
@@ -121,3 +122,18 @@ def test_bad_data():
     for smoothing, error in ((-1.0, ValueError), (math.nan, ValueError), ("1", TypeError), (True, TypeError)):
         with pytest.raises(error, match="smoothing"):
             model.fit_counts(torch.tensor([1]), smoothing=smoothing)
+
+
+def test_bad_step():
+    assert_step_rejects_bad_input(_model(), "cache must be a StepCache")
+
+
+def test_logits_check_the_data_and_an_empty_batch_is_empty():
+    model = _model()
+    with pytest.raises(ValueError, match=r"Histogram: x must have values in \[0, 6\)"):
+        model.logits(torch.tensor([99]))
+    with pytest.raises(ValueError, match="Histogram: this model takes no cond"):
+        model.logits(torch.tensor([1]), torch.tensor([0]))
+    empty = model.log_prob(torch.zeros(0, dtype=torch.long))
+    assert empty.shape == (0,)
+    torch.testing.assert_close(model.log_prob(torch.tensor([2, 5])), model.probs()[[2, 5]].log())

@@ -208,3 +208,16 @@ def test_bad_input_raises(name):
         model.log_prob(x, cond[:, :1])
     with pytest.raises(ValueError, match="takes no cond"):
         flow(name, "plain").log_prob(x[:, :3], cond)
+    for bad in (float("nan"), float("inf")):
+        y = x.clone()
+        y[1, 2] = bad
+        with pytest.raises(ValueError, match=f"{MODELS[name].__name__}: x must be finite"):
+            model.log_prob(y, cond)
+        with pytest.raises(ValueError, match=f"{MODELS[name].__name__}: z must be finite"):
+            model.inverse(y, cond)
+        with pytest.raises(ValueError, match=f"{MODELS[name].__name__}.sample: temperature must be a finite real number >= 0"):
+            model.sample(2, cond[:2], temperature=bad)
+        bad_cond = cond.clone()
+        bad_cond[0, 0] = bad
+        with pytest.raises(ValueError, match=f"{MODELS[name].__name__}: cond must be finite"):
+            model.log_prob(x, bad_cond)

@@ -12,6 +12,7 @@ import torch
 from torch import distributions as D
 
 from fastgen.models import DiscretizedMixtureOfLogistics, MixtureOfGaussians, build
+from tests.models.autoregressive import assert_step_rejects_bad_input
 
 # ---------------------------------------------------------------------- discretized logistics
 
@@ -119,6 +120,10 @@ def test_dmol_bad_arguments():
         model.log_prob(torch.tensor([1.0]))
     with pytest.raises(ValueError, match="shape"):
         model.log_prob(torch.tensor([[1]]))
+    with pytest.raises(ValueError, match=r"DiscretizedMixtureOfLogistics: x must have values in \[0, 8\)"):
+        model.logits(torch.tensor([8]))
+    assert model.log_prob(torch.zeros(0, dtype=torch.long)).shape == (0,)
+    assert_step_rejects_bad_input(model, "cache must be a StepCache")
 
 
 # ------------------------------------------------------------------------ Gaussian mixture
@@ -217,3 +222,8 @@ def test_mog_bad_arguments():
         model.sample(3, cond=torch.zeros(3))
     with pytest.raises(ValueError, match="n must be a positive int"):
         model.sample(-1)
+    for bad in (float("nan"), float("inf")):
+        x = torch.zeros(4, 2)
+        x[2, 1] = bad
+        with pytest.raises(ValueError, match="MixtureOfGaussians: x must be finite"):
+            model.log_prob(x)

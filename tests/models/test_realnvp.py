@@ -185,3 +185,11 @@ def test_bad_input():
         image.inverse(torch.zeros(2, 1, 4, 4, dtype=torch.float64))
     with pytest.raises(ValueError, match="temperature"):
         image.inverse(torch.zeros(2, 2, 2, 2, dtype=torch.float64), temperature=-1.0)
+    with pytest.raises(ValueError, match="RealNVP.inverse: temperature must be a finite real number >= 0"):
+        image.inverse(torch.zeros(2, 2, 2, 2, dtype=torch.float64), temperature=float("inf"))
+    with pytest.raises(ValueError, match="RealNVP.sample: temperature must be a finite real number >= 0"):
+        vector.sample(2, temperature=float("inf"))
+    with pytest.raises(ValueError, match="RealNVP: z must be finite"):
+        image.inverse(torch.full((2, 2, 2, 2), float("nan"), dtype=torch.float64))
+    assert integer.log_prob(torch.zeros(0, 1, 4, 4, dtype=torch.long)).shape == (0,)
+    assert integer.inverse(torch.zeros(0, 2, 2, 2, dtype=torch.float64)).shape == (0, 1, 4, 4)

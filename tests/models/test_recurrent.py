@@ -9,7 +9,12 @@ import pytest
 import torch
 
 from fastgen.models import RecurrentAR, build
-from tests.models.autoregressive import assert_cached_equals_naive, assert_normalized
+from tests.models.autoregressive import (
+    assert_cached_equals_naive,
+    assert_normalized,
+    assert_step_equals_full,
+    assert_step_rejects_bad_input,
+)
 
 
 def _model(num_classes: int | None = None, num_layers: int = 2) -> RecurrentAR:
@@ -132,3 +137,32 @@ def test_bad_data_and_cond():
         labelled.log_prob(x, torch.zeros(3))
     with pytest.raises(ValueError, match=r"cond \(class labels\) must have values in \[0, 5\)"):
         labelled.sample(2, torch.tensor([0, 5]))
+
+
+def test_bad_step():
+    assert_step_rejects_bad_input(_model(), "cache must be a RecurrentCache")
+
+
+def test_the_start_token_and_floats_are_not_data():
+    """Value ``categories`` is the start input's embedding row: never accepted as data, nor
+    floats truncated to integers; labels must match the batch of ``init_cache``."""
+    plain, labelled = _model(), _model(num_classes=2)
+    x = _all_states()[:3]
+    with pytest.raises(ValueError, match=r"RecurrentAR: x must have values in \[0, 3\)"):
+        plain.logits(torch.full((1, 4), 3))
+    with pytest.raises(TypeError, match="RecurrentAR: x must have an integer dtype"):
+        plain.logits(torch.full((1, 4), 0.7))
+    with pytest.raises(ValueError, match=r"RecurrentAR: x must have shape \(B, 4\)"):
+        plain.logits(x[0])
+    with pytest.raises(ValueError, match="RecurrentAR: this model takes no cond"):
+        plain.logits(x, torch.zeros(3, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"RecurrentAR: cond must have shape \(3,\)"):
+        labelled.init_cache(3, torch.tensor([1]))
+    with pytest.raises(ValueError, match="RecurrentAR: this model takes no cond"):
+        plain.init_cache(2, torch.tensor([0, 1]))
+    cache = plain.init_cache(1)
+    plain.step(cache, None)
+    with pytest.raises(ValueError, match=r"RecurrentAR.step: x_prev must have values in \[0, 3\)"):
+        plain.step(cache, torch.tensor([3]))
+    labels = torch.tensor([1, 0, 1])
+    assert_step_equals_full(labelled, x, labels)  # the checks change nothing for good input

@@ -15,6 +15,7 @@ from tests.models.autoregressive import (
     assert_normalized,
     assert_respects_order,
     assert_step_equals_full,
+    assert_step_rejects_bad_input,
     dependencies,
 )
 
@@ -102,7 +103,7 @@ def test_steps_sum_to_log_prob_and_reuse_the_preallocated_queues():
             total += torch.log_softmax(model.step(cache, prev), -1).gather(1, x[:, t : t + 1]).squeeze(1)
             prev = x[:, t]
     assert [s.data_ptr() for s in cache.states] == pointers
-    assert cache.position.tolist() == [32] * 4
+    assert cache.position == 32 and cache.time.tolist() == [32] * 4
     torch.testing.assert_close(total, model.log_prob(x, cond), atol=1e-10, rtol=1e-10)
 
 
@@ -187,3 +188,40 @@ def test_bad_data_and_cond():
         labelled.init_cache(4, torch.zeros(2, dtype=torch.long))
     with pytest.raises(ValueError, match="batch must be >= 1"):
         plain.init_cache(0)
+
+
+def test_bad_step():
+    assert_step_rejects_bad_input(_model(length=5), "cache must be a WaveNetCache")
+
+
+def test_a_cache_of_another_wavenet_or_label_is_refused():
+    plain, other, labelled = _model(length=5), _model(length=5, levels=4), _model(3, length=5)
+    with pytest.raises(ValueError, match="WaveNet.step: cache was made by another model's init_cache"):
+        plain.step(other.init_cache(2), None)  # of another shape: its weights and queues
+    with pytest.raises(ValueError, match=r"WaveNet: cond \(class labels\) must have values in \[0, 3\)"):
+        labelled.init_cache(2, torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match=r"WaveNet: cond must have shape \(2,\)"):
+        labelled.init_cache(2, torch.tensor([1]))
+
+
+def test_logits_from_embedding_checks_the_embedding():
+    model, labelled = _model(), _model(3)
+    x, _ = _data(model, 2)
+    embedded = model.embedding(x).transpose(1, 2)  # (2, R, T)
+    torch.testing.assert_close(model.logits_from_embedding(embedded), model.logits(x))
+    with pytest.raises(ValueError, match=r"logits_from_embedding: embedded must have shape \(B, 4, T\)"):
+        model.logits_from_embedding(embedded[:, :3])
+    with pytest.raises(ValueError, match=r"logits_from_embedding: embedded must have shape \(B, 4, T\) with T >= 1"):
+        model.logits_from_embedding(embedded[:, :, :0])
+    with pytest.raises(ValueError, match=r"logits_from_embedding: embedded must have shape \(B, R, T\)"):
+        model.logits_from_embedding(embedded[0])
+    with pytest.raises(TypeError, match="logits_from_embedding: embedded must have the model's dtype torch.float64"):
+        model.logits_from_embedding(embedded.float())
+    with pytest.raises(TypeError, match="cond must be a tensor"):
+        labelled.logits_from_embedding(embedded)
+
+
+def test_log_prob_of_an_empty_batch_is_empty():
+    model = _model(3)
+    out = model.log_prob(torch.zeros(0, 32, dtype=torch.long), torch.zeros(0, dtype=torch.long))
+    assert out.shape == (0,) and out.dtype == torch.float64

@@ -81,4 +81,13 @@ def test_bad_arguments():
         cache.update(0, torch.zeros(2, 3, 1, 5), torch.zeros(2, 3, 5))
     with pytest.raises(ValueError, match=r"value must have shape"):
         cache.update(0, torch.zeros(2, 3, 5), torch.zeros(3, 3, 5))
-    assert cache.length == 0
+    cache.keys.zero_(), cache.values.zero_()
+    with pytest.raises(ValueError, match=r"KVCache.update: layer must be >= 0, got -1"):
+        cache.update(-1, torch.ones(2, 3, 5), torch.ones(2, 3, 5))  # would write the last layer
+    with pytest.raises(ValueError, match=r"KVCache.update: layer must be < 1 \(the number of layers\), got 1"):
+        cache.update(1, torch.ones(2, 3, 5), torch.ones(2, 3, 5))
+    with pytest.raises(TypeError, match="KVCache.update: layer must be an int"):
+        cache.update(torch.tensor(0), torch.ones(2, 3, 5), torch.ones(2, 3, 5))
+    assert cache.length == 0 and not cache.keys.any() and not cache.values.any()  # nothing was written
+    keys, _ = cache.update(0, torch.ones(2, 3, 5), torch.ones(2, 3, 5))
+    assert keys.shape == (2, 3, 1, 5) and bool((keys == 1).all())
