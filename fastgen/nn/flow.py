@@ -13,6 +13,8 @@ Inputs are vectors ``(B, D)`` or images ``(B, C, H, W)`` where the layer makes s
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -281,7 +283,7 @@ class ActNorm(nn.Module):
         if x.shape[1] != self.channels:
             raise ValueError(f"ActNorm: x must have {self.channels} channels, got shape {tuple(x.shape)}")
         check_same_device("ActNorm", "the layer", self.loc, x=x)
-        if x.shape[0] * x[0, 0].numel() < 2:
+        if x.shape[0] * math.prod(x.shape[2:]) < 2:  # an empty batch too
             raise ValueError(
                 f"ActNorm: the initialization batch needs at least 2 values per channel, got shape {tuple(x.shape)}"
             )

@@ -182,6 +182,9 @@ def test_actnorm_refuses_a_non_finite_first_batch(bad, fused):
     torch.testing.assert_close(actnorm.log_scale, torch.zeros(2))
     with pytest.raises(TypeError, match="ActNorm: x has dtype torch.float64 but the layer has torch.float32"):
         ActNorm(2)(torch.randn(3, 2, dtype=torch.float64))
+    for empty in (torch.zeros(0, 2), torch.zeros(0, 2, 3, 3)):  # nothing to take statistics of
+        with pytest.raises(ValueError, match=r"ActNorm: the initialization batch needs at least 2 values per channel"):
+            ActNorm(2)(empty)
 
 
 @pytest.mark.parametrize("factor", [1, 2, 3])
