@@ -145,7 +145,9 @@ def mixture_icdf_ref(
             mid = 0.5 * (lo + hi)
             below = (w * _component_cdf((mid.unsqueeze(-1) - loc) * inv_scale, kind)).sum(-1) < target
             lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
-        x = 0.5 * (lo + hi)
+        # NaN weights (a NaN logit) fail every comparison above: the bracket would close on
+        # its lower end. NaN, as the fast paths give (a NaN u, loc or scale is NaN already).
+        x = (0.5 * (lo + hi)).masked_fill_(w.isnan().any(-1), float("nan"))
     if torch.is_grad_enabled() and any(t.requires_grad for t in (u, logits, loc, log_scale)):
         # One implicit-function step whose value is exactly 0: (u - F(x)) / p has the
         # gradients 1/p for u and -(dF/dtheta)/p for the parameters.

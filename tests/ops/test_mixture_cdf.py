@@ -292,12 +292,13 @@ def test_nan_propagates(backend, dtype):
     x = torch.tensor([0.5, float("nan"), 0.1, -0.2], dtype=dtype)
     u, log_pdf = mixture_cdf(x, logits, loc, log_scale, backend=backend)
     assert torch.isnan(u[1]) and torch.isnan(log_pdf[1]) and not torch.isnan(u[[0, 2, 3]]).any()
-    loc = loc.clone()
+    loc, logits = loc.clone(), logits.clone()
     loc[2, 1] = float("nan")
+    logits[3, 0] = float("nan")  # every weight of element 3 (the reference's bisection read it as 0)
     t = torch.tensor([0.3, float("nan"), 0.5, 0.7], dtype=dtype)
     for kind in KINDS:
         xs = mixture_icdf(t, logits, loc, log_scale, kind=kind, backend=backend)
-        assert torch.isnan(xs[1:3]).all() and torch.isfinite(xs[[0, 3]]).all()
+        assert torch.isnan(xs[1:]).all() and torch.isfinite(xs[0])
 
 
 @pytest.mark.parametrize("backend", fast_backends(CDF_OP, "cpu", torch.float64))

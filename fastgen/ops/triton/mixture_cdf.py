@@ -226,8 +226,9 @@ def _icdf_kernel(u_ptr, logits_ptr, loc_ptr, ls_ptr, x_ptr, coef_ptr, N, K, iter
     quantiles = loc + tl.exp(log_scale) * _quantile(target, KIND, coef_ptr, N_COEF, ARG_LIMIT, NEWTON)[:, None]
     lo = tl.min(tl.where(k_ok[None, :], quantiles, float("inf")), axis=1)
     hi = tl.max(tl.where(k_ok[None, :], quantiles, float("-inf")), axis=1)
-    # A NaN anywhere in an element's inputs makes its x NaN (min / max may drop NaN).
-    has_nan = tl.max(tl.where(quantiles != quantiles, 1.0, 0.0), axis=1) > 0
+    # A NaN anywhere in an element's inputs makes its x NaN (min / max may drop NaN; NaN
+    # weights, from a NaN logit, fail every comparison of the bisection).
+    has_nan = tl.max(tl.where((quantiles != quantiles) | (w != w), 1.0, 0.0), axis=1) > 0
     lo = tl.where(has_nan, float("nan"), lo)
     for _ in range(iters):
         mid = 0.5 * (lo + hi)
