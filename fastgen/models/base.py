@@ -153,7 +153,8 @@ class AutoregressiveModel(DensityModel):
 
     - :meth:`logits`: every conditional at once, ``x (B, *event_shape) -> (B, D, categories)``
       over the flattened dimensions in data order, entry ``d`` depending only on the
-      dimensions before ``d`` in the generation order;
+      dimensions before ``d`` in the generation order; it checks ``x`` (:meth:`check_data`)
+      and ``cond`` first, for itself and for :meth:`log_prob`;
     - :meth:`init_cache` and :meth:`step`: the incremental form, one dimension per call, each
       step computing only what the new dimension needs;
     - :meth:`generation_order` if it is not the data order.
@@ -267,8 +268,7 @@ class AutoregressiveModel(DensityModel):
         return x
 
     def log_prob(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.check_inputs(x, cond)
-        logp = torch.log_softmax(self.logits(x, cond), dim=-1)  # (B, D, K)
+        logp = torch.log_softmax(self.logits(x, cond), dim=-1)  # (B, D, K); logits checked x and cond
         return logp.gather(-1, x.reshape(x.shape[0], self.num_dims, 1).long()).squeeze(-1).sum(-1)
 
     def sample(
